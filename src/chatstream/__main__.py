@@ -1,0 +1,3 @@
+from chatstream.cli import main
+
+raise SystemExit(main())

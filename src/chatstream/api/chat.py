@@ -1,0 +1,110 @@
+"""`POST /api/chat/stream` and `POST /api/chat`: start a run, stream it or await it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import anyio
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from chatstream.api.deps import ChatDep, Owner, SettingsDep, StoreDep
+from chatstream.api.errors import error_response
+from chatstream.api.schemas import ChatResponse, ErrorBody, MessageOut, sse_responses
+from chatstream.api.sse import RunEventStream
+from chatstream.runs.run import Run
+from chatstream.runs.service import ChatRequest
+from chatstream.storage.models import utcnow
+
+router = APIRouter(prefix="/api", tags=["chat"])
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    404: {"model": ErrorBody, "description": "`session_id` is not one of your sessions."},
+    413: {"model": ErrorBody, "description": "The body is over CHATSTREAM_MAX_BODY_BYTES."},
+    422: {"model": ErrorBody, "description": "The request breaks a validation rule."},
+    503: {"model": ErrorBody, "description": "The server is at capacity or shutting down."},
+}
+
+# Status of `POST /api/chat` when the run did not complete, by error code.
+_FAILED_STATUS = {
+    "upstream_error": 502,
+    "upstream_timeout": 504,
+    "upstream_rate_limited": 503,
+    "server_shutdown": 503,
+}
+
+
+@router.post(
+    "/chat/stream",
+    response_class=RunEventStream,
+    status_code=200,
+    responses={**sse_responses(), **_ERRORS},
+    summary="Start a run and stream its events (SSE)",
+)
+async def chat_stream(
+    body: ChatRequest, owner: Owner, chat: ChatDep, settings: SettingsDep
+) -> Response:
+    run = await chat.start(owner, body)
+    return RunEventStream(run, after=0, keepalive_s=settings.keepalive_interval_s)
+
+
+@router.post(
+    "/chat",
+    response_model=ChatResponse,
+    responses={
+        **_ERRORS,
+        502: {
+            "model": ErrorBody,
+            "description": "The model server failed; the partial answer is saved.",
+        },
+        504: {
+            "model": ErrorBody,
+            "description": "The model server timed out; the partial answer is saved.",
+        },
+    },
+    summary="Start a run and answer once it has ended",
+)
+async def chat(
+    body: ChatRequest, owner: Owner, chat: ChatDep, store: StoreDep, request: Request
+) -> Response:
+    run = await chat.start(owner, body)
+    async with run.follow() as _events, anyio.create_task_group() as tasks:
+        # Following the run (rather than only awaiting it) makes this request
+        # count as the run's reader for the disconnect policy.
+        tasks.start_soon(_cancel_scope_on_disconnect, request, tasks.cancel_scope)
+        await run.finished.wait()
+        tasks.cancel_scope.cancel()
+    if not run.finished.is_set():
+        return Response(status_code=499)  # the client left; nobody reads this
+    return await _final_answer(run, owner, store)
+
+
+async def _cancel_scope_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+async def _final_answer(run: Run, owner: str, store: StoreDep) -> Response:
+    assert run.output is not None and run.status is not None
+    row = await store.get_message(owner, run.id)
+    if row is not None:
+        message = MessageOut.model_validate(row)
+    else:  # not persisted (database unreachable): answer with what the run produced
+        produced = asdict(run.output.rows[-1])
+        message = MessageOut.model_validate(
+            {**produced, "session_id": run.spec.session_id, "created_at": utcnow()}
+        )
+    if run.error is None:
+        payload = ChatResponse(session_id=run.spec.session_id, message=message)
+        return JSONResponse(payload.model_dump(mode="json"))
+    return error_response(
+        _FAILED_STATUS.get(run.error["code"], 500),
+        run.error["code"],
+        run.error["message"],
+        details={
+            "session_id": str(run.spec.session_id),
+            "message": message.model_dump(mode="json"),
+        },
+    )

@@ -1,0 +1,53 @@
+"""`GET /api/models`, `GET /healthz`, `GET /readyz`."""
+
+from __future__ import annotations
+
+import anyio
+from fastapi import APIRouter
+from starlette.responses import JSONResponse
+
+from chatstream.api.deps import SettingsDep, State
+from chatstream.api.schemas import Health, ModelItem, ModelList
+
+router = APIRouter()
+
+READY_TIMEOUT_S = 2.0
+
+
+@router.get(
+    "/api/models", response_model=ModelList, tags=["models"], summary="The models you may ask for"
+)
+async def list_models(settings: SettingsDep) -> ModelList:
+    return ModelList(
+        default=settings.default_model,
+        demo=settings.demo,
+        items=[ModelItem(id=model) for model in settings.models],
+    )
+
+
+@router.get("/healthz", response_model=Health, tags=["health"], summary="Liveness")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "A dependency is unreachable."}},
+    tags=["health"],
+    summary="Readiness: the database answers",
+)
+async def readyz(state: State) -> JSONResponse:
+    database = "ok"
+    try:
+        with anyio.fail_after(READY_TIMEOUT_S):
+            await state.database.ping()
+    except Exception:
+        database = "unreachable"
+    ready = database == "ok"
+    body = Health(
+        status="ready" if ready else "unavailable",
+        database=database,
+        live_runs=state.registry.live_count,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -1,0 +1,189 @@
+"""Response bodies, and the OpenAPI description of the SSE events.
+
+The event schemas are derived from the `TypedDict`s the streaming core uses,
+so the documentation cannot drift from what is sent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from chatstream.runs.events import (
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    MessageStatus,
+    StartEvent,
+    ThinkingEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable: invalid_request, not_found, rate_limited, …")
+    message: str
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    model: str | None = Field(default=None, description="One of `GET /api/models`.")
+    system_prompt: Annotated[str, Field(max_length=32_000)] | None = None
+
+
+class SessionPatch(SessionCreate):
+    """Only the fields present are changed; `null` clears `title` or `system_prompt`."""
+
+
+class SessionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    owner: str
+    title: str | None
+    model: str | None
+    system_prompt: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SessionDetail(SessionOut):
+    message_count: int
+
+
+class MessageOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    session_id: uuid.UUID
+    role: Literal["user", "assistant", "tool", "system"]
+    content: str
+    status: MessageStatus
+    model: str | None
+    finish_reason: str | None
+    tool_calls: list[dict[str, Any]] | None
+    tool_call_id: str | None = None
+    name: str | None = None
+    usage: dict[str, int] | None
+    metrics: dict[str, float | int | None] | None
+    created_at: datetime
+
+
+class SessionPage(BaseModel):
+    items: list[SessionOut]
+    next_cursor: str | None
+
+
+class MessagePage(BaseModel):
+    items: list[MessageOut]
+    next_cursor: str | None = Field(description="Pass back as `before` for the older page.")
+
+
+class ChatResponse(BaseModel):
+    session_id: uuid.UUID
+    message: MessageOut
+
+
+class RunState(BaseModel):
+    message_id: uuid.UUID
+    session_id: uuid.UUID
+    status: Literal["running", "complete", "cancelled", "error", "interrupted"]
+    last_seq: int | None = Field(
+        description="The last event's sequence number; null once the run left memory."
+    )
+
+
+class CancelAccepted(BaseModel):
+    message_id: uuid.UUID
+    status: Literal["cancelling"] = "cancelling"
+
+
+class ModelItem(BaseModel):
+    id: str
+
+
+class ModelList(BaseModel):
+    default: str
+    demo: bool = Field(
+        description="True when answers come from the built-in offline demo upstream."
+    )
+    items: list[ModelItem]
+
+
+class Health(BaseModel):
+    status: str
+    database: str | None = None
+    live_runs: int | None = None
+
+
+# --- SSE -----------------------------------------------------------------------
+
+StreamEvent = Annotated[
+    StartEvent
+    | ThinkingEvent
+    | DeltaEvent
+    | ToolCallEvent
+    | ToolResultEvent
+    | ErrorEvent
+    | DoneEvent,
+    Field(discriminator="type"),
+]
+
+SSE_DESCRIPTION = """\
+A `text/event-stream` of the run's events. Every event has three fields:
+
+    id: <seq>       1, 2, 3 … within the run, no gaps
+    event: <type>   start | thinking | delta | tool_call | tool_result | error | done
+    data: <JSON>    one line; its "type" equals the event field
+
+`start` comes first, `done` always last (after the answer is committed).
+`error` (code, message, retryable) comes just before `done` when the run failed.
+Concatenated `delta.text` is exactly the persisted assistant content. A stream
+idle for 15 s carries a comment line `: keepalive`. Resume with
+`GET /api/runs/{message_id}/events` and `Last-Event-ID: <seq>`.
+"""
+
+
+def sse_responses() -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entry documenting an SSE endpoint (OpenAPI 3.2 `itemSchema`)."""
+    return {
+        200: {
+            "description": SSE_DESCRIPTION,
+            "content": {
+                "text/event-stream": {
+                    "itemSchema": {
+                        "type": "object",
+                        "required": ["id", "event", "data"],
+                        "properties": {
+                            "id": {"type": "string", "description": "The event's sequence number."},
+                            "event": {"type": "string", "description": "Equals data.type."},
+                            "data": {
+                                "type": "string",
+                                "contentMediaType": "application/json",
+                                "contentSchema": {"$ref": "#/components/schemas/StreamEvent"},
+                            },
+                        },
+                    }
+                }
+            },
+        }
+    }
+
+
+def event_schemas() -> dict[str, Any]:
+    """`StreamEvent` and every event type, as OpenAPI component schemas."""
+    schema = TypeAdapter(StreamEvent).json_schema(ref_template="#/components/schemas/{model}")
+    definitions: dict[str, Any] = schema.pop("$defs", {})
+    definitions["StreamEvent"] = schema
+    return definitions

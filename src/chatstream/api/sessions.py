@@ -1,0 +1,131 @@
+"""Sessions and their messages, the caller's only."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from starlette.responses import Response
+
+from chatstream.api.deps import Owner, SettingsDep, StoreDep
+from chatstream.api.schemas import (
+    ErrorBody,
+    MessageOut,
+    MessagePage,
+    SessionCreate,
+    SessionDetail,
+    SessionOut,
+    SessionPage,
+    SessionPatch,
+)
+from chatstream.config import Settings
+from chatstream.errors import InvalidRequest
+
+router = APIRouter(prefix="/api/sessions", tags=["sessions"])
+
+Limit = Annotated[int, Query(ge=1, le=200, description="Page size, 1 to 200.")]
+
+_NOT_FOUND: dict[int | str, dict[str, object]] = {
+    404: {"model": ErrorBody, "description": "No such session of yours."}
+}
+_INVALID: dict[int | str, dict[str, object]] = {
+    422: {"model": ErrorBody, "description": "The request breaks a validation rule."}
+}
+
+
+def _check_model(model: str | None, settings: Settings) -> None:
+    if model is not None and model not in settings.models:
+        raise InvalidRequest(
+            "The request is not valid.",
+            details=[
+                {"loc": ["body", "model"], "msg": "not one of GET /api/models", "type": "enum"}
+            ],
+        )
+
+
+@router.post(
+    "", status_code=201, response_model=SessionOut, responses=_INVALID, summary="Create a session"
+)
+async def create_session(
+    body: SessionCreate, owner: Owner, store: StoreDep, settings: SettingsDep
+) -> SessionOut:
+    _check_model(body.model, settings)
+    row = await store.create_session(
+        owner, title=body.title, model=body.model, system_prompt=body.system_prompt
+    )
+    return SessionOut.model_validate(row)
+
+
+@router.get(
+    "", response_model=SessionPage, responses=_INVALID, summary="Your sessions, newest first"
+)
+async def list_sessions(
+    owner: Owner,
+    store: StoreDep,
+    limit: Limit = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=100, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> SessionPage:
+    page = await store.list_sessions(owner, limit=limit, cursor=cursor)
+    return SessionPage(
+        items=[SessionOut.model_validate(row) for row in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get(
+    "/{session_id}", response_model=SessionDetail, responses=_NOT_FOUND, summary="One session"
+)
+async def get_session(session_id: uuid.UUID, owner: Owner, store: StoreDep) -> SessionDetail:
+    row, count = await store.get_session(owner, session_id)
+    return SessionDetail.model_validate(
+        {**SessionOut.model_validate(row).model_dump(), "message_count": count}
+    )
+
+
+@router.patch(
+    "/{session_id}",
+    response_model=SessionOut,
+    responses={**_NOT_FOUND, **_INVALID},
+    summary="Change title, system_prompt or model",
+)
+async def update_session(
+    session_id: uuid.UUID, body: SessionPatch, owner: Owner, store: StoreDep, settings: SettingsDep
+) -> SessionOut:
+    _check_model(body.model, settings)
+    changes = body.model_dump(exclude_unset=True)
+    row = await store.update_session(owner, session_id, changes)
+    return SessionOut.model_validate(row)
+
+
+@router.delete(
+    "/{session_id}",
+    status_code=204,
+    responses=_NOT_FOUND,
+    summary="Delete a session and its messages",
+)
+async def delete_session(session_id: uuid.UUID, owner: Owner, store: StoreDep) -> Response:
+    await store.delete_session(owner, session_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{session_id}/messages",
+    response_model=MessagePage,
+    responses={**_NOT_FOUND, **_INVALID},
+    summary="A session's messages, oldest first, paged backwards with `before`",
+)
+async def list_messages(
+    session_id: uuid.UUID,
+    owner: Owner,
+    store: StoreDep,
+    limit: Limit = 50,
+    before: Annotated[
+        uuid.UUID | None, Query(description="`next_cursor` of the previous page.")
+    ] = None,
+) -> MessagePage:
+    page = await store.list_messages(owner, session_id, limit=limit, before=before)
+    return MessagePage(
+        items=[MessageOut.model_validate(row) for row in page.items], next_cursor=page.next_cursor
+    )

@@ -1,0 +1,72 @@
+"""Serve a run's event log as Server-Sent Events.
+
+Why not FastAPI's generator-based `fastapi.sse` path: the contract's
+keepalive is `: keepalive` and FastAPI's is a fixed `: ping`; there every
+event becomes a pydantic `ServerSentEvent` and crosses two memory streams
+and a task switch, per token; and each event is its own write, where this
+writer sends everything that is ready in one. FastAPI sends any route whose
+`response_class` is an `EventSourceResponse` down that path, so this is a
+plain `Response` with the `text/event-stream` media type; the OpenAPI entry
+(`itemSchema` per event) follows the shape `fastapi.sse` documents.
+
+The response follows the run; it does not own it. When the client leaves,
+the response stops following and the run goes on (or is cancelled, if that
+is the disconnect policy and nobody else follows it).
+"""
+
+from __future__ import annotations
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from chatstream.runs.events import Event
+from chatstream.runs.run import Run
+
+KEEPALIVE = b": keepalive\n\n"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def encode_events(batch: list[Event]) -> bytes:
+    if not batch:
+        return KEEPALIVE
+    return b"".join(
+        [b"id: %d\nevent: %s\ndata: %s\n\n" % (e.seq, e.type.encode(), e.json) for e in batch]
+    )
+
+
+class RunEventStream(Response):
+    media_type = "text/event-stream"
+
+    def __init__(self, run: Run, *, after: int, keepalive_s: float) -> None:
+        # Response.__init__ wants a body; this response writes its own, as it goes.
+        self.status_code = 200
+        self.background = None
+        self.init_headers(SSE_HEADERS)
+        self._run = run
+        self._after = after
+        self._keepalive_s = keepalive_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_stop_on_disconnect, receive, tasks.cancel_scope)
+            async with self._run.follow(self._after, self._keepalive_s) as batches:
+                async for batch in batches:
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": encode_events(batch),
+                            "more_body": True,
+                        }
+                    )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            tasks.cancel_scope.cancel()
+
+
+async def _stop_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()

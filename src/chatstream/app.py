@@ -1,0 +1,126 @@
+"""`create_app(settings)`: the one place where chatstream is wired together.
+
+The lifespan opens every resource on one exit stack, in dependency order,
+and closes them in reverse: the run registry closes first (live runs finish
+or are interrupted, and persist), then the upstream client, then the
+database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from chatstream import __version__
+from chatstream.api import chat, meta, runs, sessions
+from chatstream.api.body_limit import BodyLimit
+from chatstream.api.deps import AppState
+from chatstream.api.errors import install_error_handlers
+from chatstream.api.schemas import event_schemas
+from chatstream.config import Settings
+from chatstream.logs import RequestIdMiddleware
+from chatstream.runs.registry import RunRegistry
+from chatstream.runs.service import ChatService
+from chatstream.storage.db import Database
+from chatstream.storage.repository import Store
+from chatstream.upstream.client import open_client
+from chatstream.upstream.stream import ChatUpstream
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+chatstream streams a model's answer to you the moment it is generated, keeps
+each conversation's history, and saves every answer whole once it ends.
+
+Start a run with `POST /api/chat/stream` and read its Server-Sent Events;
+follow, resume or cancel it by its `message_id` under `/api/runs`. Errors
+are `{"error": {"code", "message"}}` JSON before a stream starts, and an
+`error` event followed by `done` after.
+"""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncExitStack() as stack:
+            database = await stack.enter_async_context(Database.from_settings(settings))
+            client = await stack.enter_async_context(open_client(settings))
+            registry = await stack.enter_async_context(
+                RunRegistry(
+                    max_live_runs=settings.max_live_runs, retention_s=settings.run_retention_s
+                )
+            )
+            store = Store(database)
+            chat_service = ChatService(
+                settings, store=store, registry=registry, upstream=ChatUpstream(client)
+            )
+            state = AppState(
+                settings=settings,
+                database=database,
+                store=store,
+                registry=registry,
+                chat=chat_service,
+            )
+            logger.info(
+                "chatstream %s ready: models %s%s",
+                __version__,
+                ",".join(settings.models),
+                " (offline demo upstream)" if settings.demo else "",
+            )
+            # Also on app.state, for whoever holds the app (operators' tooling, tests).
+            app.state.chatstream = state
+            yield {"chatstream": state}
+
+    app = FastAPI(
+        title="chatstream",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (chat.router, runs.router, sessions.router, meta.router):
+        app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    _document(app, settings)
+    return app
+
+
+def _document(app: FastAPI, settings: Settings) -> None:
+    """Add the SSE event schemas and the limits that come from settings to OpenAPI."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(event_schemas())
+        chat_request = components.get("ChatRequest", {}).get("properties", {})
+        if "message" in chat_request:
+            chat_request["message"]["maxLength"] = settings.max_message_chars
+        if "max_tokens" in chat_request:
+            for option in chat_request["max_tokens"].get("anyOf", []):
+                if option.get("type") == "integer":
+                    option["maximum"] = settings.max_tokens
+        if "model" in chat_request:
+            for option in chat_request["model"].get("anyOf", []):
+                if option.get("type") == "string":
+                    option["enum"] = list(settings.models)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,112 @@
+"""Settings: every knob chatstream has, read once from the environment.
+
+`Settings()` is built once (by the CLI, or by a test with explicit values) and
+passed to `create_app(settings)`; nothing reads the environment afterwards.
+Names follow the contract: `CHATSTREAM_*`, plus the standard `OPENAI_API_KEY`
+and `OPENAI_BASE_URL`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHATSTREAM_",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # --- upstream -----------------------------------------------------------
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url")
+    )
+    models: CommaList = Field(default_factory=lambda: ["gpt-4o-mini"], min_length=1)
+    upstream_connect_timeout_s: float = Field(default=10.0, gt=0)
+    # Until the first token: covers queueing on the model server and prompt processing.
+    upstream_first_token_timeout_s: float = Field(default=60.0, gt=0)
+    # Between two reads once the stream flows.
+    upstream_idle_timeout_s: float = Field(default=60.0, gt=0)
+    upstream_max_retries: int = Field(default=2, ge=0, le=10)
+    upstream_max_connections: int = Field(default=4096, ge=1)
+
+    # --- storage ------------------------------------------------------------
+    database_url: str = "sqlite+aiosqlite:///./chatstream.db"
+    redis_url: str | None = None
+    spool_dir: Path = Path("./spool")
+
+    # --- requests and runs --------------------------------------------------
+    max_message_chars: int = Field(default=4000, ge=1)
+    max_tokens: int = Field(default=4096, ge=1)
+    max_body_bytes: int = Field(default=65536, ge=1024)
+    history_messages: int = Field(default=10, ge=1)
+    history_chars: int = Field(default=24000, ge=1)
+    thinking_interval_s: float = Field(default=5.0, gt=0)
+    keepalive_interval_s: float = Field(default=15.0, gt=0)
+    run_retention_s: float = Field(default=300.0, ge=0)
+    max_run_duration_s: float = Field(default=600.0, gt=0)
+    on_disconnect: Literal["continue", "cancel"] = "continue"
+    max_live_runs: int = Field(default=2000, ge=1)
+    shutdown_grace_s: float = Field(default=25.0, ge=0)
+
+    # --- tools ----------------------------------------------------------------
+    tools: CommaList = Field(default_factory=lambda: ["get_current_time"])
+    max_tool_rounds: int = Field(default=5, ge=0)
+
+    # --- auth and limits ----------------------------------------------------
+    auth: Literal["none", "jwt"] = "none"
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    rate_limit: str = "30/minute"
+    rate_limit_storage: str = "memory://"
+    max_concurrent_runs: int = Field(default=4, ge=1)
+    cors_origins: CommaList = Field(default_factory=list)
+    trusted_proxies: CommaList = Field(default_factory=list)
+
+    # --- serving --------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    _split = field_validator("models", "tools", "cors_origins", "trusted_proxies", mode="before")(
+        _split_commas
+    )
+
+    @model_validator(mode="after")
+    def _check_jwt(self) -> Settings:
+        if self.auth == "jwt":
+            raise ValueError("CHATSTREAM_AUTH=jwt is not available in this release")
+        return self
+
+    @property
+    def demo(self) -> bool:
+        """No key and no base URL: run on the built-in offline demo upstream."""
+        return self.openai_api_key is None and not self.openai_base_url
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

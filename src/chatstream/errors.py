@@ -1,0 +1,126 @@
+"""The error tree. Every expected failure is one of these, never a bare 500.
+
+    ChatstreamError                  status, code, message, retryable
+    ├── InvalidRequest               422 invalid_request
+    ├── Unauthorized                 401 unauthorized
+    ├── NotFound                     404 not_found
+    ├── Conflict                     409 conflict
+    ├── PayloadTooLarge              413 payload_too_large
+    ├── RateLimited                  429 rate_limited
+    │   └── TooManyRuns              429 too_many_runs
+    ├── ServiceUnavailable           503 unavailable
+    └── UpstreamError                502 upstream_error        (also an `error` event)
+        ├── UpstreamTimeout          504 upstream_timeout
+        └── UpstreamRateLimited      503 upstream_rate_limited
+
+Before the first byte of a response an error becomes an HTTP status with the
+contract's JSON body; after it, an `error` event (or frame) with `code`,
+`message` and `retryable`. Messages are ours, written for clients: they never
+carry upstream bodies, keys, URLs or tracebacks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ChatstreamError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+    default_message: ClassVar[str] = "Internal error."
+    default_retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+        details: Any = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.retryable = self.default_retryable if retryable is None else retryable
+        self.retry_after = retry_after
+        self.details = details
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return {"error": error}
+
+
+class InvalidRequest(ChatstreamError):
+    status = 422
+    code = "invalid_request"
+    default_message = "The request is not valid."
+
+
+class Unauthorized(ChatstreamError):
+    status = 401
+    code = "unauthorized"
+    default_message = "A valid bearer token is required."
+
+
+class NotFound(ChatstreamError):
+    status = 404
+    code = "not_found"
+    default_message = "Not found."
+
+
+class Conflict(ChatstreamError):
+    status = 409
+    code = "conflict"
+    default_message = "The resource is not in a state that allows this."
+
+
+class PayloadTooLarge(ChatstreamError):
+    status = 413
+    code = "payload_too_large"
+    default_message = "The request body is too large."
+
+
+class RateLimited(ChatstreamError):
+    status = 429
+    code = "rate_limited"
+    default_message = "Too many requests; slow down."
+    default_retryable = True
+
+
+class TooManyRuns(RateLimited):
+    code = "too_many_runs"
+    default_message = "Too many answers are being generated for you at once."
+
+
+class ServiceUnavailable(ChatstreamError):
+    status = 503
+    code = "unavailable"
+    default_message = "The service cannot take this request now; try again shortly."
+    default_retryable = True
+
+
+class UpstreamError(ChatstreamError):
+    status = 502
+    code = "upstream_error"
+    default_message = "The model server failed."
+    default_retryable = True
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+    default_message = "The model server did not answer in time."
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 503
+    code = "upstream_rate_limited"
+    default_message = "The model server is rate limiting us; try again shortly."
+
+
+class ServerShutdown(ChatstreamError):
+    status = 503
+    code = "server_shutdown"
+    default_message = "The server is restarting; try again."
+    default_retryable = True

@@ -1,0 +1,147 @@
+"""Live runs by id. The registry, not any connection, owns a run's task.
+
+    admission = registry.admit(owner)      # capacity checked before any write
+    ...                                    # commit the user message
+    run = admission.start(run)             # the run's task starts in the registry
+
+A run stays findable for `retention_s` after it ends, so late followers can
+still replay it. On shutdown the registry stops admitting, gives live runs a
+grace period, then interrupts the rest; each still persists what it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from types import TracebackType
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup
+
+from chatstream.errors import ServiceUnavailable
+from chatstream.runs.run import Run
+
+logger = logging.getLogger(__name__)
+
+
+class Admission:
+    """A reserved slot for one run; `start` it or `release` it."""
+
+    __slots__ = ("_registry", "_used", "owner")
+
+    def __init__(self, registry: RunRegistry, owner: str) -> None:
+        self._registry = registry
+        self.owner = owner
+        self._used = False
+
+    def start(self, run: Run) -> Run:
+        if self._used:
+            raise RuntimeError("admission already used")
+        self._used = True
+        self._registry._launch(run)
+        return run
+
+    def release(self) -> None:
+        if not self._used:
+            self._used = True
+            self._registry._reserved -= 1
+
+
+class RunRegistry:
+    def __init__(self, *, max_live_runs: int, retention_s: float) -> None:
+        self._max_live_runs = max_live_runs
+        self._retention_s = retention_s
+        self._runs: dict[uuid.UUID, Run] = {}
+        self._live: set[Run] = set()
+        self._reserved = 0
+        self._accepting = True
+        self._tasks: TaskGroup | None = None
+        self._expiry: dict[uuid.UUID, asyncio.TimerHandle] = {}
+
+    async def __aenter__(self) -> RunRegistry:
+        self._tasks = anyio.create_task_group()
+        await self._tasks.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown(grace_s=0)
+        assert self._tasks is not None
+        await self._tasks.__aexit__(exc_type, exc, tb)
+        for handle in self._expiry.values():
+            handle.cancel()
+        self._expiry.clear()
+
+    # --- admission -------------------------------------------------------------
+
+    def admit(self, owner: str) -> Admission:
+        if not self._accepting:
+            raise ServiceUnavailable("The server is shutting down; try again shortly.")
+        if len(self._live) + self._reserved >= self._max_live_runs:
+            raise ServiceUnavailable("The server is at capacity; try again shortly.")
+        self._reserved += 1
+        return Admission(self, owner)
+
+    def _launch(self, run: Run) -> None:
+        assert self._tasks is not None, "registry used outside its lifespan"
+        self._reserved -= 1
+        self._runs[run.id] = run
+        self._live.add(run)
+        self._tasks.start_soon(self._drive, run, name=f"run {run.id}")
+
+    async def _drive(self, run: Run) -> None:
+        try:
+            await run.execute()
+        finally:
+            self._live.discard(run)
+            loop = asyncio.get_running_loop()
+            self._expiry[run.id] = loop.call_later(self._retention_s, self._forget, run.id)
+
+    def _forget(self, run_id: uuid.UUID) -> None:
+        self._expiry.pop(run_id, None)
+        self._runs.pop(run_id, None)
+
+    # --- lookup ------------------------------------------------------------------
+
+    def get(self, run_id: uuid.UUID, owner: str) -> Run | None:
+        """The run, if it exists and belongs to `owner` (else None, as if missing)."""
+        run = self._runs.get(run_id)
+        if run is None or run.spec.owner != owner:
+            return None
+        return run
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    @property
+    def known_count(self) -> int:
+        return len(self._runs)
+
+    # --- shutdown ------------------------------------------------------------------
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop admitting; let live runs finish for `grace_s`, then interrupt the rest."""
+        self._accepting = False
+        if not self._live:
+            return
+        with anyio.move_on_after(grace_s):
+            await self._wait_for_live_runs()
+        if self._live:
+            logger.warning("interrupting %d live run(s) at shutdown", len(self._live))
+        for run in list(self._live):
+            run.cancel("interrupted")
+        await self._wait_for_live_runs()
+
+    async def _wait_for_live_runs(self) -> None:
+        while self._live:
+            for run in list(self._live):
+                await run.finished.wait()
+            # Let each finished run's task leave the live set.
+            await anyio.lowlevel.checkpoint()

@@ -1,0 +1,152 @@
+"""Starting a chat: the one path every transport (HTTP, SSE, WebSocket) goes through.
+
+    request ─ limits ─ admission ─ commit user message ─ context ─ Run ─ registry
+
+Nothing is written before every check that can fail cheaply has passed, and
+the run's slot is reserved before the user message is committed, so a
+refused chat leaves no trace.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from chatstream.config import Settings
+from chatstream.errors import InvalidRequest
+from chatstream.runs.context import build_context
+from chatstream.runs.registry import RunRegistry
+from chatstream.runs.run import Run, RunLimits, RunSpec
+from chatstream.storage.repository import Store
+from chatstream.upstream.stream import ChatUpstream
+
+SYSTEM_PROMPT_MAX_CHARS = 32_000
+
+
+class ChatRequest(BaseModel):
+    """The body of `POST /api/chat/stream`, `POST /api/chat` and the WebSocket `chat` frame."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="The user's message: 1 to CHATSTREAM_MAX_MESSAGE_CHARS characters, "
+            "not only whitespace.",
+        ),
+    ]
+    session_id: uuid.UUID | None = Field(
+        default=None, description="Continue this session; absent: a new session is created."
+    )
+    model: str | None = Field(default=None, description="One of `GET /api/models`.")
+    system_prompt: Annotated[str, Field(max_length=SYSTEM_PROMPT_MAX_CHARS)] | None = Field(
+        default=None, description="Used when a new session is created."
+    )
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="1 to CHATSTREAM_MAX_TOKENS (also the default)."
+    )
+    client_message_id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        default=None,
+        description="Idempotency key, unique per owner: a repeat starts no second run.",
+    )
+    chunk_chars: Annotated[int, Field(ge=1, le=4096)] | None = Field(
+        default=None,
+        description="Coalesce `delta` text into pieces of at least this many characters.",
+    )
+
+    @field_validator("message")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("message must not be only whitespace")
+        return value
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        registry: RunRegistry,
+        upstream: ChatUpstream,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._registry = registry
+        self._upstream = upstream
+        self._limits = RunLimits(
+            first_token_timeout_s=settings.upstream_first_token_timeout_s,
+            idle_timeout_s=settings.upstream_idle_timeout_s,
+            max_duration_s=settings.max_run_duration_s,
+            thinking_interval_s=settings.thinking_interval_s,
+            on_disconnect=settings.on_disconnect,
+        )
+
+    def check(self, request: ChatRequest) -> None:
+        """The rules that depend on settings; same error shape as schema validation."""
+        settings = self._settings
+        problems: list[dict[str, Any]] = []
+        if len(request.message) > settings.max_message_chars:
+            problems.append(
+                _problem(
+                    "message", f"at most {settings.max_message_chars} characters", "string_too_long"
+                )
+            )
+        if request.max_tokens is not None and request.max_tokens > settings.max_tokens:
+            problems.append(
+                _problem("max_tokens", f"at most {settings.max_tokens}", "less_than_equal")
+            )
+        if request.model is not None and request.model not in settings.models:
+            problems.append(_problem("model", "not one of GET /api/models", "enum"))
+        if request.client_message_id is not None:
+            problems.append(
+                _problem("client_message_id", "not supported by this release yet", "unsupported")
+            )
+        if problems:
+            raise InvalidRequest("The chat request is not valid.", details=problems)
+
+    async def start(self, owner: str, request: ChatRequest) -> Run:
+        self.check(request)
+        settings = self._settings
+        admission = self._registry.admit(owner)
+        try:
+            turn = await self._store.begin_turn(
+                owner,
+                session_id=request.session_id,
+                new_session_model=request.model,
+                new_session_system_prompt=request.system_prompt,
+                message=request.message,
+                # Room for rows the context builder skips (failed empty answers).
+                history_limit=settings.history_messages * 2,
+            )
+        except BaseException:
+            admission.release()
+            raise
+        session_model = turn.session.model if turn.session.model in settings.models else None
+        spec = RunSpec(
+            owner=owner,
+            session_id=turn.session.id,
+            message_id=uuid.uuid4(),
+            user_message_id=turn.user_message.id,
+            model=request.model or session_model or settings.default_model,
+            messages=build_context(
+                turn.session.system_prompt,
+                turn.history,
+                max_messages=settings.history_messages,
+                max_chars=settings.history_chars,
+            ),
+            max_tokens=request.max_tokens or settings.max_tokens,
+            temperature=request.temperature,
+            chunk_chars=request.chunk_chars,
+        )
+        run = Run(spec, upstream=self._upstream, store=self._store, limits=self._limits)
+        return admission.start(run)
+
+
+def _problem(field: str, message: str, kind: str) -> dict[str, Any]:
+    return {"loc": ["body", field], "msg": message, "type": kind}

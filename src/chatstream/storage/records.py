@@ -1,0 +1,44 @@
+"""Plain records crossing the storage boundary (no ORM objects leave a transaction)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True, frozen=True)
+class HistoryMessage:
+    """A stored message as the context builder needs it."""
+
+    role: str
+    content: str
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(slots=True)
+class OutputRow:
+    """One message row a run produced, as it will be written."""
+
+    id: uuid.UUID
+    role: str
+    content: str
+    status: str
+    model: str | None = None
+    finish_reason: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+    usage: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class RunOutput:
+    """Everything a run writes, in one transaction, in this order."""
+
+    owner: str
+    session_id: uuid.UUID
+    rows: list[OutputRow] = field(default_factory=list)

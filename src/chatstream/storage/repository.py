@@ -1,0 +1,270 @@
+"""Every read and write chatstream makes, each scoped to the caller's owner id.
+
+There is no way here to fetch a session, message or run by id alone: every
+method takes `owner` and puts it in the SQL, so another owner's id behaves
+exactly like a missing one. Each method opens its own short transaction; no
+database session outlives a call, let alone a stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select, delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from chatstream.errors import InvalidRequest, NotFound
+from chatstream.storage.db import Database
+from chatstream.storage.models import MessageRow, SessionRow, utcnow
+from chatstream.storage.records import HistoryMessage, RunOutput
+
+TITLE_CHARS = 80
+
+
+class SessionGone(Exception):
+    """The run's session was deleted while it ran; there is nowhere to write."""
+
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+@dataclass(slots=True)
+class TurnStart:
+    session: SessionRow
+    user_message: MessageRow
+    history: list[HistoryMessage]  # newest first, the new user message included
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # --- sessions ------------------------------------------------------------
+
+    async def create_session(
+        self, owner: str, *, title: str | None, model: str | None, system_prompt: str | None
+    ) -> SessionRow:
+        now = utcnow()
+        row = SessionRow(
+            id=uuid.uuid4(),
+            owner=owner,
+            title=title,
+            model=model,
+            system_prompt=system_prompt,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self._db.writer() as db, db.begin():
+            db.add(row)
+        return row
+
+    async def get_session(self, owner: str, session_id: uuid.UUID) -> tuple[SessionRow, int]:
+        """The session and its message count."""
+        async with self._db.reader() as db:
+            row = await db.scalar(_owned_session(owner, session_id))
+            if row is None:
+                raise NotFound("No such session.")
+            count = await db.scalar(
+                select(func.count()).select_from(MessageRow).where(MessageRow.session_id == row.id)
+            )
+        return row, int(count or 0)
+
+    async def list_sessions(
+        self, owner: str, *, limit: int, cursor: str | None
+    ) -> Page[SessionRow]:
+        query = select(SessionRow).where(SessionRow.owner == owner)
+        if cursor is not None:
+            query = query.where(SessionRow.pk < _decode_cursor(cursor))
+        query = query.order_by(SessionRow.pk.desc()).limit(limit + 1)
+        async with self._db.reader() as db:
+            rows = list(await db.scalars(query))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, _encode_cursor(rows[-1].pk) if more else None)
+
+    async def update_session(
+        self, owner: str, session_id: uuid.UUID, changes: dict[str, Any]
+    ) -> SessionRow:
+        async with self._db.writer() as db, db.begin():
+            row = await db.scalar(_owned_session(owner, session_id))
+            if row is None:
+                raise NotFound("No such session.")
+            for name, value in changes.items():
+                setattr(row, name, value)
+            row.updated_at = utcnow()
+        return row
+
+    async def delete_session(self, owner: str, session_id: uuid.UUID) -> None:
+        async with self._db.writer() as db, db.begin():
+            row = await db.scalar(_owned_session(owner, session_id))
+            if row is None:
+                raise NotFound("No such session.")
+            await db.execute(delete(MessageRow).where(MessageRow.session_id == row.id))
+            await db.delete(row)
+
+    # --- messages --------------------------------------------------------------
+
+    async def list_messages(
+        self, owner: str, session_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
+    ) -> Page[MessageRow]:
+        async with self._db.reader() as db:
+            session = await db.scalar(_owned_session(owner, session_id))
+            if session is None:
+                raise NotFound("No such session.")
+            query = select(MessageRow).where(MessageRow.session_id == session.id)
+            if before is not None:
+                anchor = await db.scalar(
+                    select(MessageRow.pk).where(
+                        MessageRow.id == before, MessageRow.session_id == session.id
+                    )
+                )
+                if anchor is None:
+                    raise InvalidRequest("`before` is not a message of this session.")
+                query = query.where(MessageRow.pk < anchor)
+            rows = list(await db.scalars(query.order_by(MessageRow.pk.desc()).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        rows.reverse()
+        return Page(rows, str(rows[0].id) if more else None)
+
+    async def get_message(self, owner: str, message_id: uuid.UUID) -> MessageRow | None:
+        async with self._db.reader() as db:
+            return await db.scalar(
+                select(MessageRow).where(MessageRow.id == message_id, MessageRow.owner == owner)
+            )
+
+    # --- runs ------------------------------------------------------------------
+
+    async def begin_turn(
+        self,
+        owner: str,
+        *,
+        session_id: uuid.UUID | None,
+        new_session_model: str | None,
+        new_session_system_prompt: str | None,
+        message: str,
+        history_limit: int,
+    ) -> TurnStart:
+        """Commit the user's message (creating the session if needed); read the history."""
+        now = utcnow()
+        async with self._db.writer() as db, db.begin():
+            if session_id is not None:
+                session = await db.scalar(_owned_session(owner, session_id))
+                if session is None:
+                    raise NotFound("No such session.")
+                if session.title is None:
+                    session.title = _title_from(message)
+                session.updated_at = now
+            else:
+                session = SessionRow(
+                    id=uuid.uuid4(),
+                    owner=owner,
+                    title=_title_from(message),
+                    model=new_session_model,
+                    system_prompt=new_session_system_prompt,
+                    created_at=now,
+                    updated_at=now,
+                )
+                db.add(session)
+                await db.flush()  # the session row must exist before its message's foreign key
+            user_message = MessageRow(
+                id=uuid.uuid4(),
+                session_id=session.id,
+                owner=owner,
+                role="user",
+                content=message,
+                status="complete",
+                created_at=now,
+            )
+            db.add(user_message)
+            await db.flush()
+            recent = await db.scalars(
+                select(MessageRow)
+                .where(MessageRow.session_id == session.id)
+                .order_by(MessageRow.pk.desc())
+                .limit(history_limit)
+            )
+            history = [
+                HistoryMessage(
+                    role=row.role,
+                    content=row.content,
+                    tool_calls=row.tool_calls,
+                    tool_call_id=row.tool_call_id,
+                    name=row.name,
+                )
+                for row in recent
+            ]
+        return TurnStart(session, user_message, history)
+
+    async def write_run_output(self, output: RunOutput) -> None:
+        """All of a run's rows in one transaction: INSERTs only, never an UPDATE."""
+        now = utcnow()
+        rows = [
+            {
+                **asdict(row),
+                "session_id": output.session_id,
+                "owner": output.owner,
+                "created_at": now,
+            }
+            for row in output.rows
+        ]
+        try:
+            async with self._db.writer() as db, db.begin():
+                exists = await db.scalar(
+                    select(SessionRow.pk).where(
+                        SessionRow.id == output.session_id, SessionRow.owner == output.owner
+                    )
+                )
+                if exists is None:
+                    raise SessionGone()
+                for row in rows:
+                    await db.execute(insert(MessageRow).values(**row))
+        except IntegrityError as exc:
+            # Rows already written (a retry after an uncertain commit), or the
+            # session vanished between our check and the insert.
+            if await self._all_written(output.owner, [row["id"] for row in rows]):
+                return
+            raise SessionGone() from exc
+
+    async def _all_written(self, owner: str, ids: Sequence[uuid.UUID]) -> bool:
+        async with self._db.reader() as db:
+            found = await db.scalar(
+                select(func.count())
+                .select_from(MessageRow)
+                .where(MessageRow.id.in_(ids), MessageRow.owner == owner)
+            )
+        return int(found or 0) == len(ids)
+
+
+def _owned_session(owner: str, session_id: uuid.UUID) -> Select[SessionRow]:
+    return select(SessionRow).where(SessionRow.id == session_id, SessionRow.owner == owner)
+
+
+def _title_from(message: str) -> str:
+    first_line = " ".join(message.split())
+    return first_line if len(first_line) <= TITLE_CHARS else first_line[: TITLE_CHARS - 1] + "…"
+
+
+def _encode_cursor(pk: int) -> str:
+    return base64.urlsafe_b64encode(f"s{pk}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("s"):
+            raise ValueError(raw)
+        return int(raw[1:])
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidRequest("`cursor` is not a cursor this server issued.") from None

@@ -1,0 +1,130 @@
+"""Open a streaming chat completion and hand back parsed chunks, cheaply.
+
+The `AsyncOpenAI` client does what it is good at: building the request,
+auth, connection pooling, retries with backoff and `Retry-After` (all before
+a response exists, so before the first token), and status errors. The body
+it gives back raw: our byte-level SSE decoder and orjson turn it into plain
+dicts, one batch per network read, with no pydantic object per token.
+
+    async with upstream.stream(request) as batches:
+        async for batch in batches:      # list of parsed chunk dicts
+            ...
+
+The response is closed on every path out of the `async with`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx2
+import openai
+import orjson
+
+from chatstream.errors import UpstreamError
+from chatstream.upstream.errors import from_sdk_error, from_transport_error
+from chatstream.upstream.sse import EventTooLarge, SSEDecoder
+
+_DONE = b"[DONE]"
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int
+    temperature: float | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": self.messages,
+            "max_tokens": self.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if self.temperature is not None:
+            kwargs["temperature"] = self.temperature
+        if self.tools:
+            kwargs["tools"] = self.tools
+        return kwargs
+
+
+class ChatUpstream:
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self._client = client
+
+    @asynccontextmanager
+    async def stream(self, request: UpstreamRequest) -> AsyncIterator[AsyncIterator[list[Any]]]:
+        create = self._client.chat.completions.with_streaming_response.create
+        try:
+            response = await create(**request.as_kwargs()).__aenter__()
+        except openai.OpenAIError as exc:
+            raise from_sdk_error(exc) from None
+        except httpx2.HTTPError as exc:
+            raise from_transport_error(exc) from None
+        http_response = response.http_response
+        try:
+            content_type = http_response.headers.get("content-type", "")
+            if content_type.startswith("application/json"):
+                # A server that ignored `stream: true` and sent the whole answer.
+                yield _whole_completion(http_response)
+            else:
+                yield _batches(http_response)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await http_response.aclose()
+
+
+async def _batches(response: httpx2.Response) -> AsyncIterator[list[Any]]:
+    decoder = SSEDecoder()
+    loads = orjson.loads
+    try:
+        async for raw in response.aiter_bytes():
+            payloads = decoder.feed(raw)
+            if not payloads:
+                continue
+            if payloads[-1] == _DONE:
+                yield [loads(p) for p in payloads if p != _DONE]
+                return
+            yield [loads(p) for p in payloads]
+        tail = [loads(p) for p in decoder.flush() if p != _DONE]
+        if tail:
+            yield tail
+    except httpx2.HTTPError as exc:
+        raise from_transport_error(exc) from None
+    except (orjson.JSONDecodeError, EventTooLarge):
+        raise UpstreamError("The model server sent a malformed stream.") from None
+
+
+async def _whole_completion(response: httpx2.Response) -> AsyncIterator[list[Any]]:
+    try:
+        body = orjson.loads(await response.aread())
+        choice = body["choices"][0]
+        message = choice.get("message") or {}
+        chunk = {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "content": message.get("content"),
+                        "tool_calls": [
+                            {"index": i, **call}
+                            for i, call in enumerate(message.get("tool_calls") or [])
+                        ],
+                    },
+                    "finish_reason": choice.get("finish_reason"),
+                }
+            ],
+            "usage": body.get("usage"),
+        }
+    except httpx2.HTTPError as exc:
+        raise from_transport_error(exc) from None
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        raise UpstreamError("The model server sent a malformed answer.") from None
+    yield [chunk]

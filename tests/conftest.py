@@ -1,0 +1,131 @@
+"""Shared fixtures: a fake upstream over real HTTP, a migrated SQLite file, real uvicorn."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from alembic import command
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from chatstream.app import create_app
+from chatstream.cli import alembic_config
+from chatstream.config import Settings
+from tests.support.servers import AppServer, FakeUpstreamThread
+
+# A recognisable key: it must never appear in a response or a log line.
+SENTINEL_API_KEY = "sk-test-SENTINEL-0123456789abcdef"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_environment() -> Iterator[None]:
+    """Settings in tests come from the tests alone, never from the developer's shell."""
+    saved = {
+        key: os.environ.pop(key)
+        for key in list(os.environ)
+        if (key.startswith("CHATSTREAM_") and not key.startswith("CHATSTREAM_TEST_"))
+        or key.startswith("OPENAI_")
+    }
+    yield
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def fake_upstream_thread() -> Iterator[FakeUpstreamThread]:
+    thread = FakeUpstreamThread().start()
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture
+def fake(fake_upstream_thread: FakeUpstreamThread) -> Iterator[FakeUpstreamThread]:
+    fake_upstream_thread.fake.reset()
+    yield fake_upstream_thread
+    fake_upstream_thread.fake.release()  # nothing stays stalled into the next test
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite file brought to head by Alembic; each test gets a copy."""
+    path = tmp_path_factory.mktemp("template") / "chatstream.db"
+    command.upgrade(alembic_config(f"sqlite+aiosqlite:///{path}"), "head")  # type: ignore[arg-type]
+    return path
+
+
+@pytest.fixture
+def database_path(tmp_path: Path, migrated_sqlite: Path) -> Path:
+    path = tmp_path / "chatstream.db"
+    shutil.copyfile(migrated_sqlite, path)
+    return path
+
+
+@pytest.fixture
+def database_url(database_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{database_path}"
+
+
+def settings_for_tests(**values: Any) -> Settings:
+    defaults: dict[str, Any] = {
+        "openai_api_key": SENTINEL_API_KEY,
+        "upstream_max_retries": 0,
+        "run_retention_s": 60,
+        "models": ["test-model", "other-model"],
+    }
+    return Settings(**{**defaults, **values})
+
+
+@pytest.fixture
+def make_server(fake: FakeUpstreamThread, database_url: str) -> Iterator[Callable[..., AppServer]]:
+    started: list[AppServer] = []
+
+    def make(**overrides: Any) -> AppServer:
+        settings = settings_for_tests(
+            **{"database_url": database_url, "openai_base_url": fake.base_url, **overrides}
+        )
+        server = AppServer(create_app(settings)).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(make_server: Callable[..., AppServer]) -> AppServer:
+    return make_server()
+
+
+@pytest.fixture
+def client(server: AppServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, timeout=20) as http:
+        yield http
+
+
+class StatementLog:
+    """Every SQL statement sent to one database file, as the driver received it."""
+
+    def __init__(self, database_path: Path) -> None:
+        self._path = str(database_path)
+        self.statements: list[str] = []
+
+    def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if conn.engine.url.database == self._path:
+            self.statements.append(" ".join(statement.split()))
+
+    def matching(self, prefix: str) -> list[str]:
+        return [s for s in self.statements if s.upper().startswith(prefix.upper())]
+
+
+@pytest.fixture
+def sql_log(database_path: Path) -> Iterator[StatementLog]:
+    log = StatementLog(database_path)
+    event.listen(Engine, "before_cursor_execute", log)
+    yield log
+    event.remove(Engine, "before_cursor_execute", log)

@@ -1,0 +1,36 @@
+"""`make run` on a machine with no model server: the real process, on the demo upstream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from tests.support.process import ServeProcess, clean_env, free_port, migrate
+from tests.support.sse import read_stream
+
+
+def test_serve_with_no_upstream_configured_streams_the_demo(tmp_path: Path) -> None:
+    env = clean_env(
+        CHATSTREAM_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/chatstream.db",
+        CHATSTREAM_PORT=str(free_port()),
+    )
+    migrate(env)
+    server = ServeProcess(env, cwd=tmp_path)
+    try:
+        server.wait_ready()
+        assert "offline demo upstream" in server.log_text()
+        with httpx.Client(base_url=server.base_url, timeout=30) as client:
+            assert client.get("/api/models").json()["demo"] is True
+            with client.stream("POST", "/api/chat/stream", json={"message": "hello"}) as response:
+                stream = read_stream(response)
+            assert stream.done["status"] == "complete"
+            assert stream.types.count("delta") > 20
+            assert "demo" in stream.text
+            session_id = stream.events[0].data["session_id"]
+            stored = client.get(f"/api/sessions/{session_id}/messages").json()["items"]
+            assert stored[-1]["content"] == stream.text
+    finally:
+        # uvicorn re-raises the SIGTERM it caught once shutdown is done.
+        assert server.stop() in (0, -15)
+    assert "Application shutdown complete" in server.log_text()

@@ -1,0 +1,115 @@
+"""Folding chat.completion.chunk objects into one message, with no network."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from chatstream.errors import UpstreamError, UpstreamRateLimited
+from chatstream.runs.accumulator import ChunkAccumulator
+
+
+def chunk(
+    delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}], **extra}
+
+
+def test_text_is_returned_as_it_arrives_and_kept() -> None:
+    acc = ChunkAccumulator()
+    assert acc.feed(chunk({"role": "assistant", "content": ""})) is None
+    assert acc.feed(chunk({"content": "Hel"})) == "Hel"
+    assert acc.feed(chunk({"content": "lo"})) == "lo"
+    assert acc.feed(chunk(finish="stop")) is None
+    assert (
+        acc.feed(
+            {
+                "choices": [],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+            }
+        )
+        is None
+    )
+    assert acc.text == "Hello"
+    assert acc.finish_reason == "stop"
+    assert acc.usage == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert acc.content_chunks == 2
+    assert acc.tool_calls == []
+
+
+def test_tool_call_fragments_assemble_by_index() -> None:
+    acc = ChunkAccumulator()
+    acc.feed(
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_a",
+                        "type": "function",
+                        "function": {"name": "get_", "arguments": ""},
+                    }
+                ]
+            }
+        )
+    )
+    acc.feed(
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 1,
+                        "id": "call_b",
+                        "function": {"name": "lookup", "arguments": '{"q"'},
+                    }
+                ]
+            }
+        )
+    )
+    acc.feed(
+        chunk(
+            {
+                "tool_calls": [
+                    {"index": 0, "function": {"name": "current_time", "arguments": '{"timez'}}
+                ]
+            }
+        )
+    )
+    for piece in ['one": "U', 'TC"}']:
+        acc.feed(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+    acc.feed(chunk({"tool_calls": [{"index": 1, "function": {"arguments": ': "x"}'}}]}))
+    acc.feed(chunk(finish="tool_calls"))
+    calls = acc.tool_calls
+    assert [(c.call_id, c.name, c.arguments) for c in calls] == [
+        ("call_a", "get_current_time", '{"timezone": "UTC"}'),
+        ("call_b", "lookup", '{"q": "x"}'),
+    ]
+    assert acc.finish_reason == "tool_calls"
+    assert calls[0].as_openai() == {
+        "id": "call_a",
+        "type": "function",
+        "function": {"name": "get_current_time", "arguments": '{"timezone": "UTC"}'},
+    }
+
+
+def test_a_call_without_id_gets_one() -> None:
+    acc = ChunkAccumulator()
+    acc.feed(chunk({"tool_calls": [{"index": 3, "function": {"name": "f", "arguments": "{}"}}]}))
+    assert acc.tool_calls[0].call_id == "call_3"
+
+
+def test_in_stream_errors_raise() -> None:
+    with pytest.raises(UpstreamRateLimited):
+        ChunkAccumulator().feed({"error": {"type": "rate_limit_exceeded", "message": "slow down"}})
+    with pytest.raises(UpstreamError) as raised:
+        ChunkAccumulator().feed({"error": {"type": "invalid_request_error", "message": "bad"}})
+    assert raised.value.retryable is False
+    with pytest.raises(UpstreamError) as raised:
+        ChunkAccumulator().feed({"error": {"type": "server_error"}})
+    assert raised.value.retryable is True
+
+
+def test_malformed_chunks_raise() -> None:
+    with pytest.raises(UpstreamError):
+        ChunkAccumulator().feed(["not", "a", "dict"])

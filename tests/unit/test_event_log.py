@@ -1,0 +1,106 @@
+"""The run event log: numbering, replay, live follow, idle ticks, closing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from chatstream.runs.events import EventPayload
+from chatstream.runs.log import MemoryEventLog
+
+
+def delta(text: str) -> EventPayload:
+    return {"type": "delta", "text": text}
+
+
+DONE: EventPayload = {
+    "type": "done",
+    "message_id": "m",
+    "status": "complete",
+    "finish_reason": "stop",
+    "persisted": True,
+    "usage": None,
+    "metrics": None,
+}
+
+
+def test_sequence_numbers_and_replay() -> None:
+    log = MemoryEventLog()
+    events = [log.append(delta(str(i))) for i in range(5)]
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+    assert [e.seq for e in log.after(3)] == [4, 5]
+    assert log.after(5) == []
+    assert events[0].json == b'{"type":"delta","text":"0"}'
+
+
+def test_append_after_done_is_refused() -> None:
+    log = MemoryEventLog()
+    log.append(DONE)
+    assert log.closed
+    with pytest.raises(RuntimeError):
+        log.append(delta("late"))
+
+
+def test_followers_get_batches_live_and_stop_at_done() -> None:
+    async def scenario() -> list[list[int]]:
+        log = MemoryEventLog()
+        log.append(delta("a"))
+        batches: list[list[int]] = []
+
+        async def follower() -> None:
+            async for batch in log.follow(0, idle_timeout=5):
+                batches.append([e.seq for e in batch])
+
+        task = asyncio.create_task(follower())
+        await asyncio.sleep(0)
+        log.append(delta("b"))
+        log.append(delta("c"))  # appended together: read together
+        await asyncio.sleep(0)
+        log.append(DONE)
+        await asyncio.wait_for(task, 5)
+        return batches
+
+    assert asyncio.run(scenario()) == [[1], [2, 3], [4]]
+
+
+def test_idle_follower_gets_empty_batches() -> None:
+    async def scenario() -> int:
+        log = MemoryEventLog()
+        empties = 0
+        async for batch in log.follow(0, idle_timeout=0.01):
+            if not batch:
+                empties += 1
+                if empties == 3:
+                    log.append(DONE)
+        return empties
+
+    assert asyncio.run(scenario()) == 3
+
+
+def test_following_an_ended_log_past_its_end_returns_at_once() -> None:
+    async def scenario() -> list[list[int]]:
+        log = MemoryEventLog()
+        log.append(delta("a"))
+        log.append(DONE)
+        return [[e.seq for e in b] async for b in log.follow(2, idle_timeout=5)]
+
+    assert asyncio.run(scenario()) == []
+
+
+def test_cancelled_follower_leaves_no_waiter() -> None:
+    async def scenario() -> int:
+        log = MemoryEventLog()
+
+        async def follower() -> None:
+            async for _ in log.follow(0, idle_timeout=5):
+                pass
+
+        task = asyncio.create_task(follower())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return len(log._waiters)
+
+    assert asyncio.run(scenario()) == 0
