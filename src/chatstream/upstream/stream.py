@@ -15,7 +15,7 @@ The response is closed on every path out of the `async with`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,18 +41,24 @@ class UpstreamRequest:
     tools: list[dict[str, Any]] = field(default_factory=list)
 
     def as_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "model": self.model,
+        """Arguments for `chat.completions.create`.
+
+        The body travels in `extra_body`, which the SDK sends as given. Passed
+        as typed parameters it would first be walked against the SDK's
+        TypedDict schemas, message by message, which costs more CPU than the
+        rest of the request (and grows with the history) while changing
+        nothing in a body of plain JSON values.
+        """
+        body: dict[str, Any] = {
             "messages": self.messages,
             "max_tokens": self.max_tokens,
-            "stream": True,
             "stream_options": {"include_usage": True},
         }
         if self.temperature is not None:
-            kwargs["temperature"] = self.temperature
+            body["temperature"] = self.temperature
         if self.tools:
-            kwargs["tools"] = self.tools
-        return kwargs
+            body["tools"] = self.tools
+        return {"model": self.model, "messages": [], "stream": True, "extra_body": body}
 
 
 class ChatUpstream:
@@ -81,11 +87,24 @@ class ChatUpstream:
                 await http_response.aclose()
 
 
+def _body(response: httpx2.Response) -> AsyncIterable[bytes]:
+    """The body's bytes as the transport delivers them.
+
+    `Response.stream` directly, when there is no content encoding to undo:
+    `aiter_bytes()` would add two generator layers, a chunker and a context
+    manager per read, for nothing.
+    """
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity") and isinstance(response.stream, httpx2.AsyncByteStream):
+        return response.stream
+    return response.aiter_bytes()
+
+
 async def _batches(response: httpx2.Response) -> AsyncIterator[list[Any]]:
     decoder = SSEDecoder()
     loads = orjson.loads
     try:
-        async for raw in response.aiter_bytes():
+        async for raw in _body(response):
             payloads = decoder.feed(raw)
             if not payloads:
                 continue
