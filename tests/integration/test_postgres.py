@@ -11,7 +11,9 @@ from tests.support.servers import AppServer
 from tests.support.sse import read_stream
 
 
-def test_chat_persists_on_postgres(make_server: Callable[..., AppServer], postgres_url: str) -> None:
+def test_chat_persists_on_postgres(
+    make_server: Callable[..., AppServer], postgres_url: str
+) -> None:
     server = make_server(database_url=postgres_url)
     with httpx.Client(base_url=server.base_url, timeout=20) as client:
         with client.stream(
@@ -27,7 +29,8 @@ def test_chat_persists_on_postgres(make_server: Callable[..., AppServer], postgr
 
         # Cancel and partial persistence on PostgreSQL too.
         answer: dict[str, Any] = client.post(
-            "/api/chat", json={"message": "[[fake tokens=5 drop_after=2]] x", "session_id": session_id}
+            "/api/chat",
+            json={"message": "[[fake tokens=5 drop_after=2]] x", "session_id": session_id},
         ).json()
         assert answer["error"]["details"]["message"]["status"] == "error"
         detail = client.get(f"/api/sessions/{session_id}").json()
@@ -35,12 +38,16 @@ def test_chat_persists_on_postgres(make_server: Callable[..., AppServer], postgr
         assert client.get("/readyz").json()["database"] == "ok"
 
 
-def test_pagination_and_delete_on_postgres(make_server: Callable[..., AppServer], postgres_url: str) -> None:
+def test_pagination_and_delete_on_postgres(
+    make_server: Callable[..., AppServer], postgres_url: str
+) -> None:
     server = make_server(database_url=postgres_url)
     with httpx.Client(base_url=server.base_url, timeout=20) as client:
         ids = [client.post("/api/sessions", json={"title": f"p{i}"}).json()["id"] for i in range(5)]
         first = client.get("/api/sessions", params={"limit": 2}).json()
-        second = client.get("/api/sessions", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+        second = client.get(
+            "/api/sessions", params={"limit": 2, "cursor": first["next_cursor"]}
+        ).json()
         assert [s["id"] for s in first["items"] + second["items"]] == ids[::-1][:4]
         for session_id in ids:
             assert client.delete(f"/api/sessions/{session_id}").status_code == 204

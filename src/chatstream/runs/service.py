@@ -127,15 +127,15 @@ class ChatService:
         except BaseException:
             admission.release()
             raise
-        session_model = turn.session.model if turn.session.model in settings.models else None
+        session_model = turn.session_model if turn.session_model in settings.models else None
         spec = RunSpec(
             owner=owner,
-            session_id=turn.session.id,
+            session_id=turn.session_id,
             message_id=uuid.uuid4(),
-            user_message_id=turn.user_message.id,
+            user_message_id=turn.user_message_id,
             model=request.model or session_model or settings.default_model,
             messages=build_context(
-                turn.session.system_prompt,
+                turn.system_prompt,
                 turn.history,
                 max_messages=settings.history_messages,
                 max_chars=settings.history_chars,

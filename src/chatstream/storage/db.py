@@ -1,12 +1,16 @@
 """Engines and session factories.
 
 Two factories: `writer` for transactions that change rows and `reader` for
-the rest. On PostgreSQL they share one engine. On SQLite the writer is one
-connection that opens every transaction with `BEGIN IMMEDIATE`: writers
-queue in the pool (in asyncio, cheaply) instead of racing inside SQLite,
-where a read-then-write transaction that loses the race fails at once with
-SQLITE_BUSY_SNAPSHOT, which no busy timeout can cure. Readers keep their own
-connections; WAL mode lets them run beside the writer.
+the rest. On PostgreSQL they share one engine. On SQLite the writer is a
+single connection: writers queue in the pool (in asyncio, cheaply) instead of
+racing inside SQLite. Its transactions begin implicitly at their first
+INSERT, UPDATE or DELETE (the sqlite3 driver's own behaviour), and every
+write transaction chatstream runs starts with one, so none ever reads first
+and then upgrades to a write, the pattern that fails at once with
+SQLITE_BUSY_SNAPSHOT whatever the busy timeout; and no separate BEGIN
+statement costs a round trip to the driver's thread. Readers keep their own
+connections, each query its own implicit read transaction; WAL mode lets
+them run beside the writer.
 """
 
 from __future__ import annotations
@@ -26,14 +30,17 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
+            # Every use of the writer is an `engine.begin()` block that commits or
+            # rolls back, so the pool's ROLLBACK on check-in would be a round trip
+            # to the driver's thread for nothing.
             self.write_engine = create_async_engine(
-                url, pool_size=1, max_overflow=0, pool_timeout=60
+                url, pool_size=1, max_overflow=0, pool_timeout=60, pool_reset_on_return=None
             )
             self.read_engine = create_async_engine(
                 url, pool_size=4, max_overflow=4, pool_timeout=60
             )
-            _configure_sqlite(self.write_engine, begin="BEGIN IMMEDIATE")
-            _configure_sqlite(self.read_engine, begin="BEGIN")
+            for engine in (self.write_engine, self.read_engine):
+                _configure_sqlite(engine)
         else:
             self.write_engine = create_async_engine(
                 url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
@@ -72,18 +79,12 @@ class Database:
         await self.aclose()
 
 
-def _configure_sqlite(engine: AsyncEngine, *, begin: str) -> None:
+def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # We emit BEGIN ourselves (below); the driver must not.
-        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql(begin)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     TypeDecorator,
     Uuid,
@@ -94,3 +95,8 @@ class MessageRow(Base):
         Index("ix_messages_session_pk", "session_id", "pk"),
         Index("ix_messages_owner", "owner"),
     )
+
+
+# The tables, for the hot paths that speak SQL Core rather than the ORM.
+sessions_table = cast(Table, SessionRow.__table__)
+messages_table = cast(Table, MessageRow.__table__)

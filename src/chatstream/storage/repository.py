@@ -12,15 +12,21 @@ import base64
 import binascii
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, delete, func, insert, select
+from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from chatstream.errors import InvalidRequest, NotFound
 from chatstream.storage.db import Database
-from chatstream.storage.models import MessageRow, SessionRow, utcnow
+from chatstream.storage.models import (
+    MessageRow,
+    SessionRow,
+    messages_table,
+    sessions_table,
+    utcnow,
+)
 from chatstream.storage.records import HistoryMessage, RunOutput
 
 TITLE_CHARS = 80
@@ -41,8 +47,10 @@ class Page(Generic[T]):
 
 @dataclass(slots=True)
 class TurnStart:
-    session: SessionRow
-    user_message: MessageRow
+    session_id: uuid.UUID
+    session_model: str | None
+    system_prompt: str | None
+    user_message_id: uuid.UUID
     history: list[HistoryMessage]  # newest first, the new user message included
 
 
@@ -156,84 +164,108 @@ class Store:
         message: str,
         history_limit: int,
     ) -> TurnStart:
-        """Commit the user's message (creating the session if needed); read the history."""
+        """Commit the user's message (creating the session if needed); read the history.
+
+        Runs once per chat, so it speaks SQL Core on one connection: the ORM's
+        unit of work costs more CPU than these few statements themselves.
+        """
         now = utcnow()
-        async with self._db.writer() as db, db.begin():
+        sessions, messages = sessions_table, messages_table
+        created = False
+        user_history = HistoryMessage(role="user", content=message)
+        async with self._db.write_engine.begin() as db:
             if session_id is not None:
-                session = await db.scalar(_owned_session(owner, session_id))
-                if session is None:
+                # One statement finds the caller's session and marks its activity.
+                found = (
+                    await db.execute(
+                        update(sessions)
+                        .where(sessions.c.id == session_id, sessions.c.owner == owner)
+                        .values(
+                            updated_at=now,
+                            title=func.coalesce(sessions.c.title, _title_from(message)),
+                        )
+                        .returning(sessions.c.model, sessions.c.system_prompt)
+                    )
+                ).first()
+                if found is None:
                     raise NotFound("No such session.")
-                if session.title is None:
-                    session.title = _title_from(message)
-                session.updated_at = now
+                model, system_prompt = found.model, found.system_prompt
             else:
-                session = SessionRow(
-                    id=uuid.uuid4(),
-                    owner=owner,
-                    title=_title_from(message),
-                    model=new_session_model,
-                    system_prompt=new_session_system_prompt,
-                    created_at=now,
-                    updated_at=now,
+                created = True
+                session_id = uuid.uuid4()
+                model, system_prompt = new_session_model, new_session_system_prompt
+                await db.execute(
+                    insert(sessions),
+                    {
+                        "id": session_id,
+                        "owner": owner,
+                        "title": _title_from(message),
+                        "model": model,
+                        "system_prompt": system_prompt,
+                        "created_at": now,
+                        "updated_at": now,
+                    },
                 )
-                db.add(session)
-                await db.flush()  # the session row must exist before its message's foreign key
-            user_message = MessageRow(
-                id=uuid.uuid4(),
-                session_id=session.id,
-                owner=owner,
-                role="user",
-                content=message,
-                status="complete",
-                created_at=now,
+            user_message_id = uuid.uuid4()
+            await db.execute(
+                insert(messages),
+                {
+                    "id": user_message_id,
+                    "session_id": session_id,
+                    "owner": owner,
+                    "role": "user",
+                    "content": message,
+                    "status": "complete",
+                    "created_at": now,
+                },
             )
-            db.add(user_message)
-            await db.flush()
-            recent = await db.scalars(
-                select(MessageRow)
-                .where(MessageRow.session_id == session.id)
-                .order_by(MessageRow.pk.desc())
+            if created:  # a new session has no history but this message
+                return TurnStart(session_id, model, system_prompt, user_message_id, [user_history])
+            recent = await db.execute(
+                select(
+                    messages.c.role,
+                    messages.c.content,
+                    messages.c.tool_calls,
+                    messages.c.tool_call_id,
+                    messages.c.name,
+                )
+                .where(messages.c.session_id == session_id)
+                .order_by(messages.c.pk.desc())
                 .limit(history_limit)
             )
-            history = [
-                HistoryMessage(
-                    role=row.role,
-                    content=row.content,
-                    tool_calls=row.tool_calls,
-                    tool_call_id=row.tool_call_id,
-                    name=row.name,
-                )
-                for row in recent
-            ]
-        return TurnStart(session, user_message, history)
+            history = [HistoryMessage(*row) for row in recent]
+        return TurnStart(session_id, model, system_prompt, user_message_id, history)
 
     async def write_run_output(self, output: RunOutput) -> None:
         """All of a run's rows in one transaction: INSERTs only, never an UPDATE."""
         now = utcnow()
         rows = [
             {
-                **asdict(row),
+                "id": row.id,
                 "session_id": output.session_id,
                 "owner": output.owner,
+                "role": row.role,
+                "content": row.content,
+                "status": row.status,
+                "model": row.model,
+                "finish_reason": row.finish_reason,
+                "tool_calls": row.tool_calls,
+                "tool_call_id": row.tool_call_id,
+                "name": row.name,
+                "usage": row.usage,
+                "metrics": row.metrics,
                 "created_at": now,
             }
             for row in output.rows
         ]
         try:
-            async with self._db.writer() as db, db.begin():
-                exists = await db.scalar(
-                    select(SessionRow.pk).where(
-                        SessionRow.id == output.session_id, SessionRow.owner == output.owner
-                    )
-                )
-                if exists is None:
-                    raise SessionGone()
+            async with self._db.write_engine.begin() as db:
                 for row in rows:
-                    await db.execute(insert(MessageRow).values(**row))
+                    await db.execute(insert(messages_table), row)
         except IntegrityError as exc:
             # Rows already written (a retry after an uncertain commit), or the
-            # session vanished between our check and the insert.
-            if await self._all_written(output.owner, [row["id"] for row in rows]):
+            # session was deleted while the run ran (the foreign key says so).
+            if await self._all_written(output.owner, [row.id for row in output.rows]):
                 return
             raise SessionGone() from exc
 
