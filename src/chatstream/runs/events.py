@@ -106,27 +106,54 @@ EventPayload = (
 )
 
 
+EVENT_TYPES: tuple[EventType, ...] = (
+    "start",
+    "thinking",
+    "delta",
+    "tool_call",
+    "tool_result",
+    "error",
+    "done",
+)
+
+
 class Event:
     """One entry of a run's log: a sequence number and its payload.
 
-    The JSON encoding is computed at most once, however many subscribers
-    (SSE streams, sockets, resumes) read the event.
+    A live event holds its payload and encodes it when asked; an event read
+    back from a finished (frozen) log holds only its JSON and decodes it
+    when asked. Neither keeps both: orjson's output buffers are not shrunk to
+    size, so a cached encoding would pin about 4 KB per event.
     """
 
-    __slots__ = ("_json", "data", "seq", "type")
+    __slots__ = ("_data", "_json", "seq", "type")
 
     def __init__(self, seq: int, data: EventPayload) -> None:
         self.seq = seq
         self.type: EventType = data["type"]
-        self.data = data
+        self._data: EventPayload | None = data
         self._json: bytes | None = None
+
+    @classmethod
+    def from_json(cls, seq: int, type_: EventType, encoded: bytes) -> Event:
+        event = cls.__new__(cls)
+        event.seq = seq
+        event.type = type_
+        event._data = None
+        event._json = encoded
+        return event
+
+    @property
+    def data(self) -> EventPayload:
+        if self._data is None:
+            return orjson.loads(self._json or b"{}")  # type: ignore[no-any-return]
+        return self._data
 
     @property
     def json(self) -> bytes:
-        encoded = self._json
-        if encoded is None:
-            encoded = self._json = orjson.dumps(self.data)
-        return encoded
+        if self._json is None:
+            return orjson.dumps(self._data)
+        return self._json
 
     @property
     def is_terminal(self) -> bool:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+from array import array
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
-from chatstream.runs.events import Event, EventPayload
+from chatstream.runs.events import EVENT_TYPES, Event, EventPayload
 
 
 class EventLog(Protocol):
@@ -40,16 +42,25 @@ class EventLog(Protocol):
 
 
 class MemoryEventLog:
-    __slots__ = ("_closed", "_events", "_waiters")
+    """The log of one run in this process.
+
+    While the run lives, events are kept as objects. Once the terminal event
+    is appended, the log freezes into one JSON blob with an offset per event
+    (about 40 bytes per event instead of about 400), which is what an ended
+    run's replay, kept for `CHATSTREAM_RUN_RETENTION_S`, needs.
+    """
+
+    __slots__ = ("_closed", "_events", "_frozen", "_waiters")
 
     def __init__(self) -> None:
         self._events: list[Event] = []
+        self._frozen: _FrozenEvents | None = None
         self._waiters: list[asyncio.Future[bool]] = []
         self._closed = False
 
     @property
     def last_seq(self) -> int:
-        return len(self._events)
+        return len(self._frozen) if self._frozen is not None else len(self._events)
 
     @property
     def closed(self) -> bool:
@@ -62,6 +73,8 @@ class MemoryEventLog:
         self._events.append(event)
         if event.is_terminal:
             self._closed = True
+            self._frozen = _FrozenEvents(self._events)
+            self._events = []
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
@@ -70,38 +83,113 @@ class MemoryEventLog:
         return event
 
     def after(self, seq: int) -> list[Event]:
+        if self._frozen is not None:
+            return self._frozen.after(seq)
         # Sequence numbers are list positions + 1, so "after seq" is a slice.
         return self._events[max(seq, 0) :]
 
-    async def _wait(self, idle_timeout: float) -> bool:
-        """Wait for the next append; False if `idle_timeout` passed first."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
+    async def follow(self, after: int, idle_timeout: float) -> AsyncGenerator[list[Event]]:
+        position = after
+        idle = _IdleTimer(idle_timeout)
+        try:
+            while True:
+                batch = self.after(position)
+                if batch:
+                    position = batch[-1].seq
+                    idle.reset()
+                    yield batch
+                    if batch[-1].is_terminal:
+                        return
+                elif self._closed:
+                    return  # the reader already has everything, terminal event included
+                elif not await self._wait(idle):
+                    idle.reset()
+                    yield []
+        finally:
+            idle.stop()
+
+    async def _wait(self, idle: _IdleTimer) -> bool:
+        """Wait for the next append; False once the reader has been idle too long."""
+        waiter: asyncio.Future[bool] = idle.loop.create_future()
         self._waiters.append(waiter)
-        timer = loop.call_later(idle_timeout, _expire, waiter)
+        idle.watch(waiter)
         try:
             return await waiter
         finally:
-            timer.cancel()
-            # Timed out or cancelled: still listed (an append would have emptied the list).
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
-
-    async def follow(self, after: int, idle_timeout: float) -> AsyncGenerator[list[Event]]:
-        position = after
-        while True:
-            batch = self.after(position)
-            if batch:
-                position = batch[-1].seq
-                yield batch
-                if batch[-1].is_terminal:
-                    return
-            elif self._closed:
-                return  # the reader already has everything, terminal event included
-            elif not await self._wait(idle_timeout):
-                yield []
+            if not waiter.done() or waiter.cancelled() or waiter.result() is False:
+                # Timed out or cancelled: still listed (an append empties the list).
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
 
 
-def _expire(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
+class _IdleTimer:
+    """Resolves a reader's waiter with False once it has had nothing for `timeout` seconds.
+
+    One timer per idle period, not one per wait: while events flow, a wait
+    only records its waiter, and the timer, when it fires early, re-arms
+    itself for the rest of the period.
+    """
+
+    __slots__ = ("_handle", "_quiet_since", "_timeout", "_waiter", "loop")
+
+    def __init__(self, timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._quiet_since = self.loop.time()
+        self._handle: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Future[bool] | None = None
+
+    def reset(self) -> None:
+        self._quiet_since = self.loop.time()
+
+    def watch(self, waiter: asyncio.Future[bool]) -> None:
+        self._waiter = waiter
+        if self._handle is None and self._timeout != math.inf:
+            self._handle = self.loop.call_at(self._quiet_since + self._timeout, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # the next wait arms the timer again
+        due = self._quiet_since + self._timeout
+        if self.loop.time() >= due:
+            waiter.set_result(False)
+        else:
+            self._handle = self.loop.call_at(due, self._fire)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+class _FrozenEvents:
+    """A finished run's events: one JSON blob, an offset and a type code per event."""
+
+    __slots__ = ("_blob", "_offsets", "_types")
+
+    def __init__(self, events: list[Event]) -> None:
+        encoded = [event.json for event in events]
+        self._blob = b"".join(encoded)
+        self._offsets = array("I", [0])
+        position = 0
+        for item in encoded:
+            position += len(item)
+            self._offsets.append(position)
+        self._types = bytes(_TYPE_CODES[event.type] for event in events)
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+    def after(self, seq: int) -> list[Event]:
+        blob, offsets, types = self._blob, self._offsets, self._types
+        return [
+            Event.from_json(
+                index + 1, EVENT_TYPES[types[index]], blob[offsets[index] : offsets[index + 1]]
+            )
+            for index in range(max(seq, 0), len(types))
+        ]
+
+
+_TYPE_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}

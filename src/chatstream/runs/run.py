@@ -16,8 +16,10 @@ against the time of the last upstream activity.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
@@ -100,6 +102,7 @@ class Run:
         self._limits = limits
         self._cancel_scope = anyio.CancelScope()
         self._stop_status: MessageStatus = "cancelled"
+        self._clock = time.monotonic  # the loop's clock once running
         self._started_at = 0.0
         self._first_text_at: float | None = None
         self._last_activity = 0.0
@@ -151,7 +154,8 @@ class Run:
 
     async def execute(self) -> None:
         """Generate, persist once, then close the log with `done`. Never raises."""
-        self._started_at = self._last_activity = anyio.current_time()
+        self._clock = asyncio.get_running_loop().time
+        self._started_at = self._last_activity = self._clock()
         accumulator = ChunkAccumulator()
         error: ChatstreamError | None = None
         try:
@@ -181,7 +185,7 @@ class Run:
         if error is not None:
             self.error = _error_event(error)
             self.log.append(self.error)
-        finished_at = anyio.current_time()
+        finished_at = self._clock()
         usage = self._usage(accumulator, status)
         metrics = self._metrics(usage, finished_at)
         self.output = RunOutput(
@@ -224,8 +228,7 @@ class Run:
         timed_out: list[UpstreamTimeout] = []
         failure: Exception | None = None
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self._watchdog, tasks.cancel_scope, timed_out)
-            tasks.start_soon(self._thinking)
+            tasks.start_soon(self._timers, tasks.cancel_scope, timed_out)
             try:
                 await self._stream_round(request, accumulator)
             except Exception as exc:
@@ -241,7 +244,7 @@ class Run:
 
     async def _stream_round(self, request: UpstreamRequest, accumulator: ChunkAccumulator) -> None:
         feed = accumulator.feed
-        clock = anyio.current_time
+        clock = self._clock
         async with self._upstream.stream(request) as batches:
             async for batch in batches:
                 self._last_activity = clock()
@@ -252,7 +255,7 @@ class Run:
 
     def _emit_text(self, text: str) -> None:
         if self._first_text_at is None:
-            self._first_text_at = anyio.current_time()
+            self._first_text_at = self._clock()
         chunk_chars = self.spec.chunk_chars
         if chunk_chars is None:
             self.log.append({"type": "delta", "text": text})
@@ -268,43 +271,44 @@ class Run:
             self._pending_text.clear()
             self._pending_chars = 0
 
-    async def _watchdog(self, scope: anyio.CancelScope, timed_out: list[UpstreamTimeout]) -> None:
-        """Wake once per timeout period; cut the stream if the upstream went quiet."""
+    async def _timers(self, scope: anyio.CancelScope, timed_out: list[UpstreamTimeout]) -> None:
+        """The run's one timer: `thinking` while no text has come, and the three timeouts.
+
+        It never runs per token: it sleeps until the next thing due and then
+        compares against the time of the last upstream activity.
+        """
         limits = self._limits
-        max_deadline = self._started_at + limits.max_duration_s
+        started = self._started_at
+        max_deadline = started + limits.max_duration_s
+        next_thinking = started + limits.thinking_interval_s
         while True:
-            if self._first_text_at is None:
-                deadline = self._started_at + limits.first_token_timeout_s
+            now = self._clock()
+            quiet = self._first_text_at is None
+            if quiet:
+                deadline = started + limits.first_token_timeout_s
             else:
                 deadline = self._last_activity + limits.idle_timeout_s
             deadline = min(deadline, max_deadline)
-            now = anyio.current_time()
             if now >= deadline:
                 if deadline == max_deadline:
-                    timed_out.append(
-                        UpstreamTimeout("The answer took longer than allowed.", retryable=False)
-                    )
-                elif self._first_text_at is None:
-                    timed_out.append(
-                        UpstreamTimeout("The model server did not start answering in time.")
-                    )
+                    error = UpstreamTimeout("The answer took longer than allowed.", retryable=False)
+                elif quiet:
+                    error = UpstreamTimeout("The model server did not start answering in time.")
                 else:
-                    timed_out.append(
-                        UpstreamTimeout("The model server stopped sending mid-answer.")
-                    )
+                    error = UpstreamTimeout("The model server stopped sending mid-answer.")
+                timed_out.append(error)
                 scope.cancel()
                 return
             # Never sleep past one idle period: the first token may arrive
             # meanwhile, and from then on the (shorter) idle deadline rules.
-            await anyio.sleep(min(deadline - now, limits.idle_timeout_s))
-
-    async def _thinking(self) -> None:
-        interval = self._limits.thinking_interval_s
-        while True:
-            await anyio.sleep(interval)
-            if self._first_text_at is None:
-                elapsed = anyio.current_time() - self._started_at
-                self.log.append({"type": "thinking", "elapsed_ms": int(elapsed * 1000)})
+            wake = min(deadline, now + limits.idle_timeout_s)
+            if quiet:
+                if now >= next_thinking:
+                    self.log.append({"type": "thinking", "elapsed_ms": int((now - started) * 1000)})
+                    while next_thinking <= now:
+                        next_thinking += limits.thinking_interval_s
+                wake = min(wake, next_thinking)
+            await anyio.sleep(wake - now)
 
     # --- the end ---------------------------------------------------------------
 
