@@ -1,0 +1,157 @@
+"""A light load generator for streaming HTTP endpoints.
+
+Each virtual user opens a connection, sends one POST, counts tokens in the
+response bytes as they arrive (occurrences of a marker, with no parsing
+beyond that), and starts over when the response ends, for as long as the
+level lasts. It records time to first token and stream durations, and only
+counts what completes inside the measurement window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Target:
+    name: str
+    host: str
+    port: int
+    path: str
+    body: bytes
+    marker: bytes  # one occurrence per token in the response bytes
+
+    def request(self) -> bytes:
+        return (
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+            f"Connection: close\r\nContent-Length: {len(self.body)}\r\n\r\n"
+        ).encode() + self.body
+
+
+@dataclass
+class LevelResult:
+    streams: int = 0
+    tokens: int = 0
+    failures: int = 0
+    ttft_s: list[float] = field(default_factory=list)
+    durations_s: list[float] = field(default_factory=list)
+    window_s: float = 0.0
+
+    def summary(self) -> dict[str, float]:
+        def pct(values: list[float], q: float) -> float:
+            if not values:
+                return float("nan")
+            ordered = sorted(values)
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+        return {
+            "streams": self.streams,
+            "failures": self.failures,
+            "tokens_per_s": self.tokens / self.window_s if self.window_s else 0.0,
+            "ttft_p50_ms": pct(self.ttft_s, 0.5) * 1000,
+            "ttft_p99_ms": pct(self.ttft_s, 0.99) * 1000,
+            "duration_mean_s": statistics.fmean(self.durations_s)
+            if self.durations_s
+            else float("nan"),
+        }
+
+
+class _Window:
+    """Tokens are counted by arrival time: only those arriving inside the window."""
+
+    def __init__(self, start: float, end: float) -> None:
+        self.start = start
+        self.end = end
+        self.tokens = 0
+
+
+class _Stream(asyncio.Protocol):
+    def __init__(
+        self, target: Target, window: _Window, done: asyncio.Future[tuple[float | None, int, bool]]
+    ) -> None:
+        self._target = target
+        self._window = window
+        self._done = done
+        self._tail = b""
+        self._tokens = 0
+        self._first: float | None = None
+        self._status_ok: bool | None = None
+        self._keep = len(target.marker) - 1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; both have write().
+        transport.write(self._target.request())  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self._status_ok is None:
+            self._status_ok = data.startswith(b"HTTP/1.1 200")
+        buffer = self._tail + data
+        found = buffer.count(self._target.marker)
+        if found:
+            now = time.perf_counter()
+            if self._first is None:
+                self._first = now
+            self._tokens += found
+            if self._window.start <= now <= self._window.end:
+                self._window.tokens += found
+        self._tail = buffer[-self._keep :]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            self._done.set_result(
+                (self._first, self._tokens, bool(self._status_ok) and exc is None)
+            )
+
+
+async def _one_stream(
+    target: Target, window: _Window
+) -> tuple[float, float | None, int, bool, float]:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[float | None, int, bool]] = loop.create_future()
+    started = time.perf_counter()
+    try:
+        await loop.create_connection(
+            lambda: _Stream(target, window, done), target.host, target.port
+        )
+        first, tokens, ok = await done
+    except OSError:
+        return started, None, 0, False, time.perf_counter()
+    return started, first, tokens, ok, time.perf_counter()
+
+
+async def run_level(target: Target, users: int, warmup_s: float, window_s: float) -> LevelResult:
+    """`users` concurrent streams for warmup + window seconds.
+
+    Tokens count when they arrive inside the window, time to first token
+    when the first token does, stream counts and durations when the stream
+    starts inside it.
+    """
+    result = LevelResult(window_s=window_s)
+    begin = time.perf_counter()
+    window_start = begin + warmup_s
+    window_end = window_start + window_s
+    window = _Window(window_start, window_end)
+
+    async def user(index: int) -> None:
+        # Stagger the starts so the level ramps up instead of arriving in one burst.
+        await asyncio.sleep(warmup_s * 0.5 * index / users)
+        while time.perf_counter() < window_end:
+            started, first, _tokens, ok, ended = await _one_stream(target, window)
+            if first is not None and window_start <= first <= window_end:
+                # Latency of every stream whose first token arrived in the window,
+                # so that an overloaded server shows long waits, not no data.
+                result.ttft_s.append(first - started)
+            if window_start <= started <= window_end:
+                result.streams += 1
+                if not ok:
+                    result.failures += 1
+                else:
+                    result.durations_s.append(ended - started)
+
+    await asyncio.gather(*(user(i) for i in range(users)))
+    result.tokens = window.tokens
+    return result

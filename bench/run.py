@@ -1,0 +1,299 @@
+"""`make bench`: chatstream against the fake upstream, and against a tutorial-style relay.
+
+On one machine: the fake upstream and the load generator share one core,
+the server under test gets the other (when there are two). For each level of
+concurrent streams it measures, in the same run:
+
+  direct      the load generator talking to the fake upstream itself
+  chatstream  the same load through `chatstream serve` (SQLite, full persistence)
+  relay       the same load through a tutorial-style FastAPI + AsyncOpenAI relay
+
+and prints tokens/s, time to first token added over direct, and CPU-seconds
+per 1,000 tokens of each server, as ratios against the upstream's own figures
+from the same run (absolute times on shared machines are noise).
+
+    python bench/run.py [--levels 50,200,1000] [--tokens 100] [--interval-ms 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import LevelResult, Target, run_level
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime, all threads
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pinned(core: int | None) -> Callable[[], None] | None:
+    if core is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {core})
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+class Servers:
+    def __init__(
+        self, args: argparse.Namespace, server_core: int | None, client_core: int | None
+    ) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="chatstream-bench-")
+        self.procs: list[subprocess.Popen[bytes]] = []
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATSTREAM_", "OPENAI_"))}
+
+        self.upstream_port = free_port()
+        self.upstream = self._start(
+            [sys.executable, "-m", "chatstream", "fake-upstream", "--port", str(self.upstream_port),
+             "--tokens", str(args.tokens), "--interval-ms", str(args.interval_ms)],
+            env, client_core,
+        )  # fmt: skip
+        wait_http(f"http://127.0.0.1:{self.upstream_port}/_fake/stats")
+        upstream_url = f"http://127.0.0.1:{self.upstream_port}/v1"
+
+        self.chatstream_port = free_port()
+        cs_env = {
+            **env,
+            "OPENAI_BASE_URL": upstream_url,
+            "OPENAI_API_KEY": "bench",
+            "CHATSTREAM_MODELS": "bench",
+            "CHATSTREAM_DATABASE_URL": f"sqlite+aiosqlite:///{self.tmp.name}/bench.db",
+            "CHATSTREAM_PORT": str(self.chatstream_port),
+            "CHATSTREAM_MAX_LIVE_RUNS": "100000",
+            "CHATSTREAM_LOG_LEVEL": "warning",
+            "CHATSTREAM_RUN_RETENTION_S": "5",
+        }
+        subprocess.run(
+            [sys.executable, "-m", "chatstream", "migrate"], env=cs_env, check=True, cwd=ROOT
+        )
+        self.chatstream = self._start(
+            [sys.executable, "-m", "chatstream", "serve"], cs_env, server_core
+        )
+        wait_http(f"http://127.0.0.1:{self.chatstream_port}/healthz")
+
+        self.relay_port = free_port()
+        self.relay = self._start(
+            [sys.executable, "-m", "uvicorn", "tutorial_relay:create_app", "--factory",
+             "--port", str(self.relay_port), "--log-level", "warning", "--no-access-log"],
+            {**env, "RELAY_UPSTREAM": upstream_url, "PYTHONPATH": str(ROOT / "bench")},
+            server_core,
+        )  # fmt: skip
+        wait_http(f"http://127.0.0.1:{self.relay_port}/docs")
+
+    def _start(
+        self, argv: list[str], env: dict[str, str], core: int | None
+    ) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, env=env, cwd=ROOT, preexec_fn=pinned(core))
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(30)
+        self.tmp.cleanup()
+
+
+async def measure(
+    target: Target, users: int, args: argparse.Namespace, pids: dict[str, int]
+) -> dict[str, Any]:
+    """One level against one target, with the CPU of each named process over the window."""
+    loop = asyncio.get_running_loop()
+    cpu: dict[str, list[float]] = {name: [] for name in pids}
+
+    def sample() -> None:
+        for name, pid in pids.items():
+            cpu[name].append(cpu_seconds(pid))
+
+    loop.call_later(args.warmup, sample)
+    loop.call_later(args.warmup + args.window, sample)
+    result: LevelResult = await run_level(target, users, args.warmup, args.window)
+    summary = result.summary()
+    for name, (before, after) in cpu.items():
+        used = after - before
+        summary[f"{name}_cpu_s"] = used
+        summary[f"{name}_cpu_per_1k_tokens"] = (
+            used / result.tokens * 1000 if result.tokens else float("nan")
+        )
+    for name, pid in pids.items():
+        summary[f"{name}_rss_mb"] = rss_mb(pid)
+    return summary
+
+
+def targets(servers: Servers) -> dict[str, Target]:
+    direct_body = json.dumps(
+        {"model": "bench", "stream": True, "messages": [{"role": "user", "content": "bench"}]}
+    ).encode()
+    return {
+        "direct": Target("direct", "127.0.0.1", servers.upstream_port, "/v1/chat/completions",
+                         direct_body, b'"delta":{"content"'),
+        "chatstream": Target("chatstream", "127.0.0.1", servers.chatstream_port, "/api/chat/stream",
+                             b'{"message":"bench"}', b"event: delta"),
+        "relay": Target("relay", "127.0.0.1", servers.relay_port, "/relay",
+                        b'{"message":"bench"}', b'{"text"'),
+    }  # fmt: skip
+
+
+COLUMNS = (
+    ("streams", 7),
+    ("server", -10),
+    ("tokens/s", 9),
+    ("vs direct", 9),
+    ("TTFT+p50", 9),
+    ("TTFT+p99", 9),
+    ("CPU-s/1k", 9),
+    ("vs upstream", 11),
+    ("RSS MB", 7),
+    ("fail", 5),
+)
+LEGEND = """
+tokens/s: delivered to clients in the window; vs direct: ratio to the upstream served directly.
+TTFT+: time to first token added over talking to the upstream directly (ms).
+CPU-s/1k: the server's CPU-seconds per 1,000 relayed tokens; vs upstream: ratio to
+the fake upstream's own CPU-seconds per 1,000 tokens it generated, in the direct run."""
+
+
+def _cell(value: object) -> str:
+    if not isinstance(value, float):
+        return str(value)
+    if abs(value) < 1:
+        return f"{value:.4f}"
+    if abs(value) < 10:
+        return f"{value:.2f}"
+    return f"{value:.0f}"
+
+
+def _row(*cells: object) -> str:
+    out = []
+    for (_, width), cell in zip(COLUMNS, cells, strict=True):
+        text = _cell(cell)
+        out.append(text.ljust(-width) if width < 0 else text.rjust(width))
+    return "  ".join(out)
+
+
+def report(results: dict[int, dict[str, dict[str, Any]]], args: argparse.Namespace) -> str:
+    lines = [
+        f"streams of {args.tokens} tokens at {args.interval_ms:g} ms/token "
+        f"({1000 / args.interval_ms:.0f} tokens/s each); window {args.window:g} s",
+        "",
+        _row(*(name for name, _ in COLUMNS)),
+    ]
+    for users, by_target in results.items():
+        direct = by_target["direct"]
+        upstream_cpu = direct["upstream_cpu_per_1k_tokens"]
+        lines.append(
+            _row(users, "upstream", direct["tokens_per_s"], "1.00", "0", "0", upstream_cpu, "1.00",
+                 direct["upstream_rss_mb"], direct["failures"])
+        )  # fmt: skip
+        for name in ("chatstream", "relay"):
+            row = by_target.get(name)
+            if row is None:
+                continue
+            server_cpu = row[f"{name}_cpu_per_1k_tokens"]
+            throughput = row["tokens_per_s"] / direct["tokens_per_s"]
+            lines.append(
+                _row("", name, row["tokens_per_s"], f"{throughput:.2f}",
+                     f"{row['ttft_p50_ms'] - direct['ttft_p50_ms']:.1f}",
+                     f"{row['ttft_p99_ms'] - direct['ttft_p99_ms']:.1f}",
+                     server_cpu, f"{server_cpu / upstream_cpu:.2f}", row[f"{name}_rss_mb"],
+                     row["failures"])
+            )  # fmt: skip
+    return "\n".join(lines) + "\n" + LEGEND
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--levels", default="50,200,1000")
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--interval-ms", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument("--targets", default="chatstream,relay")
+    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "latest.json"))
+    args = parser.parse_args()
+
+    cores = sorted(os.sched_getaffinity(0))
+    server_core, client_core = (cores[0], cores[1]) if len(cores) >= 2 else (None, None)
+    if client_core is not None:
+        os.sched_setaffinity(0, {client_core})
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    servers = Servers(args, server_core, client_core)
+    try:
+        all_targets = targets(servers)
+        wanted = ["direct", *[t for t in args.targets.split(",") if t]]
+        pids = {"chatstream": servers.chatstream.pid, "relay": servers.relay.pid}
+        results: dict[int, dict[str, dict[str, Any]]] = {}
+        for users in (int(level) for level in args.levels.split(",")):
+            results[users] = {}
+            for name in wanted:
+                measured = {"upstream": servers.upstream.pid}
+                if name in pids:
+                    measured[name] = pids[name]
+                results[users][name] = asyncio.run(
+                    measure(all_targets[name], users, args, measured)
+                )
+                print(f"  {users:>5} streams  {name:<10} done", file=sys.stderr, flush=True)
+    finally:
+        servers.close()
+
+    text = report(results, args)
+    print(text)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
