@@ -24,7 +24,7 @@ from chatstream.api.errors import install_error_handlers
 from chatstream.api.schemas import event_schemas
 from chatstream.config import Settings
 from chatstream.logs import RequestIdMiddleware
-from chatstream.runs.registry import RunRegistry
+from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.service import ChatService
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
             database = await stack.enter_async_context(Database.from_settings(settings))
             client = await stack.enter_async_context(open_client(settings))
             registry = await stack.enter_async_context(
-                RunRegistry(
+                LocalRunRegistry(
                     max_live_runs=settings.max_live_runs, retention_s=settings.run_retention_s
                 )
             )

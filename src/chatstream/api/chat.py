@@ -73,9 +73,9 @@ async def chat(
         # Following the run (rather than only awaiting it) makes this request
         # count as the run's reader for the disconnect policy.
         tasks.start_soon(_cancel_scope_on_disconnect, request, tasks.cancel_scope)
-        await run.finished.wait()
+        await run.wait()
         tasks.cancel_scope.cancel()
-    if not run.finished.is_set():
+    if run.live:
         return Response(status_code=499)  # the client left; nobody reads this
     return await _final_answer(run, owner, store)
 
@@ -94,17 +94,17 @@ async def _final_answer(run: Run, owner: str, store: StoreDep) -> Response:
     else:  # not persisted (database unreachable): answer with what the run produced
         produced = asdict(run.output.rows[-1])
         message = MessageOut.model_validate(
-            {**produced, "session_id": run.spec.session_id, "created_at": utcnow()}
+            {**produced, "session_id": run.session_id, "created_at": utcnow()}
         )
     if run.error is None:
-        payload = ChatResponse(session_id=run.spec.session_id, message=message)
+        payload = ChatResponse(session_id=run.session_id, message=message)
         return JSONResponse(payload.model_dump(mode="json"))
     return error_response(
         _FAILED_STATUS.get(run.error["code"], 500),
         run.error["code"],
         run.error["message"],
         details={
-            "session_id": str(run.spec.session_id),
+            "session_id": str(run.session_id),
             "message": message.model_dump(mode="json"),
         },
     )

@@ -9,7 +9,7 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from chatstream.config import Settings
-from chatstream.runs.registry import RunRegistry
+from chatstream.runs.handle import RunRegistry
 from chatstream.runs.service import ChatService
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store

@@ -74,9 +74,9 @@ async def run_state(
     if run is not None:
         return RunState(
             message_id=run.id,
-            session_id=run.spec.session_id,
+            session_id=run.session_id,
             status=run.status or "running",
-            last_seq=run.log.last_seq,
+            last_seq=run.last_seq,
         )
     message = await store.get_message(owner, message_id)
     if message is None or message.role != "assistant":

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from chatstream.runs.events import Event
-from chatstream.runs.run import Run
+from chatstream.runs.handle import RunHandle
 
 KEEPALIVE = b": keepalive\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -38,7 +38,7 @@ def encode_events(batch: list[Event]) -> bytes:
 class RunEventStream(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, run: Run, *, after: int, keepalive_s: float) -> None:
+    def __init__(self, run: RunHandle, *, after: int, keepalive_s: float) -> None:
         # Response.__init__ wants a body; this response writes its own, as it goes.
         self.status_code = 200
         self.background = None

@@ -31,7 +31,7 @@ class Admission:
 
     __slots__ = ("_registry", "_used", "owner")
 
-    def __init__(self, registry: RunRegistry, owner: str) -> None:
+    def __init__(self, registry: LocalRunRegistry, owner: str) -> None:
         self._registry = registry
         self.owner = owner
         self._used = False
@@ -49,7 +49,9 @@ class Admission:
             self._registry._reserved -= 1
 
 
-class RunRegistry:
+class LocalRunRegistry:
+    """The runs of this process (implements `handle.RunRegistry`)."""
+
     def __init__(self, *, max_live_runs: int, retention_s: float) -> None:
         self._max_live_runs = max_live_runs
         self._retention_s = retention_s
@@ -60,7 +62,7 @@ class RunRegistry:
         self._tasks: TaskGroup | None = None
         self._expiry: dict[uuid.UUID, asyncio.TimerHandle] = {}
 
-    async def __aenter__(self) -> RunRegistry:
+    async def __aenter__(self) -> LocalRunRegistry:
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
         return self

@@ -121,8 +121,19 @@ class Run:
     # --- control -------------------------------------------------------------
 
     @property
+    def session_id(self) -> uuid.UUID:
+        return self.spec.session_id
+
+    @property
     def live(self) -> bool:
         return not self.log.closed
+
+    @property
+    def last_seq(self) -> int:
+        return self.log.last_seq
+
+    async def wait(self) -> None:
+        await self.finished.wait()
 
     def cancel(self, status: MessageStatus = "cancelled") -> bool:
         """Stop generating; the run still persists what it has. False if already ended."""

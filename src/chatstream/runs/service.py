@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from chatstream.config import Settings
 from chatstream.errors import InvalidRequest
 from chatstream.runs.context import build_context
-from chatstream.runs.registry import RunRegistry
+from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.run import Run, RunLimits, RunSpec
 from chatstream.storage.repository import Store
 from chatstream.upstream.stream import ChatUpstream
@@ -72,7 +72,7 @@ class ChatService:
         settings: Settings,
         *,
         store: Store,
-        registry: RunRegistry,
+        registry: LocalRunRegistry,
         upstream: ChatUpstream,
     ) -> None:
         self._settings = settings
