@@ -85,3 +85,20 @@ def test_parallel_tool_calls_with_split_arguments() -> None:
         c != "[DONE]" and c["choices"] and c["choices"][0]["finish_reason"] == "tool_calls"
         for c in chunks
     )  # type: ignore[index]
+
+
+def test_the_demo_calls_a_tool_only_when_offered() -> None:
+    demo = Emulator(demo=True)
+    question = {
+        "model": "m",
+        "stream": True,
+        "messages": [{"role": "user", "content": "what time is it?"}],
+    }
+    answer = data_of(list(demo.reply(question).body))
+    assert not any("tool_calls" in str(c) for c in answer)
+    offered = {
+        **question,
+        "tools": [{"type": "function", "function": {"name": "get_current_time"}}],
+    }
+    call = data_of(list(demo.reply(offered).body))
+    assert any("get_current_time" in str(c) for c in call)

@@ -184,7 +184,7 @@ class Emulator:
         return Reply(
             status=200,
             headers=[("content-type", "text/event-stream"), ("cache-control", "no-cache")],
-            body=self._stream(script, model, messages, last_user, include_usage),
+            body=self._stream(script, model, request, last_user, include_usage),
         )
 
     def _should_fail(self, script: Script) -> bool:
@@ -198,12 +198,13 @@ class Emulator:
         self,
         script: Script,
         model: str,
-        messages: list[Any],
+        request: dict[str, Any],
         last_user: str,
         include_usage: bool,
     ) -> Iterator[Action]:
+        messages = request.get("messages") or []
         chunk = _ChunkWriter(model)
-        tool_names = self._tool_round(script, messages, last_user)
+        tool_names = self._tool_round(script, messages, last_user, _offered_tools(request))
         if script.first_token_ms:
             yield Sleep(script.first_token_ms / 1000)
         yield Send(chunk.delta({"role": "assistant", "content": ""}))
@@ -243,10 +244,21 @@ class Emulator:
             yield Send(chunk.usage(prompt, completion))
         yield Send(b"data: [DONE]\n\n")
 
-    def _tool_round(self, script: Script, messages: list[Any], last_user: str) -> tuple[str, ...]:
-        """The tools to call now, or () to answer with text."""
+    def _tool_round(
+        self, script: Script, messages: list[Any], last_user: str, offered: set[str]
+    ) -> tuple[str, ...]:
+        """The tools to call now, or () to answer with text.
+
+        Directives call whatever they name (offered or not, to test unknown
+        tools); the demo, like a model, only calls a tool it was offered.
+        """
         names = script.tools or ((script.tool,) if script.tool else ())
-        if not names and self.demo and "time" in last_user.lower():
+        if (
+            not names
+            and self.demo
+            and "time" in last_user.lower()
+            and "get_current_time" in offered
+        ):
             names = ("get_current_time",)
         if not names:
             return ()
@@ -330,6 +342,16 @@ def _error_reply(script: Script, message: str = "emulated failure") -> Reply:
         headers.append(("retry-after", f"{script.retry_after:g}"))
     body = orjson.dumps({"error": {"message": message, "type": "emulated", "code": script.status}})
     return Reply(status=script.status, headers=headers, body=iter((Send(body),)))
+
+
+def _offered_tools(request: dict[str, Any]) -> set[str]:
+    names = set()
+    for tool in request.get("tools") or ():
+        if isinstance(tool, dict):
+            name = (tool.get("function") or {}).get("name")
+            if isinstance(name, str):
+                names.add(name)
+    return names
 
 
 def _last_user_text(messages: list[Any]) -> str:
