@@ -10,6 +10,8 @@ counts what completes inside the measurement window.
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -151,6 +153,144 @@ async def run_level(target: Target, users: int, warmup_s: float, window_s: float
                     result.failures += 1
                 else:
                     result.durations_s.append(ended - started)
+
+    await asyncio.gather(*(user(i) for i in range(users)))
+    result.tokens = window.tokens
+    return result
+
+
+# --- WebSocket ------------------------------------------------------------------
+
+
+@dataclass
+class SocketTarget:
+    """`/ws/chat`: one socket per virtual user, its chats one after another."""
+
+    name: str
+    host: str
+    port: int
+    path: str
+    message: bytes  # one chat frame's JSON
+    marker: bytes = b'"type":"delta"'
+    end: bytes = b'"type":"done"'
+
+    def handshake(self) -> bytes:
+        key = base64.b64encode(os.urandom(16)).decode()
+        return (
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+
+    def frame(self) -> bytes:
+        """The chat as a masked client text frame."""
+        payload = self.message
+        mask = os.urandom(4)
+        size = len(payload)
+        head = (
+            bytes([0x81, 0x80 | size])
+            if size < 126
+            else bytes([0x81, 0x80 | 126]) + size.to_bytes(2, "big")
+        )
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        return head + mask + masked
+
+
+class _Socket(asyncio.Protocol):
+    """Counts tokens in server frames (unmasked, so markers appear as they are)."""
+
+    def __init__(self, target: SocketTarget, window: _Window) -> None:
+        self._target = target
+        self._window = window
+        self._keep = max(len(target.marker), len(target.end)) - 1
+        self._tail = b""
+        self._upgraded = False
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._stream_done: asyncio.Future[None] | None = None
+        self.first: float | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self._target.handshake())  # type: ignore[attr-defined]
+
+    def start_stream(self) -> asyncio.Future[None]:
+        self.first = None
+        self._stream_done = asyncio.get_running_loop().create_future()
+        assert self.transport is not None
+        self.transport.write(self._target.frame())
+        return self._stream_done
+
+    def data_received(self, data: bytes) -> None:
+        if not self._upgraded:
+            head, sep, rest = data.partition(b"\r\n\r\n")
+            if not sep or not head.startswith(b"HTTP/1.1 101"):
+                self.transport.close()  # type: ignore[union-attr]
+                return
+            self._upgraded = True
+            self.opened.set_result(None)
+            data = rest
+        buffer = self._tail + data
+        found = buffer.count(self._target.marker)
+        if found:
+            now = time.perf_counter()
+            if self.first is None:
+                self.first = now
+            if self._window.start <= now <= self._window.end:
+                self._window.tokens += found
+        if (
+            self._target.end in buffer
+            and self._stream_done is not None
+            and not self._stream_done.done()
+        ):
+            self._stream_done.set_result(None)
+        self._tail = buffer[-self._keep :]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._stream_done is not None and not self._stream_done.done():
+            self._stream_done.set_exception(ConnectionError("socket closed mid-stream"))
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("upgrade refused"))
+
+
+async def run_socket_level(
+    target: SocketTarget, users: int, warmup_s: float, window_s: float
+) -> LevelResult:
+    """Like `run_level`, over one long-lived socket per user."""
+    result = LevelResult(window_s=window_s)
+    window_start = time.perf_counter() + warmup_s
+    window_end = window_start + window_s
+    window = _Window(window_start, window_end)
+    loop = asyncio.get_running_loop()
+
+    async def user(index: int) -> None:
+        await asyncio.sleep(warmup_s * 0.5 * index / users)
+        _, protocol = await loop.create_connection(
+            lambda: _Socket(target, window), target.host, target.port
+        )
+        await protocol.opened
+        try:
+            while time.perf_counter() < window_end:
+                started = time.perf_counter()
+                try:
+                    await protocol.start_stream()
+                    ok = True
+                except ConnectionError:
+                    ok = False
+                ended = time.perf_counter()
+                first = protocol.first
+                if first is not None and window_start <= first <= window_end:
+                    result.ttft_s.append(first - started)
+                if window_start <= started <= window_end:
+                    result.streams += 1
+                    if not ok:
+                        result.failures += 1
+                    else:
+                        result.durations_s.append(ended - started)
+                if not ok:
+                    return
+        finally:
+            if protocol.transport is not None:
+                protocol.transport.close()
 
     await asyncio.gather(*(user(i) for i in range(users)))
     result.tokens = window.tokens

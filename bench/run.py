@@ -5,7 +5,8 @@ the server under test gets the other (when there are two). For each level of
 concurrent streams it measures, in the same run:
 
   direct      the load generator talking to the fake upstream itself
-  chatstream  the same load through `chatstream serve` (SQLite, full persistence)
+  chatstream  the same load through `chatstream serve` (SQLite, full persistence), SSE
+  websocket   the same, over `WS /ws/chat`: one socket per user, its chats in turn
   relay       the same load through a tutorial-style FastAPI + AsyncOpenAI relay
 
 and prints tokens/s, time to first token added over direct, and CPU-seconds
@@ -32,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import LevelResult, Target, run_level
+from loadgen import LevelResult, SocketTarget, Target, run_level, run_socket_level
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -138,7 +139,7 @@ class Servers:
 
 
 async def measure(
-    target: Target, users: int, args: argparse.Namespace, pids: dict[str, int]
+    target: Target | SocketTarget, users: int, args: argparse.Namespace, pids: dict[str, int]
 ) -> dict[str, Any]:
     """One level against one target, with the CPU of each named process over the window."""
     loop = asyncio.get_running_loop()
@@ -150,7 +151,10 @@ async def measure(
 
     loop.call_later(args.warmup, sample)
     loop.call_later(args.warmup + args.window, sample)
-    result: LevelResult = await run_level(target, users, args.warmup, args.window)
+    if isinstance(target, SocketTarget):
+        result: LevelResult = await run_socket_level(target, users, args.warmup, args.window)
+    else:
+        result = await run_level(target, users, args.warmup, args.window)
     summary = result.summary()
     for name, (before, after) in cpu.items():
         used = after - before
@@ -163,7 +167,7 @@ async def measure(
     return summary
 
 
-def targets(servers: Servers) -> dict[str, Target]:
+def targets(servers: Servers) -> dict[str, Target | SocketTarget]:
     direct_body = json.dumps(
         {"model": "bench", "stream": True, "messages": [{"role": "user", "content": "bench"}]}
     ).encode()
@@ -172,6 +176,8 @@ def targets(servers: Servers) -> dict[str, Target]:
                          direct_body, b'"delta":{"content"'),
         "chatstream": Target("chatstream", "127.0.0.1", servers.chatstream_port, "/api/chat/stream",
                              b'{"message":"bench"}', b"event: delta"),
+        "websocket": SocketTarget("websocket", "127.0.0.1", servers.chatstream_port, "/ws/chat",
+                                  b'{"type":"chat","request_id":"b","message":"bench"}'),
         "relay": Target("relay", "127.0.0.1", servers.relay_port, "/relay",
                         b'{"message":"bench"}', b'{"text"'),
     }  # fmt: skip
@@ -228,7 +234,7 @@ def report(results: dict[int, dict[str, dict[str, Any]]], args: argparse.Namespa
             _row(users, "upstream", direct["tokens_per_s"], "1.00", "0", "0", upstream_cpu, "1.00",
                  direct["upstream_rss_mb"], direct["failures"])
         )  # fmt: skip
-        for name in ("chatstream", "relay"):
+        for name in ("chatstream", "websocket", "relay"):
             row = by_target.get(name)
             if row is None:
                 continue
@@ -253,7 +259,7 @@ def main() -> int:
     parser.add_argument("--interval-ms", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=10.0)
-    parser.add_argument("--targets", default="chatstream,relay")
+    parser.add_argument("--targets", default="chatstream,websocket,relay")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
 
@@ -272,7 +278,11 @@ def main() -> int:
     try:
         all_targets = targets(servers)
         wanted = ["direct", *[t for t in args.targets.split(",") if t]]
-        pids = {"chatstream": servers.chatstream.pid, "relay": servers.relay.pid}
+        pids = {
+            "chatstream": servers.chatstream.pid,
+            "websocket": servers.chatstream.pid,
+            "relay": servers.relay.pid,
+        }
         results: dict[int, dict[str, dict[str, Any]]] = {}
         for users in (int(level) for level in args.levels.split(",")):
             results[users] = {}

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from chatstream import __version__
-from chatstream.api import chat, meta, runs, sessions
+from chatstream.api import chat, meta, runs, sessions, ws
 from chatstream.api.body_limit import BodyLimit
 from chatstream.api.deps import AppState
 from chatstream.api.errors import install_error_handlers
@@ -41,6 +41,22 @@ Start a run with `POST /api/chat/stream` and read its Server-Sent Events;
 follow, resume or cancel it by its `message_id` under `/api/runs`. Errors
 are `{"error": {"code", "message"}}` JSON before a stream starts, and an
 `error` event followed by `done` after.
+
+**WebSocket `/ws/chat`** (not listed below: OpenAPI has no WebSocket
+operations). JSON text frames. Client → server:
+`{"type":"chat","request_id":"…", …ChatRequest fields…}`,
+`{"type":"cancel","message_id":"…"}`,
+`{"type":"resume","message_id":"…","after":N}`, `{"type":"ping"}`,
+`{"type":"auth","token":"…"}`. Server → client: every `StreamEvent` of the
+runs the socket follows, with `message_id` and `seq` added (and `request_id`
+for runs started by `chat`); `{"type":"pong"}`; and
+`{"type":"error","code","message","retryable"}` (plus `request_id`,
+`retry_after` or `details` when they apply) for a frame that could not be
+served, after which the socket stays open. Several runs may stream at once
+(at most `CHATSTREAM_WS_MAX_RUNS`). Frames over `CHATSTREAM_MAX_BODY_BYTES`
+close the socket with 1009; cross-origin upgrades not listed in
+`CHATSTREAM_CORS_ORIGINS` are refused with 403; a client that stops reading is
+dropped (1008) while its runs go on.
 """
 
 
@@ -82,8 +98,9 @@ def create_app(settings: Settings) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    app.state.settings = settings
     install_error_handlers(app)
-    for router in (chat.router, runs.router, sessions.router, meta.router):
+    for router in (chat.router, runs.router, sessions.router, ws.router, meta.router):
         app.include_router(router)
     if settings.cors_origins:
         app.add_middleware(
@@ -97,6 +114,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     _document(app, settings)
     return app
+
+
+def from_environment() -> FastAPI:
+    """For `uvicorn --factory chatstream.app:from_environment` (prefer `chatstream serve`)."""
+    return create_app(Settings())
 
 
 def _document(app: FastAPI, settings: Settings) -> None:

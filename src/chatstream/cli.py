@@ -68,19 +68,11 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from chatstream.app import create_app
+    from chatstream.server import uvicorn_config
 
     settings = _settings(host=args.host, port=args.port)
     configure_logging(settings.log_level)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # ours, configured above
-        proxy_headers=False,  # client addresses are resolved by chatstream itself
-        server_header=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
-    )
-    uvicorn.Server(config).run()
+    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
     return 0
 
 

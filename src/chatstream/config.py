@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     max_run_duration_s: float = Field(default=600.0, gt=0)
     on_disconnect: Literal["continue", "cancel"] = "continue"
     max_live_runs: int = Field(default=2000, ge=1)
+    ws_max_runs: int = Field(default=8, ge=1)  # live runs one WebSocket may follow at once
+    ws_send_timeout_s: float = Field(default=10.0, gt=0)  # a socket that takes longer is closed
     shutdown_grace_s: float = Field(default=25.0, ge=0)
 
     # --- tools ----------------------------------------------------------------

@@ -131,7 +131,7 @@ def test_run_state_while_running_and_after(client: httpx.Client, fake: FakeUpstr
         assert live["status"] == "running"
         assert live["last_seq"] >= 3
         assert live["session_id"] == head.events[0].data["session_id"]
-        fake.fake.release()
+        fake.fake.release(wait_for=1)
         rest = read_stream(events)
     ended = client.get(f"/api/runs/{message_id}").json()
     assert ended["status"] == "complete"
@@ -248,3 +248,9 @@ def test_openapi_documents_every_endpoint_and_the_sse_events(client: httpx.Clien
     assert chat_request["additionalProperties"] is False
     assert chat_request["properties"]["message"]["maxLength"] == 4000
     assert client.get("/docs").status_code == 200
+
+
+def test_openapi_describes_the_websocket_protocol(client: httpx.Client) -> None:
+    description = client.get("/openapi.json").json()["info"]["description"]
+    for needle in ("/ws/chat", '"type":"chat"', '"type":"resume"', '"type":"pong"', "1009", "403"):
+        assert needle in description

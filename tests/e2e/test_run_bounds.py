@@ -44,7 +44,7 @@ def test_keepalive_comment_while_idle(make_server: Any, fake: FakeUpstreamThread
         for item in stream:
             items.append(item)
             if items.count(": keepalive") >= 2:
-                fake.fake.release()
+                fake.fake.release(wait_for=1)
                 break
         rest = read_stream(stream)
     assert ": keepalive" in items
@@ -109,7 +109,7 @@ def test_server_at_capacity_answers_503(make_server: Any, fake: FakeUpstreamThre
             refused = client.post("/api/chat/stream", json={"message": "two"})
             assert refused.status_code == 503
             assert refused.json()["error"]["code"] == "unavailable"
-            fake.fake.release()
+            fake.fake.release(wait_for=1)
             assert read_stream(events).done["status"] == "complete"
         sessions = client.get("/api/sessions").json()["items"]
         assert len(sessions) == 1  # the refused chat left no trace

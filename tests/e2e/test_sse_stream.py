@@ -142,7 +142,7 @@ def test_resume_mid_run_then_follows_live(client: httpx.Client, fake: FakeUpstre
         items = iter_sse(response)
         first = next(e for e in items if not isinstance(e, str))
         assert first.id == 4
-        fake.fake.release()
+        fake.fake.release(wait_for=1)
         rest = read_stream(items)
     assert rest.types[-1] == "done"
     assert [e.id for e in rest.events] == list(range(5, 5 + len(rest.events)))

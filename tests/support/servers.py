@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from chatstream.server import uvicorn_config
 from chatstream.upstream.fake_server import FakeUpstream
 
 START_TIMEOUT_S = 20.0
@@ -48,7 +49,8 @@ class AppServer:
         self.port = self._sock.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, lifespan="on", log_config=None, log_level="warning")
+        settings = app.state.settings
+        config = uvicorn_config(app, settings, lifespan="on", log_level="warning")
         self._server = _Uvicorn(config)
         self._thread = threading.Thread(
             target=self._server.run,

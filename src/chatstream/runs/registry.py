@@ -126,6 +126,11 @@ class LocalRunRegistry:
     def known_count(self) -> int:
         return len(self._runs)
 
+    @property
+    def follower_count(self) -> int:
+        """Readers following runs right now, across every run still known."""
+        return sum(run.followers for run in self._runs.values())
+
     # --- shutdown ------------------------------------------------------------------
 
     async def shutdown(self, grace_s: float) -> None:

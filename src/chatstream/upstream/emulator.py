@@ -11,6 +11,7 @@ by a directive anywhere in the last user message, for example
 
 Directives (all optional):
   tokens=N           answer with N tokens (default: a short canned answer)
+  token_chars=C      make each of those tokens C characters long
   interval_ms=I      pause between tokens
   first_token_ms=F   pause before the first token
   status=S           answer HTTP S instead of a stream (429 and 5xx are retried by clients)
@@ -61,6 +62,7 @@ DEMO_ANSWER = (
 @dataclass(frozen=True, slots=True)
 class Script:
     tokens: int | None = None
+    token_chars: int | None = None
     interval_ms: float = 0.0
     first_token_ms: float = 0.0
     status: int = 200
@@ -267,7 +269,12 @@ class Emulator:
 
     def _tokens(self, script: Script, messages: list[Any], last_user: str) -> list[str]:
         if script.tokens is not None:
-            return [WORDS[i % len(WORDS)] for i in range(script.tokens)]
+            words = [WORDS[i % len(WORDS)] for i in range(script.tokens)]
+            if script.token_chars:
+                words = [
+                    (w * (script.token_chars // len(w) + 1))[: script.token_chars] for w in words
+                ]
+            return words
         tool_results = _tool_results_since_last_user(messages)
         if tool_results:
             text = "The tool said: " + "; ".join(tool_results)

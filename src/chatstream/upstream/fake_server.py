@@ -9,7 +9,7 @@ mid-stream.
 
 Besides `POST /v1/chat/completions` and `GET /v1/models` it answers:
   GET  /_fake/requests   the chat request bodies received, oldest first
-  GET  /_fake/stats      open connections, streams in progress, requests seen
+  GET  /_fake/stats      open connections, streams in progress and stalled, requests seen
   POST /_fake/release    let every stalled stream go on
   POST /_fake/reset      forget requests and `fail_times` counters
 
@@ -41,6 +41,7 @@ class FakeUpstream:
         self.requests: list[dict[str, Any]] = []
         self.connections: set[_Connection] = set()
         self.active_streams = 0
+        self.stalled_streams = 0
         self.changed = threading.Condition()
         self._release = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -65,8 +66,13 @@ class FakeUpstream:
 
     # --- control (thread-safe) -----------------------------------------------
 
-    def release(self) -> None:
-        """Let every stalled stream continue."""
+    def release(self, wait_for: int = 0) -> None:
+        """Let every stalled stream continue, once at least `wait_for` of them are stalled.
+
+        Releasing before a stream reaches its stall would release nothing.
+        """
+        if wait_for:
+            self.wait_for(lambda: self.stalled_streams >= wait_for)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._release_now)
 
@@ -96,6 +102,7 @@ class FakeUpstream:
         return {
             "open_connections": self.open_connections,
             "active_streams": self.active_streams,
+            "stalled_streams": self.stalled_streams,
             "requests": len(self.requests),
         }
 
@@ -146,7 +153,12 @@ class FakeUpstream:
                 elif isinstance(action, Sleep):
                     await asyncio.sleep(action.seconds)
                 elif isinstance(action, Stall):
-                    await self._release.wait()
+                    self.stalled_streams += 1
+                    self._notify()
+                    try:
+                        await self._release.wait()
+                    finally:
+                        self.stalled_streams -= 1
                 elif isinstance(action, Drop):
                     conn.drop(reset=action.reset)
                     return False
