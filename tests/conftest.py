@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from chatstream.app import create_app
 from chatstream.cli import alembic_config
 from chatstream.config import Settings
+from chatstream.tools import ToolRegistry
 from tests.support.servers import AppServer, FakeUpstreamThread
 
 # A recognisable key: it must never appear in a response or a log line.
@@ -84,11 +85,11 @@ def settings_for_tests(**values: Any) -> Settings:
 def make_server(fake: FakeUpstreamThread, database_url: str) -> Iterator[Callable[..., AppServer]]:
     started: list[AppServer] = []
 
-    def make(**overrides: Any) -> AppServer:
+    def make(tool_registry: ToolRegistry | None = None, **overrides: Any) -> AppServer:
         settings = settings_for_tests(
             **{"database_url": database_url, "openai_base_url": fake.base_url, **overrides}
         )
-        server = AppServer(create_app(settings)).start()
+        server = AppServer(create_app(settings, tools=tool_registry)).start()
         started.append(server)
         return server
 

@@ -28,6 +28,7 @@ from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.service import ChatService
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
+from chatstream.tools import ToolRegistry
 from chatstream.upstream.client import open_client
 from chatstream.upstream.stream import ChatUpstream
 
@@ -60,7 +61,10 @@ dropped (1008) while its runs go on.
 """
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> FastAPI:
+    """The application. `tools` defaults to the built-in tools plus installed plugins."""
+    offered = (tools or ToolRegistry.default()).select(settings.tools)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
@@ -73,7 +77,11 @@ def create_app(settings: Settings) -> FastAPI:
             )
             store = Store(database)
             chat_service = ChatService(
-                settings, store=store, registry=registry, upstream=ChatUpstream(client)
+                settings,
+                store=store,
+                registry=registry,
+                upstream=ChatUpstream(client),
+                tools=offered,
             )
             state = AppState(
                 settings=settings,

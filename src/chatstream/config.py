@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     # --- tools ----------------------------------------------------------------
     tools: CommaList = Field(default_factory=lambda: ["get_current_time"])
     max_tool_rounds: int = Field(default=5, ge=0)
+    tool_timeout_s: float = Field(default=30.0, gt=0)
 
     # --- auth and limits ----------------------------------------------------
     auth: Literal["none", "jwt"] = "none"

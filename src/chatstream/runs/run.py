@@ -1,16 +1,20 @@
 """One run: one assistant turn, generated server-side, whoever is watching.
 
-    start ─┬─ thinking* ─ delta* ─────────────────────┬─ [error] ─ done
-           └─ (cancel / timeout / upstream failure) ──┘
+    start ─┬─ thinking* ─ delta* ─┬──────────────────────────────────────────┬─ [error] ─ done
+           │                      └─ tool_call+ ─ thinking* ─ tool_result+ ─┘ (next round)
+           └─ (cancel / timeout / upstream failure, at any point) ─────────────────┘
 
 The run owns its event log and nothing else; the registry owns the run's
-task. It streams the upstream answer into the log as it arrives, then writes
-what it produced to the database once, in one transaction, and only then
-appends `done`. However it ends (complete, cancelled, upstream error,
-timeout, shutdown), it ends through the same path, with what it has.
+task. It streams the model's answer into the log as it arrives. When the
+model asks for tools, it runs them (concurrently, each with a timeout),
+sends their results back and streams the next round, for at most
+`max_tool_rounds` rounds. At the end it writes what it produced to the
+database once, in one transaction (each tool round's assistant row and tool
+rows, then the final assistant row), and only then appends `done`. However it
+ends, it ends through the same path, with what it has.
 
 Per-token work is kept to the bone: parse, accumulate, append. Timers do not
-run per token: a watchdog task wakes once per timeout period and compares
+run per token: one timer task wakes when something is due and compares
 against the time of the last upstream activity.
 """
 
@@ -23,13 +27,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import anyio
+import anyio.lowlevel
 
 from chatstream.errors import ChatstreamError, ServerShutdown, UpstreamError, UpstreamTimeout
-from chatstream.runs.accumulator import ChunkAccumulator
+from chatstream.runs.accumulator import ChunkAccumulator, ToolCall
 from chatstream.runs.events import (
     DoneEvent,
     ErrorCode,
@@ -41,6 +46,7 @@ from chatstream.runs.events import (
 )
 from chatstream.runs.log import MemoryEventLog
 from chatstream.storage.records import OutputRow, RunOutput
+from chatstream.tools import ToolSet
 from chatstream.upstream.stream import ChatUpstream, UpstreamRequest
 
 logger = logging.getLogger(__name__)
@@ -48,6 +54,7 @@ logger = logging.getLogger(__name__)
 # The final write gets this long, shielded from cancellation, before the run
 # gives up on the database (and, in time, hands the rows to the spool).
 PERSIST_TIMEOUT_S = 10.0
+CANCELLED_TOOL = "error: the run ended before the tool finished"
 
 
 @dataclass(slots=True)
@@ -57,6 +64,8 @@ class RunLimits:
     max_duration_s: float
     thinking_interval_s: float
     on_disconnect: Literal["continue", "cancel"] = "continue"
+    max_tool_rounds: int = 5
+    tool_timeout_s: float = 30.0
 
 
 @dataclass(slots=True)
@@ -72,6 +81,7 @@ class RunSpec:
     max_tokens: int
     temperature: float | None = None
     chunk_chars: int | None = None
+    tools: ToolSet = field(default_factory=ToolSet)
 
 
 class RunStore(Protocol):
@@ -104,10 +114,19 @@ class Run:
         self._stop_status: MessageStatus = "cancelled"
         self._clock = time.monotonic  # the loop's clock once running
         self._started_at = 0.0
-        self._first_text_at: float | None = None
+        # The current round: when it started, when the upstream last sent
+        # anything, whether text has come in it, whether tools are running.
+        self._round = ChunkAccumulator()
+        self._round_started_at = 0.0
         self._last_activity = 0.0
+        self._text_in_round = False
+        self._tools_running = False
+        self._first_text_at: float | None = None
         self._pending_text: list[str] = []
         self._pending_chars = 0
+        # Rows of the finished tool rounds, and every round's usage.
+        self._tool_rows: list[OutputRow] = []
+        self._usages: list[Usage] = []
         self.log.append(
             {
                 "type": "start",
@@ -166,12 +185,11 @@ class Run:
     async def execute(self) -> None:
         """Generate, persist once, then close the log with `done`. Never raises."""
         self._clock = asyncio.get_running_loop().time
-        self._started_at = self._last_activity = self._clock()
-        accumulator = ChunkAccumulator()
+        self._started_at = self._clock()
         error: ChatstreamError | None = None
         try:
             with self._cancel_scope:
-                await self._generate(accumulator)
+                await self._generate()
         except ChatstreamError as exc:
             error = exc
         except Exception:
@@ -179,41 +197,33 @@ class Run:
             error = ChatstreamError()
         self._flush_text()
 
+        status: MessageStatus
         if self._cancel_scope.cancelled_caught:
-            status: MessageStatus = self._stop_status
+            status = self._stop_status
             if status == "interrupted":
                 error = ServerShutdown()
-        elif error is not None:
-            if accumulator.finish_reason is not None and isinstance(error, UpstreamError):
-                # The answer was complete; only the goodbye was lost.
-                logger.info("run %s: upstream failed after finish_reason; kept", self.id)
-                status, error = "complete", None
-            else:
-                status = "error"
         else:
-            status = "complete"
-
+            status = "error" if error is not None else "complete"
         if error is not None:
             self.error = _error_event(error)
             self.log.append(self.error)
+
         finished_at = self._clock()
-        usage = self._usage(accumulator, status)
+        self._usages.append(self._round_usage(self._round, self.spec.messages, status))
+        usage = _total(self._usages)
         metrics = self._metrics(usage, finished_at)
+        final = OutputRow(
+            id=self.spec.message_id,
+            role="assistant",
+            content=self._round.text,
+            status=status,
+            model=self.spec.model,
+            finish_reason=self._round.finish_reason,
+            usage=dict(usage) if usage else None,
+            metrics=dict(metrics),
+        )
         self.output = RunOutput(
-            owner=self.spec.owner,
-            session_id=self.spec.session_id,
-            rows=[
-                OutputRow(
-                    id=self.spec.message_id,
-                    role="assistant",
-                    content=accumulator.text,
-                    status=status,
-                    model=self.spec.model,
-                    finish_reason=accumulator.finish_reason,
-                    usage=dict(usage) if usage else None,
-                    metrics=dict(metrics),
-                )
-            ],
+            owner=self.spec.owner, session_id=self.spec.session_id, rows=[*self._tool_rows, final]
         )
         persisted = await self._persist(self.output)
         self.status = status
@@ -221,7 +231,7 @@ class Run:
             "type": "done",
             "message_id": str(self.id),
             "status": status,
-            "finish_reason": accumulator.finish_reason,
+            "finish_reason": self._round.finish_reason,
             "persisted": persisted,
             "usage": usage,
             "metrics": metrics,
@@ -229,19 +239,13 @@ class Run:
         self.log.append(done)
         self.finished.set()
 
-    async def _generate(self, accumulator: ChunkAccumulator) -> None:
-        request = UpstreamRequest(
-            model=self.spec.model,
-            messages=self.spec.messages,
-            max_tokens=self.spec.max_tokens,
-            temperature=self.spec.temperature,
-        )
+    async def _generate(self) -> None:
         timed_out: list[UpstreamTimeout] = []
         failure: Exception | None = None
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._timers, tasks.cancel_scope, timed_out)
             try:
-                await self._stream_round(request, accumulator)
+                await self._rounds()
             except Exception as exc:
                 # Raised out of the group it would arrive wrapped in an ExceptionGroup.
                 failure = exc
@@ -250,23 +254,65 @@ class Run:
             raise timed_out[0]
         if failure is not None:
             raise failure
+
+    async def _rounds(self) -> None:
+        """Stream the answer; while the model calls tools, run them and ask again."""
+        tools = self.spec.tools
+        messages = list(self.spec.messages)
+        rounds = 0
+        while True:
+            offer_tools = bool(tools) and rounds < self._limits.max_tool_rounds
+            request = UpstreamRequest(
+                model=self.spec.model,
+                messages=messages,
+                max_tokens=self.spec.max_tokens,
+                temperature=self.spec.temperature,
+                tools=tools.schemas,
+                # Past the round limit the tools stay described (the history
+                # refers to them) but the model is told not to call them.
+                tool_choice=None if offer_tools or not tools else "none",
+            )
+            await self._stream_round(request)
+            calls = self._round.tool_calls
+            if not calls:
+                return
+            if not offer_tools:
+                raise UpstreamError(
+                    f"The model kept calling tools after {self._limits.max_tool_rounds} rounds.",
+                    retryable=False,
+                )
+            results = await self._run_tools(calls)
+            messages.extend(self._finish_tool_round(calls, results, messages))
+            rounds += 1
+
+    async def _stream_round(self, request: UpstreamRequest) -> None:
+        self._round = accumulator = ChunkAccumulator()
+        self._round_started_at = self._last_activity = self._clock()
+        self._text_in_round = False
+        feed = accumulator.feed
+        clock = self._clock
+        try:
+            async with self._upstream.stream(request) as batches:
+                async for batch in batches:
+                    self._last_activity = clock()
+                    for chunk in batch:
+                        text = feed(chunk)
+                        if text:
+                            self._emit_text(text)
+        except UpstreamError:
+            if accumulator.finish_reason is None:
+                raise
+            # The answer was complete; only the end of the stream was lost.
+            logger.info("run %s: upstream failed after finish_reason; answer kept", self.id)
+        self._flush_text()
         if accumulator.finish_reason is None:
             raise UpstreamError("The model server's answer was cut short.")
 
-    async def _stream_round(self, request: UpstreamRequest, accumulator: ChunkAccumulator) -> None:
-        feed = accumulator.feed
-        clock = self._clock
-        async with self._upstream.stream(request) as batches:
-            async for batch in batches:
-                self._last_activity = clock()
-                for chunk in batch:
-                    text = feed(chunk)
-                    if text:
-                        self._emit_text(text)
-
     def _emit_text(self, text: str) -> None:
-        if self._first_text_at is None:
-            self._first_text_at = self._clock()
+        if not self._text_in_round:
+            self._text_in_round = True
+            if self._first_text_at is None:
+                self._first_text_at = self._clock()
         chunk_chars = self.spec.chunk_chars
         if chunk_chars is None:
             self.log.append({"type": "delta", "text": text})
@@ -282,8 +328,88 @@ class Run:
             self._pending_text.clear()
             self._pending_chars = 0
 
+    async def _run_tools(self, calls: list[ToolCall]) -> list[str | None]:
+        """Run the round's calls concurrently; each result is sent the moment it is ready."""
+        for call in calls:
+            self.log.append(
+                {
+                    "type": "tool_call",
+                    "call_id": call.call_id,
+                    "name": call.name,
+                    "arguments": call.arguments,
+                }
+            )
+        results: list[str | None] = [None] * len(calls)
+        # Let readers send the round's text before the tools run.
+        await anyio.lowlevel.checkpoint()
+
+        async def run_one(index: int, call: ToolCall) -> None:
+            result = await self.spec.tools.run(
+                call.name, call.arguments, self._limits.tool_timeout_s
+            )
+            results[index] = result
+            self.log.append(
+                {
+                    "type": "tool_result",
+                    "call_id": call.call_id,
+                    "name": call.name,
+                    "content": result,
+                }
+            )
+
+        self._tools_running = True
+        try:
+            async with anyio.create_task_group() as tasks:
+                for index, call in enumerate(calls):
+                    tasks.start_soon(run_one, index, call)
+        finally:
+            self._tools_running = False
+            if any(result is None for result in results):
+                # Cancelled mid-tools: keep the round, so the stored history
+                # never has a call without its result.
+                self._finish_tool_round(calls, results, self.spec.messages)
+        return results
+
+    def _finish_tool_round(
+        self, calls: list[ToolCall], results: list[str | None], messages: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Record the round's rows; return the messages that continue the conversation."""
+        round_ = self._round
+        self._usages.append(self._round_usage(round_, messages, "complete"))
+        openai_calls = [call.as_openai() for call in calls]
+        self._tool_rows.append(
+            OutputRow(
+                id=uuid.uuid4(),
+                role="assistant",
+                content=round_.text,
+                status="complete",
+                model=self.spec.model,
+                finish_reason=round_.finish_reason,
+                tool_calls=openai_calls,
+            )
+        )
+        continuation: list[dict[str, Any]] = [
+            {"role": "assistant", "content": round_.text or None, "tool_calls": openai_calls}
+        ]
+        for call, result in zip(calls, results, strict=True):
+            content = result if result is not None else CANCELLED_TOOL
+            self._tool_rows.append(
+                OutputRow(
+                    id=uuid.uuid4(),
+                    role="tool",
+                    content=content,
+                    status="complete",
+                    tool_call_id=call.call_id,
+                    name=call.name,
+                )
+            )
+            continuation.append({"role": "tool", "tool_call_id": call.call_id, "content": content})
+        # The next round starts from nothing of its own.
+        self._round = ChunkAccumulator()
+        return continuation
+
     async def _timers(self, scope: anyio.CancelScope, timed_out: list[UpstreamTimeout]) -> None:
-        """The run's one timer: `thinking` while no text has come, and the three timeouts.
+        """The run's one timer: `thinking` while nothing shows, and the three timeouts.
 
         It never runs per token: it sleeps until the next thing due and then
         compares against the time of the last upstream activity.
@@ -294,32 +420,33 @@ class Run:
         next_thinking = started + limits.thinking_interval_s
         while True:
             now = self._clock()
-            quiet = self._first_text_at is None
-            if quiet:
-                deadline = started + limits.first_token_timeout_s
+            waiting_for_first = self._last_activity == self._round_started_at
+            if self._tools_running:
+                deadline = max_deadline  # each tool has its own timeout
+            elif waiting_for_first:
+                deadline = min(self._round_started_at + limits.first_token_timeout_s, max_deadline)
             else:
-                deadline = self._last_activity + limits.idle_timeout_s
-            deadline = min(deadline, max_deadline)
+                deadline = min(self._last_activity + limits.idle_timeout_s, max_deadline)
             if now >= deadline:
                 if deadline == max_deadline:
                     error = UpstreamTimeout("The answer took longer than allowed.", retryable=False)
-                elif quiet:
+                elif waiting_for_first:
                     error = UpstreamTimeout("The model server did not start answering in time.")
                 else:
                     error = UpstreamTimeout("The model server stopped sending mid-answer.")
                 timed_out.append(error)
                 scope.cancel()
                 return
-            # Never sleep past one idle period: the first token may arrive
-            # meanwhile, and from then on the (shorter) idle deadline rules.
+            # Never sleep past one idle period: the round's first data may
+            # arrive meanwhile, and from then on the idle deadline rules.
             wake = min(deadline, now + limits.idle_timeout_s)
-            if quiet:
+            if self._tools_running or not self._text_in_round:
                 if now >= next_thinking:
                     self.log.append({"type": "thinking", "elapsed_ms": int((now - started) * 1000)})
                     while next_thinking <= now:
                         next_thinking += limits.thinking_interval_s
                 wake = min(wake, next_thinking)
-            await anyio.sleep(wake - now)
+            await anyio.sleep(max(wake - now, 0.001))
 
     # --- the end ---------------------------------------------------------------
 
@@ -334,26 +461,28 @@ class Run:
         logger.error("run %s: final write timed out", self.id)
         return False
 
-    def _usage(self, accumulator: ChunkAccumulator, status: MessageStatus) -> Usage | None:
+    def _round_usage(
+        self, accumulator: ChunkAccumulator, messages: list[dict[str, Any]], status: MessageStatus
+    ) -> Usage:
         reported = accumulator.usage
         if reported:
             try:
                 prompt = int(reported.get("prompt_tokens") or 0)
                 completion = int(reported.get("completion_tokens") or 0)
+                total = int(reported.get("total_tokens") or prompt + completion)
                 return {
                     "prompt_tokens": prompt,
                     "completion_tokens": completion,
-                    "total_tokens": int(reported.get("total_tokens") or prompt + completion),
+                    "total_tokens": total,
                 }
             except (TypeError, ValueError):
                 pass
-        completion = accumulator.content_chunks
-        if completion == 0 and status != "complete":
-            return None
         # No usage from the server: estimate. One streamed chunk is about one
         # token; a prompt is about four characters per token.
-        prompt_chars = sum(len(str(m.get("content") or "")) for m in self.spec.messages)
-        prompt = math.ceil(prompt_chars / 4)
+        completion = accumulator.content_chunks
+        prompt = 0
+        if completion or status == "complete":
+            prompt = math.ceil(sum(len(str(m.get("content") or "")) for m in messages) / 4)
         return {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
@@ -373,6 +502,17 @@ class Run:
             "duration_ms": round((finished_at - self._started_at) * 1000),
             "tokens_per_second": tokens_per_second,
         }
+
+
+def _total(usages: list[Usage]) -> Usage | None:
+    """The run's usage: every round summed; None when nothing was asked or produced."""
+    if not any(u["total_tokens"] for u in usages):
+        return None
+    return {
+        "prompt_tokens": sum(u["prompt_tokens"] for u in usages),
+        "completion_tokens": sum(u["completion_tokens"] for u in usages),
+        "total_tokens": sum(u["total_tokens"] for u in usages),
+    }
 
 
 def _error_event(error: ChatstreamError) -> ErrorEvent:

@@ -20,6 +20,7 @@ from chatstream.runs.context import build_context
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.run import Run, RunLimits, RunSpec
 from chatstream.storage.repository import Store
+from chatstream.tools import ToolSet
 from chatstream.upstream.stream import ChatUpstream
 
 SYSTEM_PROMPT_MAX_CHARS = 32_000
@@ -74,8 +75,10 @@ class ChatService:
         store: Store,
         registry: LocalRunRegistry,
         upstream: ChatUpstream,
+        tools: ToolSet,
     ) -> None:
         self._settings = settings
+        self._tools = tools
         self._store = store
         self._registry = registry
         self._upstream = upstream
@@ -85,6 +88,8 @@ class ChatService:
             max_duration_s=settings.max_run_duration_s,
             thinking_interval_s=settings.thinking_interval_s,
             on_disconnect=settings.on_disconnect,
+            max_tool_rounds=settings.max_tool_rounds,
+            tool_timeout_s=settings.tool_timeout_s,
         )
 
     def check(self, request: ChatRequest) -> None:
@@ -143,6 +148,7 @@ class ChatService:
             max_tokens=request.max_tokens or settings.max_tokens,
             temperature=request.temperature,
             chunk_chars=request.chunk_chars,
+            tools=self._tools,
         )
         run = Run(spec, upstream=self._upstream, store=self._store, limits=self._limits)
         return admission.start(run)

@@ -28,8 +28,10 @@ Directives (all optional):
   tool=NAME          call tool NAME first (the answer follows the tool result)
   tool_args=JSON     its arguments (default {})
   tools=N1,N2        call several tools in parallel in one round
+  preamble=N         stream N tokens of text before the tool calls
   arg_chunks=N       split each call's arguments over N chunks
   tool_rounds=N      keep calling the tool for N rounds
+  ignore_tool_choice=1  call tools even when told tool_choice "none"
 
 The emulator is deterministic: the same request gives the same bytes.
 """
@@ -81,6 +83,8 @@ class Script:
     tools: tuple[str, ...] = ()
     arg_chunks: int = 1
     tool_rounds: int = 1
+    ignore_tool_choice: bool = False
+    preamble: int = 0
 
     def with_directives(self, text: str) -> Script:
         """Apply every `[[fake …]]` directive found in `text`."""
@@ -206,11 +210,15 @@ class Emulator:
     ) -> Iterator[Action]:
         messages = request.get("messages") or []
         chunk = _ChunkWriter(model)
-        tool_names = self._tool_round(script, messages, last_user, _offered_tools(request))
+        tool_names = self._tool_round(
+            script, messages, last_user, _offered_tools(request), request.get("tool_choice")
+        )
         if script.first_token_ms:
             yield Sleep(script.first_token_ms / 1000)
         yield Send(chunk.delta({"role": "assistant", "content": ""}))
         if tool_names:
+            for index in range(script.preamble):
+                yield Send(chunk.delta({"content": WORDS[index % len(WORDS)]}))
             yield from _tool_calls(chunk, script, tool_names)
             finish_reason = "tool_calls"
             tokens: list[str] = []
@@ -247,13 +255,21 @@ class Emulator:
         yield Send(b"data: [DONE]\n\n")
 
     def _tool_round(
-        self, script: Script, messages: list[Any], last_user: str, offered: set[str]
+        self,
+        script: Script,
+        messages: list[Any],
+        last_user: str,
+        offered: set[str],
+        tool_choice: Any = None,
     ) -> tuple[str, ...]:
         """The tools to call now, or () to answer with text.
 
         Directives call whatever they name (offered or not, to test unknown
         tools); the demo, like a model, only calls a tool it was offered.
+        Like a model, neither calls any when told `tool_choice: "none"`.
         """
+        if tool_choice == "none" and not script.ignore_tool_choice:
+            return ()
         names = script.tools or ((script.tool,) if script.tool else ())
         if (
             not names

@@ -39,6 +39,7 @@ class UpstreamRequest:
     max_tokens: int
     temperature: float | None = None
     tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: str | None = None
 
     def as_kwargs(self) -> dict[str, Any]:
         """Arguments for `chat.completions.create`.
@@ -58,6 +59,8 @@ class UpstreamRequest:
             body["temperature"] = self.temperature
         if self.tools:
             body["tools"] = self.tools
+        if self.tool_choice is not None:
+            body["tool_choice"] = self.tool_choice
         return {"model": self.model, "messages": [], "stream": True, "extra_body": body}
 
 
