@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -18,10 +19,8 @@ from chatstream.app import create_app
 from chatstream.cli import alembic_config
 from chatstream.config import Settings
 from chatstream.tools import ToolRegistry
+from tests.support.sentinels import SENTINEL_API_KEY, WATCH, WatchingHandler
 from tests.support.servers import AppServer, FakeUpstreamThread
-
-# A recognisable key: it must never appear in a response or a log line.
-SENTINEL_API_KEY = "sk-test-SENTINEL-0123456789abcdef"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,6 +34,20 @@ def _clean_environment() -> Iterator[None]:
     }
     yield
     os.environ.update(saved)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_secret_ever_leaks() -> Iterator[None]:
+    """Across the whole session: no sentinel in a response, a frame or a log record."""
+    handler = WatchingHandler(level=logging.INFO)
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(previous_level or logging.INFO, logging.INFO))
+    yield
+    root.removeHandler(handler)
+    root.setLevel(previous_level)
+    assert not WATCH.violations, "secrets leaked:\n" + "\n".join(WATCH.violations)
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +90,9 @@ def settings_for_tests(**values: Any) -> Settings:
         "upstream_max_retries": 0,
         "run_retention_s": 60,
         "models": ["test-model", "other-model"],
+        # Limits are tested on their own; elsewhere they must not get in the way.
+        "rate_limit": "100000/minute",
+        "max_concurrent_runs": 100000,
     }
     return Settings(**{**defaults, **values})
 

@@ -13,17 +13,19 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from chatstream import __version__
 from chatstream.api import chat, meta, runs, sessions, ws
 from chatstream.api.body_limit import BodyLimit
-from chatstream.api.deps import AppState
+from chatstream.api.deps import AppState, get_principal
 from chatstream.api.errors import install_error_handlers
 from chatstream.api.schemas import event_schemas
+from chatstream.auth import Authenticator, ClientAddress
 from chatstream.config import Settings
 from chatstream.logs import RequestIdMiddleware
+from chatstream.ratelimit import ChatLimits
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.service import ChatService
 from chatstream.storage.db import Database
@@ -62,14 +64,21 @@ dropped (1008) while its runs go on.
 
 
 def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> FastAPI:
-    """The application. `tools` defaults to the built-in tools plus installed plugins."""
+    """The application. `tools` defaults to the built-in tools plus installed plugins.
+
+    Configuration mistakes (an unknown tool, an unreadable public key) raise
+    here, before anything is served.
+    """
     offered = (tools or ToolRegistry.default()).select(settings.tools)
+    authenticator = Authenticator(settings)
+    client_address = ClientAddress(settings.trusted_proxies)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
             database = await stack.enter_async_context(Database.from_settings(settings))
             client = await stack.enter_async_context(open_client(settings))
+            limits = await stack.enter_async_context(ChatLimits(settings))
             registry = await stack.enter_async_context(
                 LocalRunRegistry(
                     max_live_runs=settings.max_live_runs, retention_s=settings.run_retention_s
@@ -82,6 +91,7 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
                 registry=registry,
                 upstream=ChatUpstream(client),
                 tools=offered,
+                limits=limits,
             )
             state = AppState(
                 settings=settings,
@@ -89,6 +99,8 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
                 store=store,
                 registry=registry,
                 chat=chat_service,
+                authenticator=authenticator,
+                client_address=client_address,
             )
             logger.info(
                 "chatstream %s ready: models %s%s",
@@ -108,7 +120,9 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for router in (chat.router, runs.router, sessions.router, ws.router, meta.router):
+    for router in (chat.router, runs.router, sessions.router, meta.api_router):
+        app.include_router(router, dependencies=[Depends(get_principal)])
+    for router in (ws.router, meta.router):
         app.include_router(router)
     if settings.cors_origins:
         app.add_middleware(
@@ -139,6 +153,15 @@ def _document(app: FastAPI, settings: Settings) -> None:
         schema = build()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(event_schemas())
+        for operation in (op for ops in schema["paths"].values() for op in ops.values()):
+            content = operation.get("responses", {}).get("200", {}).get("content", {})
+            # An event stream is described per event (itemSchema), not as one string.
+            content.get("text/event-stream", {}).pop("schema", None)
+            if settings.auth == "none":
+                operation.pop("security", None)
+        if settings.auth == "none":
+            # Documented only when enforced: with auth off there is no scheme to use.
+            schema["components"].pop("securitySchemes", None)
         chat_request = components.get("ChatRequest", {}).get("properties", {})
         if "message" in chat_request:
             chat_request["message"]["maxLength"] = settings.max_message_chars

@@ -11,8 +11,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from chatstream.config import Settings
-from chatstream.logs import configure_logging
+from chatstream.logs import configure_logging, secrets_of
 
 logger = logging.getLogger("chatstream")
 
@@ -58,10 +60,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _settings(**overrides: object) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
-    except ValueError as exc:
-        # pydantic's message names the setting and the rule, never a secret's value.
-        sys.stderr.write(f"chatstream: invalid configuration:\n{exc}\n")
+    except ValidationError as exc:
+        # Each problem by setting and rule; never the value (pydantic's own
+        # message would print it, secrets included).
+        lines = [f"  {_variable(error['loc'])}: {error['msg']}" for error in exc.errors()]
+        sys.stderr.write("chatstream: invalid configuration:\n" + "\n".join(lines) + "\n")
         raise SystemExit(2) from None
+
+
+def _variable(location: tuple[int | str, ...]) -> str:
+    if not location:
+        return "settings"
+    name = str(location[0])
+    return name.upper() if name.startswith("openai_") else f"CHATSTREAM_{name.upper()}"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -71,7 +82,7 @@ def _serve(args: argparse.Namespace) -> int:
     from chatstream.server import uvicorn_config
 
     settings = _settings(host=args.host, port=args.port)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, secrets_of(settings))
     uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
     return 0
 
@@ -106,7 +117,7 @@ def _migrate() -> int:
     from alembic import command
 
     settings = _settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, secrets_of(settings))
     command.upgrade(alembic_config(settings.database_url), "head")  # type: ignore[arg-type]
     logger.info("database schema is at the latest revision")
     return 0

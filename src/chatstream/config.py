@@ -8,9 +8,11 @@ and `OPENAI_BASE_URL`.
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
+from limits import parse_many
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -66,6 +68,7 @@ class Settings(BaseSettings):
     max_live_runs: int = Field(default=2000, ge=1)
     ws_max_runs: int = Field(default=8, ge=1)  # live runs one WebSocket may follow at once
     ws_send_timeout_s: float = Field(default=10.0, gt=0)  # a socket that takes longer is closed
+    ws_auth_timeout_s: float = Field(default=10.0, gt=0)  # the first `auth` frame must come by then
     shutdown_grace_s: float = Field(default=25.0, ge=0)
 
     # --- tools ----------------------------------------------------------------
@@ -80,11 +83,14 @@ class Settings(BaseSettings):
     jwt_public_key_file: Path | None = None
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
+    # "N/second|minute|hour|day" (limits syntax) per owner, or per client IP with
+    # auth off, on starting chats; empty: no limit.
     rate_limit: str = "30/minute"
-    rate_limit_storage: str = "memory://"
+    rate_limit_storage: str = "memory://"  # or redis://…, shared by every instance
     max_concurrent_runs: int = Field(default=4, ge=1)
+    redis_key_prefix: str = Field(default="chatstream", min_length=1)
     cors_origins: CommaList = Field(default_factory=list)
-    trusted_proxies: CommaList = Field(default_factory=list)
+    trusted_proxies: CommaList = Field(default_factory=list)  # addresses or CIDR networks
 
     # --- serving --------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -95,10 +101,45 @@ class Settings(BaseSettings):
         _split_commas
     )
 
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        if value.strip():
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError("must look like 30/minute (limits syntax), or be empty") from None
+        return value.strip()
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _check_storage(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
+            raise ValueError("must be memory:// or a redis:// URL")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an IP address or network") from None
+        return value
+
     @model_validator(mode="after")
     def _check_jwt(self) -> Settings:
-        if self.auth == "jwt":
-            raise ValueError("CHATSTREAM_AUTH=jwt is not available in this release")
+        if self.auth != "jwt":
+            return self
+        keys = [self.jwt_secret, self.jwt_public_key, self.jwt_public_key_file]
+        if sum(key is not None for key in keys) != 1:
+            raise ValueError(
+                "CHATSTREAM_AUTH=jwt needs exactly one of CHATSTREAM_JWT_SECRET, "
+                "CHATSTREAM_JWT_PUBLIC_KEY or CHATSTREAM_JWT_PUBLIC_KEY_FILE"
+            )
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value().encode()) < 32:
+            raise ValueError("CHATSTREAM_JWT_SECRET must be at least 32 bytes long")
         return self
 
     @property

@@ -37,11 +37,13 @@ class ChatstreamError(Exception):
         retryable: bool | None = None,
         retry_after: float | None = None,
         details: Any = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.message = message or self.default_message
         self.retryable = self.default_retryable if retryable is None else retryable
         self.retry_after = retry_after
         self.details = details
+        self.headers = headers or {}
         super().__init__(self.message)
 
     def body(self) -> dict[str, Any]:

@@ -1,8 +1,15 @@
-"""Logging: one format, a request id on every line, and pure-ASGI request-id middleware.
+"""Logging: one line per record, a request id on each, nothing secret, no tracebacks.
 
 The request id comes from a well-formed `X-Request-ID` header or is made up,
 is echoed on the response, and rides a contextvar into every log record
 (runs started by a request inherit it).
+
+The formatter is the last line of defence for secrets: it removes the values
+of the configured secrets (API key, JWT secret, database and Redis
+passwords) and anything shaped like a bearer token, a JWT or an API key,
+whoever logged it (uvicorn logs request URLs, libraries log what they like).
+An exception is one line, its type and message; a stack trace never reaches
+the log, where it could carry data and where it is nobody's to read.
 """
 
 from __future__ import annotations
@@ -10,14 +17,72 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Iterable
 from contextvars import ContextVar
+from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chatstream.config import Settings
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+_PATTERNS = (
+    re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+"),
+    re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),  # JWT
+    re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"),  # OpenAI-style API key
+    re.compile(r"(?<=://)[^/\s:@]*:[^/\s@]+(?=@)"),  # user:password in a URL
+)
+REDACTED = "[redacted]"
+
+
+class Redactor:
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        # Longest first, so a secret that contains another is removed whole.
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        for pattern in _PATTERNS:
+            text = pattern.sub(
+                lambda m: m.group(1) + " " + REDACTED if m.lastindex else REDACTED, text
+            )
+        return text
+
+
+def secrets_of(settings: Settings) -> list[str | None]:
+    """The values in settings that must never be logged."""
+    values: list[str | None] = []
+    for secret in (settings.openai_api_key, settings.jwt_secret):
+        values.append(secret.get_secret_value() if secret is not None else None)
+    for url in (settings.database_url, settings.redis_url, settings.rate_limit_storage):
+        values.append(urlsplit(url).password if url else None)
+    return values
+
+
+class SafeFormatter(logging.Formatter):
+    """One line per record; secrets redacted; exceptions as their type and message only."""
+
+    def __init__(self, fmt: str, redactor: Redactor) -> None:
+        super().__init__(fmt)
+        self._redact = redactor
+
+    def formatException(self, ei: Any) -> str:
+        exc = ei[1]
+        return f"{type(exc).__name__}: {exc}" if exc is not None else ""
+
+    def formatStack(self, stack_info: str) -> str:
+        return ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return self._redact(text).replace("\r", " ").replace("\n", " | ")
 
 
 class RequestIdFilter(logging.Filter):
@@ -26,9 +91,9 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, secrets: Iterable[str | None] = ()) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(SafeFormatter(LOG_FORMAT, Redactor(secrets)))
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -302,3 +302,17 @@ def test_error_messages_carry_no_upstream_detail(client: httpx.Client) -> None:
     assert error["code"] == "upstream_error"
     assert "emulated" not in error["message"]
     assert "sk-" not in str(stream.events)
+
+
+def test_an_upstream_that_echoes_our_key_in_its_error_does_not_leak_it(
+    client: httpx.Client,
+) -> None:
+    """The fake upstream puts the request's Authorization header (our API key) in its body."""
+    stream = stream_chat(client, message="[[fake status=401 echo_auth=1]] go")
+    error = stream.of("error")[0].data
+    assert error["code"] == "upstream_error" and error["retryable"] is False
+    # The suite-wide watch fails the session if the key got into any response or log;
+    # here, also the message itself says nothing of the upstream's body.
+    assert "bad key" not in error["message"]
+    failed = client.post("/api/chat", json={"message": "[[fake status=401 echo_auth=1]] go"})
+    assert failed.status_code == 502 and "bad key" not in failed.text

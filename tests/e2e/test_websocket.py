@@ -171,7 +171,7 @@ def test_chat_errors_before_the_run_come_as_error_frames(server: AppServer) -> N
     with open_socket(server) as ws:
         send(ws, chat("gone", "hi", session_id=str(uuid.uuid4())))
         error = recv(ws)
-        assert (error["code"], error["request_id"]) == ("not_found", "gone")
+        assert (error["code"], error["request_id"]) == ("invalid_request", "gone")
         send(ws, chat("model", "hi", model="nope"))
         assert recv(ws)["code"] == "invalid_request"
 

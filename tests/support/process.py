@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support.sentinels import WATCH
+
 READY_LINE = "Application startup complete"
 
 
@@ -89,7 +91,7 @@ class ServeProcess:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         code = self.process.wait(timeout)
-        self.log_text()
+        WATCH.check(self.log_text(), "server process log")
         if self.process.stdout is not None:
             self.process.stdout.close()
         return code

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from chatstream.server import uvicorn_config
 from chatstream.upstream.fake_server import FakeUpstream
+from tests.support.sentinels import GuardedApp
 
 START_TIMEOUT_S = 20.0
 
@@ -50,7 +51,8 @@ class AppServer:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
         settings = app.state.settings
-        config = uvicorn_config(app, settings, lifespan="on", log_level="warning")
+        # Everything the app sends passes the sentinel watch.
+        config = uvicorn_config(GuardedApp(app), settings, lifespan="on", log_level="warning")
         self._server = _Uvicorn(config)
         self._thread = threading.Thread(
             target=self._server.run,

@@ -9,9 +9,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from chatstream.api.deps import ChatDep, Owner, SettingsDep, StoreDep
+from chatstream.api.deps import ChatDep, PrincipalDep, SettingsDep, StoreDep
 from chatstream.api.errors import error_response
-from chatstream.api.schemas import ChatResponse, ErrorBody, MessageOut, sse_responses
+from chatstream.api.schemas import ChatResponse, ErrorBody, MessageOut, json_errors, sse_responses
 from chatstream.api.sse import RunEventStream
 from chatstream.runs.run import Run
 from chatstream.runs.service import ChatRequest
@@ -19,11 +19,17 @@ from chatstream.storage.models import utcnow
 
 router = APIRouter(prefix="/api", tags=["chat"])
 
+_ERROR_TEXTS = {
+    401: "Auth is on and the bearer token is missing or not valid.",
+    404: "`session_id` is not one of your sessions.",
+    413: "The body is over CHATSTREAM_MAX_BODY_BYTES.",
+    422: "The request breaks a validation rule.",
+    429: "`rate_limited` (CHATSTREAM_RATE_LIMIT) or `too_many_runs` "
+    "(CHATSTREAM_MAX_CONCURRENT_RUNS); with Retry-After and X-RateLimit-* headers.",
+    503: "The server is at capacity or shutting down.",
+}
 _ERRORS: dict[int | str, dict[str, object]] = {
-    404: {"model": ErrorBody, "description": "`session_id` is not one of your sessions."},
-    413: {"model": ErrorBody, "description": "The body is over CHATSTREAM_MAX_BODY_BYTES."},
-    422: {"model": ErrorBody, "description": "The request breaks a validation rule."},
-    503: {"model": ErrorBody, "description": "The server is at capacity or shutting down."},
+    status: {"model": ErrorBody, "description": text} for status, text in _ERROR_TEXTS.items()
 }
 
 # Status of `POST /api/chat` when the run did not complete, by error code.
@@ -39,14 +45,19 @@ _FAILED_STATUS = {
     "/chat/stream",
     response_class=RunEventStream,
     status_code=200,
-    responses={**sse_responses(), **_ERRORS},
+    responses={**sse_responses(), **json_errors(_ERROR_TEXTS)},
     summary="Start a run and stream its events (SSE)",
 )
 async def chat_stream(
-    body: ChatRequest, owner: Owner, chat: ChatDep, settings: SettingsDep
+    body: ChatRequest, principal: PrincipalDep, chat: ChatDep, settings: SettingsDep
 ) -> Response:
-    run = await chat.start(owner, body)
-    return RunEventStream(run, after=0, keepalive_s=settings.keepalive_interval_s)
+    started = await chat.start(principal, body)
+    return RunEventStream(
+        started.run,
+        after=0,
+        keepalive_s=settings.keepalive_interval_s,
+        headers=started.window.headers() if started.window else None,
+    )
 
 
 @router.post(
@@ -66,9 +77,10 @@ async def chat_stream(
     summary="Start a run and answer once it has ended",
 )
 async def chat(
-    body: ChatRequest, owner: Owner, chat: ChatDep, store: StoreDep, request: Request
+    body: ChatRequest, principal: PrincipalDep, chat: ChatDep, store: StoreDep, request: Request
 ) -> Response:
-    run = await chat.start(owner, body)
+    started = await chat.start(principal, body)
+    run = started.run
     async with run.follow() as _events, anyio.create_task_group() as tasks:
         # Following the run (rather than only awaiting it) makes this request
         # count as the run's reader for the disconnect policy.
@@ -77,7 +89,10 @@ async def chat(
         tasks.cancel_scope.cancel()
     if run.live:
         return Response(status_code=499)  # the client left; nobody reads this
-    return await _final_answer(run, owner, store)
+    response = await _final_answer(run, principal.owner, store)
+    if started.window is not None:
+        response.headers.update(started.window.headers())
+    return response
 
 
 async def _cancel_scope_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:

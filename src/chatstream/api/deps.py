@@ -6,15 +6,15 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
+from chatstream.auth import Authenticator, ClientAddress, Principal
 from chatstream.config import Settings
 from chatstream.runs.handle import RunRegistry
 from chatstream.runs.service import ChatService
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
-
-ANONYMOUS = "anonymous"
 
 
 @dataclass(slots=True)
@@ -26,6 +26,8 @@ class AppState:
     store: Store
     registry: RunRegistry
     chat: ChatService
+    authenticator: Authenticator
+    client_address: ClientAddress
 
 
 async def get_state(connection: HTTPConnection) -> AppState:
@@ -34,6 +36,30 @@ async def get_state(connection: HTTPConnection) -> AppState:
 
 
 State = Annotated[AppState, Depends(get_state)]
+
+# Documents the bearer scheme in OpenAPI; the checks are the Authenticator's.
+_bearer = HTTPBearer(auto_error=False, description="A JWT, when CHATSTREAM_AUTH=jwt.")
+
+
+def principal_of(
+    state: AppState, connection: HTTPConnection, authorization: str | None
+) -> Principal:
+    owner = state.authenticator.owner_from_header(authorization)
+    if state.authenticator.enabled:
+        return Principal(owner=owner, limit_key=f"owner:{owner}")
+    peer = connection.client.host if connection.client else None
+    return Principal(
+        owner=owner, limit_key=f"ip:{state.client_address.of(peer, connection.headers)}"
+    )
+
+
+async def get_principal(
+    connection: HTTPConnection,
+    state: State,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+) -> Principal:
+    """The caller; 401 when auth is on and the bearer token is missing or not valid."""
+    return principal_of(state, connection, connection.headers.get("authorization"))
 
 
 async def get_settings(state: State) -> Settings:
@@ -52,13 +78,13 @@ async def get_chat(state: State) -> ChatService:
     return state.chat
 
 
-async def get_owner(connection: HTTPConnection) -> str:
-    """The caller's owner id. Auth off: everyone is `anonymous`."""
-    return ANONYMOUS
+async def get_owner(principal: Annotated[Principal, Depends(get_principal)]) -> str:
+    return principal.owner
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 RegistryDep = Annotated[RunRegistry, Depends(get_registry)]
 ChatDep = Annotated[ChatService, Depends(get_chat)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
 Owner = Annotated[str, Depends(get_owner)]

@@ -51,9 +51,11 @@ def error_response(
 
 
 def chatstream_error_response(exc: ChatstreamError) -> JSONResponse:
-    headers = None
+    headers = dict(exc.headers)
     if exc.retry_after is not None:
-        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return error_response(exc.status, exc.code, exc.message, details=exc.details, headers=headers)
 
 

@@ -9,12 +9,13 @@ from starlette.responses import JSONResponse
 from chatstream.api.deps import SettingsDep, State
 from chatstream.api.schemas import Health, ModelItem, ModelList
 
-router = APIRouter()
+router = APIRouter()  # health: open to anyone
+api_router = APIRouter()  # under /api: behind auth like the rest of /api
 
 READY_TIMEOUT_S = 2.0
 
 
-@router.get(
+@api_router.get(
     "/api/models", response_model=ModelList, tags=["models"], summary="The models you may ask for"
 )
 async def list_models(settings: SettingsDep) -> ModelList:

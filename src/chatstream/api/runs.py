@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query
 from starlette.responses import JSONResponse, Response
 
 from chatstream.api.deps import Owner, RegistryDep, SettingsDep, StoreDep
-from chatstream.api.schemas import CancelAccepted, ErrorBody, RunState, sse_responses
+from chatstream.api.schemas import CancelAccepted, ErrorBody, RunState, json_errors, sse_responses
 from chatstream.api.sse import RunEventStream
 from chatstream.errors import Conflict, InvalidRequest, NotFound
 
@@ -26,11 +26,13 @@ _NOT_FOUND: dict[int | str, dict[str, object]] = {
     status_code=200,
     responses={
         **sse_responses(),
-        **_NOT_FOUND,
-        422: {
-            "model": ErrorBody,
-            "description": "`after` or `Last-Event-ID` is not a sequence number.",
-        },
+        **json_errors(
+            {
+                401: "Auth is on and the bearer token is missing or not valid.",
+                404: "No such run of yours.",
+                422: "`after` or `Last-Event-ID` is not a sequence number.",
+            }
+        ),
     },
     summary="Follow a run as SSE, from the start or after an event id",
 )

@@ -155,6 +155,16 @@ idle for 15 s carries a comment line `: keepalive`. Resume with
 """
 
 
+def json_errors(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """Error responses of an SSE route, documented as the JSON they are.
+
+    (With a `model`, FastAPI would document them under the route's own media
+    type, text/event-stream.)
+    """
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    return {status: {"description": text, "content": body} for status, text in descriptions.items()}
+
+
 def sse_responses() -> dict[int | str, dict[str, Any]]:
     """The `responses=` entry documenting an SSE endpoint (OpenAPI 3.2 `itemSchema`)."""
     return {

@@ -38,11 +38,18 @@ def encode_events(batch: list[Event]) -> bytes:
 class RunEventStream(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, run: RunHandle, *, after: int, keepalive_s: float) -> None:
+    def __init__(
+        self,
+        run: RunHandle,
+        *,
+        after: int,
+        keepalive_s: float,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         # Response.__init__ wants a body; this response writes its own, as it goes.
         self.status_code = 200
         self.background = None
-        self.init_headers(SSE_HEADERS)
+        self.init_headers({**SSE_HEADERS, **(headers or {})})
         self._run = run
         self._after = after
         self._keepalive_s = keepalive_s

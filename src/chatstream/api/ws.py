@@ -36,8 +36,17 @@ from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.responses import JSONResponse
 
-from chatstream.api.deps import ANONYMOUS, State
-from chatstream.errors import ChatstreamError
+from chatstream.api.deps import State, principal_of
+from chatstream.auth import Principal
+from chatstream.errors import (
+    ChatstreamError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServerShutdown,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from chatstream.runs.events import Event
 from chatstream.runs.handle import RunHandle
 from chatstream.runs.service import ChatRequest
@@ -47,7 +56,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 
 CLOSE_TOO_BIG = 1009
-CLOSE_TOO_SLOW = 1008  # policy violation: the client does not read what it asked for
+CLOSE_POLICY = 1008  # auth failed, or the client does not read what it asked for
 CLOSE_TIMEOUT_S = 1.0
 
 
@@ -101,7 +110,35 @@ async def chat_socket(websocket: WebSocket, state: State) -> None:
         await _deny(websocket, 403, "forbidden", "This origin may not open a socket here.")
         return
     await websocket.accept()
-    await ChatSocket(websocket, state, owner=ANONYMOUS).serve()
+    principal = await _authenticate(websocket, state)
+    if principal is None:
+        with anyio.move_on_after(CLOSE_TIMEOUT_S):
+            await websocket.close(code=CLOSE_POLICY, reason="authentication failed")
+        return
+    await ChatSocket(websocket, state, principal).serve()
+
+
+async def _authenticate(websocket: WebSocket, state: State) -> Principal | None:
+    """The caller, from the `Authorization` header or a first `auth` frame; None if neither holds.
+
+    Never from the URL: URLs end up in logs.
+    """
+    header = websocket.headers.get("authorization")
+    try:
+        if not state.authenticator.enabled or header is not None:
+            return principal_of(state, websocket, header)
+        with anyio.fail_after(state.settings.ws_auth_timeout_s):
+            message = await websocket.receive()
+        text = message.get("text") if message["type"] == "websocket.receive" else None
+        if text is None:
+            return None
+        frame = _client_frame.validate_json(text)
+        if not isinstance(frame, AuthFrame):
+            return None
+        owner = state.authenticator.owner_from_token(frame.token)
+    except (Unauthorized, ValidationError, TimeoutError):
+        return None
+    return Principal(owner=owner, limit_key=f"owner:{owner}")
 
 
 async def _deny(websocket: WebSocket, status: int, code: str, message: str) -> None:
@@ -136,12 +173,13 @@ def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> 
 
 
 class ChatSocket:
-    def __init__(self, websocket: WebSocket, state: State, *, owner: str) -> None:
+    def __init__(self, websocket: WebSocket, state: State, principal: Principal) -> None:
         self._websocket = websocket
         self._chat = state.chat
         self._registry = state.registry
         self._settings = state.settings
-        self._owner = owner
+        self._principal = principal
+        self._owner = principal.owner
         self._sender = _Sender(websocket, state.settings.ws_send_timeout_s)
         self._following: dict[uuid.UUID, anyio.CancelScope] = {}
         self._chats = 0
@@ -157,7 +195,7 @@ class ChatSocket:
             tasks.cancel_scope.cancel()
         if self._sender.stalled:
             logger.info("closing a WebSocket that stopped reading")
-            close_code = CLOSE_TOO_SLOW
+            close_code = CLOSE_POLICY
         if close_code is not None:
             # A client that stopped reading cannot take the close frame either.
             with anyio.move_on_after(CLOSE_TIMEOUT_S):
@@ -219,10 +257,10 @@ class ChatSocket:
     async def _chat_and_follow(self, frame: ChatFrame) -> None:
         try:
             try:
-                run = await self._chat.start(self._owner, frame)
+                run = (await self._chat.start(self._principal, frame)).run
             except ChatstreamError as exc:
                 await self._error(
-                    exc.code,
+                    _frame_code(exc),
                     exc.message,
                     request_id=frame.request_id,
                     retryable=exc.retryable,
@@ -295,6 +333,17 @@ class ChatSocket:
         if details is not None:
             frame["details"] = details
         await self._sender.send(orjson.dumps(frame).decode())
+
+
+def _frame_code(exc: ChatstreamError) -> str:
+    """The contract's error codes for frames (HTTP's are finer grained)."""
+    if isinstance(exc, RateLimited | ServerShutdown):
+        return exc.code  # rate_limited, too_many_runs, server_shutdown
+    if isinstance(exc, ServiceUnavailable):
+        return "rate_limited"  # at capacity: retry shortly, like a rate limit
+    if isinstance(exc, InvalidRequest | NotFound):
+        return "invalid_request"
+    return "internal"
 
 
 def _request_id_of(text: str) -> str | None:

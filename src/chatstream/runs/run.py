@@ -25,7 +25,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -84,6 +84,9 @@ class RunSpec:
     tools: ToolSet = field(default_factory=ToolSet)
 
 
+OnEnd = Callable[[], Awaitable[None]]
+
+
 class RunStore(Protocol):
     async def write_run_output(self, output: RunOutput) -> None:
         """Write every row in one transaction, or raise and write nothing."""
@@ -98,6 +101,7 @@ class Run:
         upstream: ChatUpstream,
         store: RunStore,
         limits: RunLimits,
+        on_end: OnEnd | None = None,
     ) -> None:
         self.spec = spec
         self.id = spec.message_id
@@ -110,6 +114,7 @@ class Run:
         self._upstream = upstream
         self._store = store
         self._limits = limits
+        self._on_end = on_end
         self._cancel_scope = anyio.CancelScope()
         self._stop_status: MessageStatus = "cancelled"
         self._clock = time.monotonic  # the loop's clock once running
@@ -183,7 +188,23 @@ class Run:
     # --- execution -------------------------------------------------------------
 
     async def execute(self) -> None:
-        """Generate, persist once, then close the log with `done`. Never raises."""
+        """Generate, persist once, then close the log with `done`. Never raises.
+
+        `on_end` (the run's limit slot, given back) is awaited before `done`,
+        so a client that has seen `done` may start its next run at once.
+        """
+        try:
+            await self._execute()
+        finally:
+            await self._ended()
+
+    async def _ended(self) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            with anyio.CancelScope(shield=True):
+                await on_end()
+
+    async def _execute(self) -> None:
         self._clock = asyncio.get_running_loop().time
         self._started_at = self._clock()
         error: ChatstreamError | None = None
@@ -226,6 +247,7 @@ class Run:
             owner=self.spec.owner, session_id=self.spec.session_id, rows=[*self._tool_rows, final]
         )
         persisted = await self._persist(self.output)
+        await self._ended()
         self.status = status
         done: DoneEvent = {
             "type": "done",

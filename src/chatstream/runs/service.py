@@ -10,12 +10,16 @@ refused chat leaves no trace.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
+from chatstream.auth import Principal
 from chatstream.config import Settings
 from chatstream.errors import InvalidRequest
+from chatstream.ratelimit import ChatLimits, RateWindow
 from chatstream.runs.context import build_context
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.run import Run, RunLimits, RunSpec
@@ -35,6 +39,7 @@ class ChatRequest(BaseModel):
         str,
         Field(
             min_length=1,
+            pattern=r"\S",  # at least one character that is not whitespace
             description="The user's message: 1 to CHATSTREAM_MAX_MESSAGE_CHARS characters, "
             "not only whitespace.",
         ),
@@ -59,12 +64,11 @@ class ChatRequest(BaseModel):
         description="Coalesce `delta` text into pieces of at least this many characters.",
     )
 
-    @field_validator("message")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("message must not be only whitespace")
-        return value
+
+@dataclass(frozen=True, slots=True)
+class StartedRun:
+    run: Run
+    window: RateWindow | None  # for the X-RateLimit-* headers of the answer
 
 
 class ChatService:
@@ -76,13 +80,15 @@ class ChatService:
         registry: LocalRunRegistry,
         upstream: ChatUpstream,
         tools: ToolSet,
+        limits: ChatLimits,
     ) -> None:
         self._settings = settings
         self._tools = tools
         self._store = store
         self._registry = registry
         self._upstream = upstream
-        self._limits = RunLimits(
+        self._limits = limits
+        self._run_limits = RunLimits(
             first_token_timeout_s=settings.upstream_first_token_timeout_s,
             idle_timeout_s=settings.upstream_idle_timeout_s,
             max_duration_s=settings.max_run_duration_s,
@@ -115,28 +121,37 @@ class ChatService:
         if problems:
             raise InvalidRequest("The chat request is not valid.", details=problems)
 
-    async def start(self, owner: str, request: ChatRequest) -> Run:
+    async def start(self, principal: Principal, request: ChatRequest) -> StartedRun:
+        """Start a run, or refuse it (invalid, limited, at capacity) leaving no trace."""
         self.check(request)
         settings = self._settings
-        admission = self._registry.admit(owner)
+        owner, key = principal.owner, principal.limit_key
+        run_id = uuid.uuid4()
+        await self._limits.take_slot(key, run_id)
         try:
-            turn = await self._store.begin_turn(
-                owner,
-                session_id=request.session_id,
-                new_session_model=request.model,
-                new_session_system_prompt=request.system_prompt,
-                message=request.message,
-                # Room for rows the context builder skips (failed empty answers).
-                history_limit=settings.history_messages * 2,
-            )
+            window = await self._limits.hit_window(key)
+            admission = self._registry.admit(owner)
+            try:
+                turn = await self._store.begin_turn(
+                    owner,
+                    session_id=request.session_id,
+                    new_session_model=request.model,
+                    new_session_system_prompt=request.system_prompt,
+                    message=request.message,
+                    # Room for rows the context builder skips (failed empty answers).
+                    history_limit=settings.history_messages * 2,
+                )
+            except BaseException:
+                admission.release()
+                raise
         except BaseException:
-            admission.release()
+            await self._limits.give_back_slot(key, run_id)
             raise
         session_model = turn.session_model if turn.session_model in settings.models else None
         spec = RunSpec(
             owner=owner,
             session_id=turn.session_id,
-            message_id=uuid.uuid4(),
+            message_id=run_id,
             user_message_id=turn.user_message_id,
             model=request.model or session_model or settings.default_model,
             messages=build_context(
@@ -150,8 +165,15 @@ class ChatService:
             chunk_chars=request.chunk_chars,
             tools=self._tools,
         )
-        run = Run(spec, upstream=self._upstream, store=self._store, limits=self._limits)
-        return admission.start(run)
+        run = Run(
+            spec,
+            upstream=self._upstream,
+            store=self._store,
+            limits=self._run_limits,
+            on_end=partial(self._limits.give_back_slot, key, run_id),
+        )
+        admission.start(run)
+        return StartedRun(run, window)
 
 
 def _problem(field: str, message: str, kind: str) -> dict[str, Any]:

@@ -31,7 +31,7 @@ class DemoTransport(httpx2.AsyncBaseTransport):
             body = orjson.loads(await request.aread())
         except orjson.JSONDecodeError:
             return httpx2.Response(400, json={"error": {"message": "bad json"}}, request=request)
-        reply = self._emulator.reply(body)
+        reply = self._emulator.reply(body, request.headers.get("authorization", ""))
         return httpx2.Response(
             reply.status,
             headers=reply.headers,

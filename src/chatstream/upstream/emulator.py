@@ -17,6 +17,7 @@ Directives (all optional):
   status=S           answer HTTP S instead of a stream (429 and 5xx are retried by clients)
   retry_after=R      with status: the Retry-After header, in seconds
   fail_times=K       with status: fail only the first K requests carrying the same key=…
+  echo_auth=1        with status: put the request's Authorization header in the error body
   key=K              names a request family for fail_times
   drop_after=N       close the connection after N tokens (no end of stream)
   rst_after=N        reset the connection (TCP RST) after N tokens
@@ -70,6 +71,7 @@ class Script:
     status: int = 200
     retry_after: float | None = None
     fail_times: int | None = None
+    echo_auth: bool = False
     key: str = ""
     drop_after: int | None = None
     rst_after: int | None = None
@@ -177,12 +179,15 @@ class Emulator:
         self.demo = demo
         self._failures: dict[str, int] = {}
 
-    def reply(self, request: dict[str, Any]) -> Reply:
+    def reply(self, request: dict[str, Any], authorization: str = "") -> Reply:
         messages = request.get("messages") or []
         last_user = _last_user_text(messages)
         script = self.defaults.with_directives(last_user)
         if script.status != 200 and self._should_fail(script):
-            return _error_reply(script)
+            # A careless server echoes credentials in its errors; ours can, on demand.
+            return _error_reply(
+                script, f"bad key: {authorization}" if script.echo_auth else "emulated failure"
+            )
         if not request.get("stream"):
             return _error_reply(replace(script, status=400), "only stream=true is emulated")
         model = str(request.get("model") or "fake")

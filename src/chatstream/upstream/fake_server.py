@@ -108,10 +108,12 @@ class FakeUpstream:
 
     # --- request handling -------------------------------------------------------
 
-    async def handle(self, conn: _Connection, method: bytes, path: str, body: bytes) -> bool:
+    async def handle(
+        self, conn: _Connection, method: bytes, path: str, body: bytes, authorization: str
+    ) -> bool:
         """Answer one request; return False if the connection must close."""
         if method == b"POST" and path.endswith("/chat/completions"):
-            return await self._chat(conn, body)
+            return await self._chat(conn, body, authorization)
         if method == b"GET" and path.endswith("/models"):
             conn.respond(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
         elif path == "/_fake/requests":
@@ -128,7 +130,7 @@ class FakeUpstream:
             conn.respond(404, {"error": {"message": "not found"}})
         return True
 
-    async def _chat(self, conn: _Connection, body: bytes) -> bool:
+    async def _chat(self, conn: _Connection, body: bytes, authorization: str) -> bool:
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -137,7 +139,7 @@ class FakeUpstream:
         with self.changed:
             self.requests.append(request)
             self.changed.notify_all()
-        reply = self.emulator.reply(request)
+        reply = self.emulator.reply(request, authorization)
         if not reply.streaming:
             data = b"".join(a.data for a in reply.body if isinstance(a, Send))
             conn.respond_raw(reply.status, reply.headers, data)
@@ -180,7 +182,8 @@ class _Connection(asyncio.Protocol):
         self._drain: asyncio.Event | None = None
         self._url = b""
         self._body: list[bytes] = []
-        self._queue: list[tuple[bytes, str, bytes, bool]] = []
+        self._authorization = ""
+        self._queue: list[tuple[bytes, str, bytes, str, bool]] = []
         self._task: asyncio.Task[None] | None = None
 
     # asyncio.Protocol
@@ -226,15 +229,20 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"authorization":
+            self._authorization = value.decode("latin-1")
+
     def on_message_complete(self) -> None:
         path = self._url.split(b"?", 1)[0].decode("latin-1")
         request = (
             self.parser.get_method(),
             path,
             b"".join(self._body),
+            self._authorization,
             self.parser.should_keep_alive(),
         )
-        self._url, self._body = b"", []
+        self._url, self._body, self._authorization = b"", [], ""
         self._queue.append(request)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._serve())
@@ -242,8 +250,11 @@ class _Connection(asyncio.Protocol):
     async def _serve(self) -> None:
         try:
             while self._queue and not self.closed:
-                method, path, body, keep_alive = self._queue.pop(0)
-                if not await self.server.handle(self, method, path, body) or not keep_alive:
+                method, path, body, authorization, keep_alive = self._queue.pop(0)
+                if (
+                    not await self.server.handle(self, method, path, body, authorization)
+                    or not keep_alive
+                ):
                     self.drop()
                     return
         finally:

@@ -1,0 +1,136 @@
+"""Who is calling: bearer JWT → `Principal`, and the client's address.
+
+    CHATSTREAM_AUTH=none   everyone is the owner `anonymous`; limits apply per client IP
+    CHATSTREAM_AUTH=jwt    `Authorization: Bearer <JWT>`; the token's `sub` is the owner
+
+Tokens are verified with exactly one pinned algorithm, chosen by the key:
+HS256 for `CHATSTREAM_JWT_SECRET`, RS256 or ES256 for a public key (by its
+type), so neither `alg: none` nor a token signed with the public key as an
+HMAC secret can pass. `exp` and `sub` are required; `aud` and `iss` are
+checked when configured. Failures say nothing about why: a 401 is a 401.
+
+The client's address is the TCP peer, or, when the peer is one of
+`CHATSTREAM_TRUSTED_PROXIES`, the nearest untrusted address of its
+`X-Forwarded-For` chain; an untrusted peer cannot choose its own bucket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from chatstream.config import Settings
+from chatstream.errors import Unauthorized
+
+ANONYMOUS = "anonymous"
+OWNER_MAX_CHARS = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    owner: str
+    # The rate-limit bucket: the owner with auth on, the client's address without.
+    limit_key: str
+
+
+class Authenticator:
+    """Turns an `Authorization` header value (or a bare token) into the caller's owner id."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.auth == "jwt"
+        self._key: Any = None
+        self._algorithm = ""
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
+        if not self.enabled:
+            return
+        if settings.jwt_secret is not None:
+            self._key, self._algorithm = settings.jwt_secret.get_secret_value(), "HS256"
+            return
+        pem = settings.jwt_public_key
+        if pem is None and settings.jwt_public_key_file is not None:
+            pem = settings.jwt_public_key_file.read_text()
+        assert pem is not None, "settings validation guarantees one key"
+        key = load_pem_public_key(pem.encode())
+        if isinstance(key, rsa.RSAPublicKey):
+            self._key, self._algorithm = key, "RS256"
+        elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+            self._key, self._algorithm = key, "ES256"
+        else:
+            raise ValueError("CHATSTREAM_JWT_PUBLIC_KEY must be an RSA or a P-256 EC public key")
+
+    def owner_from_header(self, authorization: str | None) -> str:
+        if not self.enabled:
+            return ANONYMOUS
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("A bearer token is required.")
+        return self.owner_from_token(token.strip())
+
+    def owner_from_token(self, token: str) -> str:
+        if not self.enabled:
+            return ANONYMOUS
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self._algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={
+                    "require": ["exp", "sub"],
+                    "verify_aud": self._audience is not None,
+                    "verify_iss": self._issuer is not None,
+                },
+            )
+        except jwt.PyJWTError:
+            raise Unauthorized("The bearer token is not valid.") from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject or len(subject) > OWNER_MAX_CHARS:
+            raise Unauthorized("The bearer token is not valid.")
+        return subject
+
+
+Network = IPv4Network | IPv6Network
+
+
+class ClientAddress:
+    """The caller's IP address, trusting `X-Forwarded-For` only from listed proxies."""
+
+    def __init__(self, trusted_proxies: Iterable[str]) -> None:
+        self._trusted: list[Network] = [ip_network(n, strict=False) for n in trusted_proxies]
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
+
+    def of(self, peer: str | None, headers: Mapping[str, str]) -> str:
+        if peer is None:
+            return "unknown"
+        if not self._trusted or not self._is_trusted(peer):
+            return peer
+        forwarded = [
+            part.strip() for part in headers.get("x-forwarded-for", "").split(",") if part.strip()
+        ]
+        # Walk from the nearest hop outwards; the first untrusted one is the client.
+        for address in reversed(forwarded):
+            if not self._is_trusted(address):
+                return address if _is_ip(address) else peer
+        return forwarded[0] if forwarded and _is_ip(forwarded[0]) else peer
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ip_address(text)
+    except ValueError:
+        return False
+    return True
