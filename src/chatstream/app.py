@@ -169,8 +169,9 @@ def _document(app: FastAPI, settings: Settings) -> None:
             for option in chat_request["max_tokens"].get("anyOf", []):
                 if option.get("type") == "integer":
                     option["maximum"] = settings.max_tokens
-        if "model" in chat_request:
-            for option in chat_request["model"].get("anyOf", []):
+        for name in ("ChatRequest", "SessionCreate", "SessionPatch"):
+            model = components.get(name, {}).get("properties", {}).get("model", {})
+            for option in model.get("anyOf", []):
                 if option.get("type") == "string":
                     option["enum"] = list(settings.models)
         app.openapi_schema = schema

@@ -132,12 +132,8 @@ class ChatLimits:
         if item is None:
             return None
         allowed = await self._window.hit(item, key)
-        stats = await self._window.get_window_stats(item, key)
-        window = RateWindow(
-            limit=item.amount,
-            remaining=max(stats.remaining, 0),
-            reset_after_s=max(math.ceil(stats.reset_time - time.time()), 0),
-        )
+        window = await self.peek_window(key)
+        assert window is not None
         if not allowed:
             retry_after = max(window.reset_after_s, 1)
             raise RateLimited(
@@ -146,6 +142,18 @@ class ChatLimits:
                 headers=window.headers(),
             )
         return window
+
+    async def peek_window(self, key: str) -> RateWindow | None:
+        """Where the key stands, without counting anything."""
+        item = self._item
+        if item is None:
+            return None
+        stats = await self._window.get_window_stats(item, key)
+        return RateWindow(
+            limit=item.amount,
+            remaining=max(stats.remaining, 0),
+            reset_after_s=max(math.ceil(stats.reset_time - time.time()), 0),
+        )
 
 
 class MemoryRunSlots:

@@ -176,12 +176,12 @@ def test_messages_page_limit_over_200_is_422(client: httpx.Client) -> None:
     assert_error(response, 422, "invalid_request")
 
 
-def test_before_that_is_not_in_the_session_is_422(client: httpx.Client) -> None:
+def test_before_that_is_not_in_the_session_is_404(client: httpx.Client) -> None:
     session = client.post("/api/sessions", json={}).json()
     response = client.get(
         f"/api/sessions/{session['id']}/messages", params={"before": str(uuid.uuid4())}
     )
-    assert_error(response, 422, "invalid_request")
+    assert_error(response, 404, "not_found")
 
 
 def test_unknown_route_and_method_use_the_error_shape(client: httpx.Client) -> None:

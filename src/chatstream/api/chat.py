@@ -13,6 +13,7 @@ from chatstream.api.deps import ChatDep, PrincipalDep, SettingsDep, StoreDep
 from chatstream.api.errors import error_response
 from chatstream.api.schemas import ChatResponse, ErrorBody, MessageOut, json_errors, sse_responses
 from chatstream.api.sse import RunEventStream
+from chatstream.runs.handle import RunHandle
 from chatstream.runs.run import Run
 from chatstream.runs.service import ChatRequest
 from chatstream.storage.models import utcnow
@@ -101,12 +102,12 @@ async def _cancel_scope_on_disconnect(request: Request, scope: anyio.CancelScope
     scope.cancel()
 
 
-async def _final_answer(run: Run, owner: str, store: StoreDep) -> Response:
-    assert run.output is not None and run.status is not None
+async def _final_answer(run: RunHandle, owner: str, store: StoreDep) -> Response:
     row = await store.get_message(owner, run.id)
     if row is not None:
         message = MessageOut.model_validate(row)
     else:  # not persisted (database unreachable): answer with what the run produced
+        assert isinstance(run, Run) and run.output is not None
         produced = asdict(run.output.rows[-1])
         message = MessageOut.model_validate(
             {**produced, "session_id": run.session_id, "created_at": utcnow()}

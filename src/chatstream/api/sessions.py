@@ -21,6 +21,7 @@ from chatstream.api.schemas import (
 )
 from chatstream.config import Settings
 from chatstream.errors import InvalidRequest
+from chatstream.storage.repository import CURSOR_PATTERN
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 
@@ -65,7 +66,8 @@ async def list_sessions(
     store: StoreDep,
     limit: Limit = 50,
     cursor: Annotated[
-        str | None, Query(max_length=100, description="`next_cursor` of the previous page.")
+        str | None,
+        Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page."),
     ] = None,
 ) -> SessionPage:
     page = await store.list_sessions(owner, limit=limit, cursor=cursor)

@@ -61,6 +61,7 @@ class LocalRunRegistry:
         self._accepting = True
         self._tasks: TaskGroup | None = None
         self._expiry: dict[uuid.UUID, asyncio.TimerHandle] = {}
+        self._awaited: dict[uuid.UUID, list[asyncio.Future[None]]] = {}
 
     async def __aenter__(self) -> LocalRunRegistry:
         self._tasks = anyio.create_task_group()
@@ -95,6 +96,9 @@ class LocalRunRegistry:
         self._reserved -= 1
         self._runs[run.id] = run
         self._live.add(run)
+        for waiter in self._awaited.pop(run.id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
         self._tasks.start_soon(self._drive, run, name=f"run {run.id}")
 
     async def _drive(self, run: Run) -> None:
@@ -117,6 +121,27 @@ class LocalRunRegistry:
         if run is None or run.spec.owner != owner:
             return None
         return run
+
+    async def launched(self, run_id: uuid.UUID, owner: str) -> Run | None:
+        """The run, once it is launched here (bound it with a timeout).
+
+        For a request that lost the race to start a run (same idempotency
+        key): the winner commits its message, then launches the run.
+        """
+        run = self.get(run_id, owner)
+        if run is not None or run_id in self._runs:
+            return run
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._awaited.setdefault(run_id, []).append(waiter)
+        try:
+            await waiter
+        finally:
+            waiting = self._awaited.get(run_id)
+            if waiting is not None and waiter in waiting:
+                waiting.remove(waiter)
+                if not waiting:
+                    del self._awaited[run_id]
+        return self.get(run_id, owner)
 
     @property
     def live_count(self) -> int:

@@ -14,16 +14,19 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatstream.auth import Principal
 from chatstream.config import Settings
-from chatstream.errors import InvalidRequest
+from chatstream.errors import Conflict, InvalidRequest
 from chatstream.ratelimit import ChatLimits, RateWindow
 from chatstream.runs.context import build_context
+from chatstream.runs.handle import RunHandle
 from chatstream.runs.registry import LocalRunRegistry
+from chatstream.runs.replay import StoredRun
 from chatstream.runs.run import Run, RunLimits, RunSpec
-from chatstream.storage.repository import Store
+from chatstream.storage.repository import DuplicateRequest, EarlierRequest, Store
 from chatstream.tools import ToolSet
 from chatstream.upstream.stream import ChatUpstream
 
@@ -65,9 +68,13 @@ class ChatRequest(BaseModel):
     )
 
 
+# How long a repeated request waits for the run the first one is launching.
+REPEAT_WAIT_S = 2.0
+
+
 @dataclass(frozen=True, slots=True)
 class StartedRun:
-    run: Run
+    run: RunHandle  # a new run, or the one an earlier request with the same key started
     window: RateWindow | None  # for the X-RateLimit-* headers of the answer
 
 
@@ -114,18 +121,22 @@ class ChatService:
             )
         if request.model is not None and request.model not in settings.models:
             problems.append(_problem("model", "not one of GET /api/models", "enum"))
-        if request.client_message_id is not None:
-            problems.append(
-                _problem("client_message_id", "not supported by this release yet", "unsupported")
-            )
         if problems:
             raise InvalidRequest("The chat request is not valid.", details=problems)
 
     async def start(self, principal: Principal, request: ChatRequest) -> StartedRun:
-        """Start a run, or refuse it (invalid, limited, at capacity) leaving no trace."""
+        """Start a run, or refuse it (invalid, limited, at capacity) leaving no trace.
+
+        A repeat of an earlier request (same `client_message_id`) starts
+        nothing and costs no limit: it answers with the earlier run.
+        """
         self.check(request)
         settings = self._settings
         owner, key = principal.owner, principal.limit_key
+        if request.client_message_id is not None:
+            earlier = await self._store.find_request(owner, request.client_message_id)
+            if earlier is not None:
+                return await self._repeat(principal, earlier)
         run_id = uuid.uuid4()
         await self._limits.take_slot(key, run_id)
         try:
@@ -140,13 +151,22 @@ class ChatService:
                     message=request.message,
                     # Room for rows the context builder skips (failed empty answers).
                     history_limit=settings.history_messages * 2,
+                    reply_id=run_id,
+                    client_message_id=request.client_message_id,
                 )
             except BaseException:
                 admission.release()
                 raise
-        except BaseException:
+        except BaseException as exc:
             await self._limits.give_back_slot(key, run_id)
-            raise
+            if not isinstance(exc, DuplicateRequest):
+                raise
+            # A concurrent repeat won the race to the unique index.
+            assert request.client_message_id is not None
+            earlier = await self._store.find_request(owner, request.client_message_id)
+            if earlier is None:
+                raise Conflict("That client_message_id is in use.") from None
+            return await self._repeat(principal, earlier)
         session_model = turn.session_model if turn.session_model in settings.models else None
         spec = RunSpec(
             owner=owner,
@@ -174,6 +194,22 @@ class ChatService:
         )
         admission.start(run)
         return StartedRun(run, window)
+
+    async def _repeat(self, principal: Principal, earlier: EarlierRequest) -> StartedRun:
+        """The run an earlier request with the same key started: live, retained, or saved."""
+        window = await self._limits.peek_window(principal.limit_key)
+        run: RunHandle | None = None
+        with anyio.move_on_after(REPEAT_WAIT_S):
+            run = await self._registry.launched(earlier.reply_id, principal.owner)
+        if run is not None:
+            return StartedRun(run, window)
+        answer = await self._store.get_message(principal.owner, earlier.reply_id)
+        if answer is not None:
+            return StartedRun(StoredRun(answer, earlier.user_message_id), window)
+        raise Conflict(
+            "That request is still being answered; follow it at GET /api/runs/{message_id}/events.",
+            details={"message_id": str(earlier.reply_id), "session_id": str(earlier.session_id)},
+        )
 
 
 def _problem(field: str, message: str, kind: str) -> dict[str, Any]:

@@ -36,6 +36,19 @@ class SessionGone(Exception):
     """The run's session was deleted while it ran; there is nowhere to write."""
 
 
+class DuplicateRequest(Exception):
+    """Another request with the same `client_message_id` got there first."""
+
+
+@dataclass(frozen=True, slots=True)
+class EarlierRequest:
+    """What a `client_message_id` already started."""
+
+    session_id: uuid.UUID
+    user_message_id: uuid.UUID
+    reply_id: uuid.UUID
+
+
 T = TypeVar("T")
 
 
@@ -138,7 +151,7 @@ class Store:
                     )
                 )
                 if anchor is None:
-                    raise InvalidRequest("`before` is not a message of this session.")
+                    raise NotFound("`before` is not a message of this session.")
                 query = query.where(MessageRow.pk < anchor)
             rows = list(await db.scalars(query.order_by(MessageRow.pk.desc()).limit(limit + 1)))
         more = len(rows) > limit
@@ -163,8 +176,14 @@ class Store:
         new_session_system_prompt: str | None,
         message: str,
         history_limit: int,
+        reply_id: uuid.UUID,
+        client_message_id: str | None = None,
     ) -> TurnStart:
         """Commit the user's message (creating the session if needed); read the history.
+
+        With a `client_message_id` this owner already used, nothing is written
+        and `DuplicateRequest` is raised: the unique index decides, so of two
+        concurrent repeats exactly one wins.
 
         Runs once per chat, so it speaks SQL Core on one connection: the ORM's
         unit of work costs more CPU than these few statements themselves.
@@ -172,69 +191,91 @@ class Store:
         now = utcnow()
         sessions, messages = sessions_table, messages_table
         created = False
-        user_history = HistoryMessage(role="user", content=message)
-        async with self._db.write_engine.begin() as db:
-            if session_id is not None:
-                # One statement finds the caller's session and marks its activity.
-                found = (
-                    await db.execute(
-                        update(sessions)
-                        .where(sessions.c.id == session_id, sessions.c.owner == owner)
-                        .values(
-                            updated_at=now,
-                            title=func.coalesce(sessions.c.title, _title_from(message)),
+        try:
+            async with self._db.write_engine.begin() as db:
+                if session_id is not None:
+                    # One statement finds the caller's session and marks its activity.
+                    found = (
+                        await db.execute(
+                            update(sessions)
+                            .where(sessions.c.id == session_id, sessions.c.owner == owner)
+                            .values(
+                                updated_at=now,
+                                title=func.coalesce(sessions.c.title, _title_from(message)),
+                            )
+                            .returning(sessions.c.model, sessions.c.system_prompt)
                         )
-                        .returning(sessions.c.model, sessions.c.system_prompt)
+                    ).first()
+                    if found is None:
+                        raise NotFound("No such session.")
+                    model, system_prompt = found.model, found.system_prompt
+                else:
+                    created = True
+                    session_id = uuid.uuid4()
+                    model, system_prompt = new_session_model, new_session_system_prompt
+                    await db.execute(
+                        insert(sessions),
+                        {
+                            "id": session_id,
+                            "owner": owner,
+                            "title": _title_from(message),
+                            "model": model,
+                            "system_prompt": system_prompt,
+                            "created_at": now,
+                            "updated_at": now,
+                        },
                     )
-                ).first()
-                if found is None:
-                    raise NotFound("No such session.")
-                model, system_prompt = found.model, found.system_prompt
-            else:
-                created = True
-                session_id = uuid.uuid4()
-                model, system_prompt = new_session_model, new_session_system_prompt
+                user_message_id = uuid.uuid4()
                 await db.execute(
-                    insert(sessions),
+                    insert(messages),
                     {
-                        "id": session_id,
+                        "id": user_message_id,
+                        "session_id": session_id,
                         "owner": owner,
-                        "title": _title_from(message),
-                        "model": model,
-                        "system_prompt": system_prompt,
+                        "role": "user",
+                        "content": message,
+                        "status": "complete",
                         "created_at": now,
-                        "updated_at": now,
+                        "client_message_id": client_message_id,
+                        "reply_id": reply_id,
                     },
                 )
-            user_message_id = uuid.uuid4()
-            await db.execute(
-                insert(messages),
-                {
-                    "id": user_message_id,
-                    "session_id": session_id,
-                    "owner": owner,
-                    "role": "user",
-                    "content": message,
-                    "status": "complete",
-                    "created_at": now,
-                },
-            )
-            if created:  # a new session has no history but this message
-                return TurnStart(session_id, model, system_prompt, user_message_id, [user_history])
-            recent = await db.execute(
-                select(
-                    messages.c.role,
-                    messages.c.content,
-                    messages.c.tool_calls,
-                    messages.c.tool_call_id,
-                    messages.c.name,
-                )
-                .where(messages.c.session_id == session_id)
-                .order_by(messages.c.pk.desc())
-                .limit(history_limit)
-            )
-            history = [HistoryMessage(*row) for row in recent]
+                if created:  # a new session has no history but this message
+                    history = [HistoryMessage(role="user", content=message)]
+                else:
+                    recent = await db.execute(
+                        select(
+                            messages.c.role,
+                            messages.c.content,
+                            messages.c.tool_calls,
+                            messages.c.tool_call_id,
+                            messages.c.name,
+                        )
+                        .where(messages.c.session_id == session_id)
+                        .order_by(messages.c.pk.desc())
+                        .limit(history_limit)
+                    )
+                    history = [HistoryMessage(*row) for row in recent]
+        except IntegrityError:
+            if client_message_id is None:
+                raise
+            raise DuplicateRequest() from None
         return TurnStart(session_id, model, system_prompt, user_message_id, history)
+
+    async def find_request(self, owner: str, client_message_id: str) -> EarlierRequest | None:
+        async with self._db.reader() as db:
+            row = (
+                await db.execute(
+                    select(MessageRow.session_id, MessageRow.id, MessageRow.reply_id).where(
+                        MessageRow.owner == owner, MessageRow.client_message_id == client_message_id
+                    )
+                )
+            ).first()
+        if row is None or row.reply_id is None:
+            return None
+        return EarlierRequest(
+            session_id=row.session_id, user_message_id=row.id, reply_id=row.reply_id
+        )
 
     async def write_run_output(self, output: RunOutput) -> None:
         """All of a run's rows in one transaction: INSERTs only, never an UPDATE."""
@@ -288,15 +329,19 @@ def _title_from(message: str) -> str:
     return first_line if len(first_line) <= TITLE_CHARS else first_line[: TITLE_CHARS - 1] + "…"
 
 
+# A cursor is a position (the last row's pk), as 8 bytes in base64url: always
+# 11 characters, and every such string is a position, so none can be invalid.
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{11}$"
+_LARGEST_PK = 2**63 - 1
+
+
 def _encode_cursor(pk: int) -> str:
-    return base64.urlsafe_b64encode(f"s{pk}".encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(pk.to_bytes(8, "big")).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str) -> int:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("s"):
-            raise ValueError(raw)
-        return int(raw[1:])
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        position = int.from_bytes(base64.urlsafe_b64decode(cursor + "="), "big")
+    except (binascii.Error, ValueError):
         raise InvalidRequest("`cursor` is not a cursor this server issued.") from None
+    return min(position, _LARGEST_PK)

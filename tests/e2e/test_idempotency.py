@@ -1,0 +1,141 @@
+"""`client_message_id`: a repeated request starts no second run and gets the first one's stream."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.sentinels import SENTINEL_JWT_SECRET, TOKEN_ALICE, TOKEN_BOB
+from tests.support.servers import AppServer, FakeUpstreamThread
+from tests.support.sse import Stream, read_stream
+from tests.support.ws import dones, open_socket, recv_until, send
+
+
+def stream(server: AppServer, body: dict[str, Any], token: str | None = None) -> Stream:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with (
+        httpx.Client(base_url=server.base_url, timeout=30, headers=headers) as client,
+        client.stream("POST", "/api/chat/stream", json=body) as response,
+    ):
+        assert response.status_code == 200, response.read()
+        return read_stream(response)
+
+
+def rows(database: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(database) as db:
+        return db.execute("select role, status from messages order by pk").fetchall()
+
+
+def test_a_sequential_repeat_replays_the_first_run(
+    server: AppServer, fake: FakeUpstreamThread, database_path: Path
+) -> None:
+    body = {"message": "[[fake tokens=12]] once", "client_message_id": "k-1"}
+    first = stream(server, body)
+    again = stream(server, body)
+    assert [e.data for e in again.events] == [e.data for e in first.events]
+    assert [e.id for e in again.events] == [e.id for e in first.events]
+    assert rows(database_path) == [("user", "complete"), ("assistant", "complete")]
+    assert len(fake.fake.requests) == 1
+
+
+def test_concurrent_repeats_start_one_run_and_both_get_the_whole_stream(
+    server: AppServer, fake: FakeUpstreamThread, database_path: Path
+) -> None:
+    body = {"message": "[[fake tokens=20 interval_ms=10]] together", "client_message_id": "k-2"}
+    results: list[Stream] = []
+    go = threading.Barrier(2)
+
+    def client() -> None:
+        go.wait()
+        results.append(stream(server, body))
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 2
+    one, two = results
+    assert one.done["message_id"] == two.done["message_id"]
+    assert [e.data for e in one.events] == [e.data for e in two.events]
+    assert one.types.count("delta") == 20
+    assert rows(database_path) == [("user", "complete"), ("assistant", "complete")]
+    assert len(fake.fake.requests) == 1
+
+
+def test_a_repeat_over_another_transport_follows_the_same_run(
+    server: AppServer, fake: FakeUpstreamThread, database_path: Path
+) -> None:
+    first = stream(server, {"message": "[[fake tokens=5]] hi", "client_message_id": "k-3"})
+    answer = httpx.post(
+        f"{server.base_url}/api/chat",
+        json={"message": "[[fake tokens=5]] hi", "client_message_id": "k-3"},
+    ).json()
+    assert answer["message"]["id"] == first.done["message_id"]
+    assert answer["message"]["content"] == first.text
+    with open_socket(server) as ws:
+        send(
+            ws,
+            {
+                "type": "chat",
+                "request_id": "again",
+                "message": "whatever",
+                "client_message_id": "k-3",
+            },
+        )
+        frames = recv_until(ws, lambda fs: dones(fs) == 1)
+    assert {f["message_id"] for f in frames} == {first.done["message_id"]}
+    assert all(f["request_id"] == "again" for f in frames)
+    assert "".join(f["text"] for f in frames if f["type"] == "delta") == first.text
+    assert len(rows(database_path)) == 2
+
+
+def test_after_retention_a_repeat_gets_the_saved_answer(
+    make_server: Callable[..., AppServer], fake: FakeUpstreamThread
+) -> None:
+    server = make_server(run_retention_s=0)
+    first = stream(server, {"message": "[[fake tokens=8]] old", "client_message_id": "k-4"})
+
+    async def forgotten() -> None:
+        import asyncio
+
+        while server.state.registry.known_count:
+            await asyncio.sleep(0.01)
+
+    server.call(forgotten)
+    again = stream(server, {"message": "[[fake tokens=8]] old", "client_message_id": "k-4"})
+    assert again.types == ["start", "delta", "done"]
+    assert again.text == first.text
+    assert again.done["message_id"] == first.done["message_id"]
+    assert again.done["status"] == "complete" and again.done["persisted"] is True
+    assert again.events[0].data["user_message_id"] == first.events[0].data["user_message_id"]
+
+
+def test_keys_belong_to_their_owner(
+    make_server: Callable[..., AppServer], fake: FakeUpstreamThread
+) -> None:
+    server = make_server(auth="jwt", jwt_secret=SENTINEL_JWT_SECRET)
+    alice = stream(
+        server, {"message": "[[fake tokens=2]] a", "client_message_id": "same"}, TOKEN_ALICE
+    )
+    bob = stream(server, {"message": "[[fake tokens=3]] b", "client_message_id": "same"}, TOKEN_BOB)
+    assert alice.done["message_id"] != bob.done["message_id"]
+    assert len(fake.fake.requests) == 2
+
+
+def test_a_repeat_costs_no_limit(
+    make_server: Callable[..., AppServer], fake: FakeUpstreamThread
+) -> None:
+    server = make_server(rate_limit="1/minute")
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        body = {"message": "[[fake tokens=2]] a", "client_message_id": "k-5"}
+        assert client.post("/api/chat", json=body).status_code == 200
+        repeat = client.post("/api/chat", json=body)
+        assert repeat.status_code == 200
+        assert repeat.headers["x-ratelimit-remaining"] == "0"
+        assert client.post("/api/chat", json={"message": "new"}).status_code == 429
