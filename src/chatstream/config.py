@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./chatstream.db"
     redis_url: str | None = None
     spool_dir: Path = Path("./spool")
+    database_busy_timeout_s: float = Field(default=5.0, gt=0)  # SQLite: wait this long for a lock
 
     # --- requests and runs --------------------------------------------------
     max_message_chars: int = Field(default=4000, ge=1)

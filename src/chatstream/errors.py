@@ -9,6 +9,7 @@
     ├── RateLimited                  429 rate_limited
     │   └── TooManyRuns              429 too_many_runs
     ├── ServiceUnavailable           503 unavailable
+    │   └── DatabaseUnavailable      503 database_unavailable
     └── UpstreamError                502 upstream_error        (also an `error` event)
         ├── UpstreamTimeout          504 upstream_timeout
         └── UpstreamRateLimited      503 upstream_rate_limited
@@ -100,6 +101,11 @@ class ServiceUnavailable(ChatstreamError):
     code = "unavailable"
     default_message = "The service cannot take this request now; try again shortly."
     default_retryable = True
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
+    default_message = "The database is unavailable; try again shortly."
 
 
 class UpstreamError(ChatstreamError):

@@ -22,11 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 from chatstream.config import Settings
 
-SQLITE_BUSY_TIMEOUT_MS = 5000
-
 
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 20) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, max_overflow: int = 20, busy_timeout_s: float = 5.0
+    ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
@@ -40,7 +40,7 @@ class Database:
                 url, pool_size=4, max_overflow=4, pool_timeout=60
             )
             for engine in (self.write_engine, self.read_engine):
-                _configure_sqlite(engine)
+                _configure_sqlite(engine, busy_timeout_ms=int(busy_timeout_s * 1000))
         else:
             self.write_engine = create_async_engine(
                 url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
@@ -51,7 +51,7 @@ class Database:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        return cls(settings.database_url)
+        return cls(settings.database_url, busy_timeout_s=settings.database_busy_timeout_s)
 
     @property
     def engines(self) -> list[AsyncEngine]:
@@ -79,12 +79,12 @@ class Database:
         await self.aclose()
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()

@@ -93,11 +93,14 @@ class MessageRow(Base):
     # On user messages: the client's idempotency key, and the run the message started.
     client_message_id: Mapped[str | None] = mapped_column(String(200))
     reply_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # The instance generating the reply (see storage.spool), for crash recovery.
+    runner: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index("ix_messages_session_pk", "session_id", "pk"),
         Index("ix_messages_owner", "owner"),
         Index("ux_messages_owner_client_message_id", "owner", "client_message_id", unique=True),
+        Index("ix_messages_runner", "runner"),
     )
 
 

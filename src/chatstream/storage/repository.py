@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Generic, ParamSpec, TypeVar
 
-from sqlalchemy import Select, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, delete, exists, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+from sqlalchemy.orm import aliased
 
-from chatstream.errors import InvalidRequest, NotFound
+from chatstream.errors import DatabaseUnavailable, InvalidRequest, NotFound
 from chatstream.storage.db import Database
 from chatstream.storage.models import (
     MessageRow,
@@ -29,7 +34,11 @@ from chatstream.storage.models import (
 )
 from chatstream.storage.records import HistoryMessage, RunOutput
 
+logger = logging.getLogger(__name__)
+
 TITLE_CHARS = 80
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class SessionGone(Exception):
@@ -38,6 +47,15 @@ class SessionGone(Exception):
 
 class DuplicateRequest(Exception):
     """Another request with the same `client_message_id` got there first."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanedReply:
+    """A user message whose answer was never written."""
+
+    owner: str
+    session_id: uuid.UUID
+    reply_id: uuid.UUID
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +85,30 @@ class TurnStart:
     history: list[HistoryMessage]  # newest first, the new user message included
 
 
+def _outage_is_unavailable(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """A database that cannot be reached (or stays locked) is a 503, not a 500."""
+
+    @functools.wraps(method)
+    async def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except (OperationalError, InterfaceError, SQLAlchemyTimeoutError, OSError) as exc:
+            logger.warning("database unavailable (%s)", type(exc).__name__)
+            raise DatabaseUnavailable() from None
+
+    return translated
+
+
 class Store:
+    """The database, as chatstream uses it. Outages surface as `DatabaseUnavailable`,
+    except in `write_run_output`, whose caller keeps the rows in the spool."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
     # --- sessions ------------------------------------------------------------
 
+    @_outage_is_unavailable
     async def create_session(
         self, owner: str, *, title: str | None, model: str | None, system_prompt: str | None
     ) -> SessionRow:
@@ -90,6 +126,7 @@ class Store:
             db.add(row)
         return row
 
+    @_outage_is_unavailable
     async def get_session(self, owner: str, session_id: uuid.UUID) -> tuple[SessionRow, int]:
         """The session and its message count."""
         async with self._db.reader() as db:
@@ -101,6 +138,7 @@ class Store:
             )
         return row, int(count or 0)
 
+    @_outage_is_unavailable
     async def list_sessions(
         self, owner: str, *, limit: int, cursor: str | None
     ) -> Page[SessionRow]:
@@ -114,6 +152,7 @@ class Store:
         rows = rows[:limit]
         return Page(rows, _encode_cursor(rows[-1].pk) if more else None)
 
+    @_outage_is_unavailable
     async def update_session(
         self, owner: str, session_id: uuid.UUID, changes: dict[str, Any]
     ) -> SessionRow:
@@ -126,6 +165,7 @@ class Store:
             row.updated_at = utcnow()
         return row
 
+    @_outage_is_unavailable
     async def delete_session(self, owner: str, session_id: uuid.UUID) -> None:
         async with self._db.writer() as db, db.begin():
             row = await db.scalar(_owned_session(owner, session_id))
@@ -136,6 +176,7 @@ class Store:
 
     # --- messages --------------------------------------------------------------
 
+    @_outage_is_unavailable
     async def list_messages(
         self, owner: str, session_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
     ) -> Page[MessageRow]:
@@ -159,6 +200,7 @@ class Store:
         rows.reverse()
         return Page(rows, str(rows[0].id) if more else None)
 
+    @_outage_is_unavailable
     async def get_message(self, owner: str, message_id: uuid.UUID) -> MessageRow | None:
         async with self._db.reader() as db:
             return await db.scalar(
@@ -167,6 +209,7 @@ class Store:
 
     # --- runs ------------------------------------------------------------------
 
+    @_outage_is_unavailable
     async def begin_turn(
         self,
         owner: str,
@@ -177,6 +220,7 @@ class Store:
         message: str,
         history_limit: int,
         reply_id: uuid.UUID,
+        runner: str | None = None,
         client_message_id: str | None = None,
     ) -> TurnStart:
         """Commit the user's message (creating the session if needed); read the history.
@@ -238,6 +282,7 @@ class Store:
                         "created_at": now,
                         "client_message_id": client_message_id,
                         "reply_id": reply_id,
+                        "runner": runner,
                     },
                 )
                 if created:  # a new session has no history but this message
@@ -262,6 +307,7 @@ class Store:
             raise DuplicateRequest() from None
         return TurnStart(session_id, model, system_prompt, user_message_id, history)
 
+    @_outage_is_unavailable
     async def find_request(self, owner: str, client_message_id: str) -> EarlierRequest | None:
         async with self._db.reader() as db:
             row = (
@@ -276,6 +322,20 @@ class Store:
         return EarlierRequest(
             session_id=row.session_id, user_message_id=row.id, reply_id=row.reply_id
         )
+
+    async def orphaned_replies(self, runner: str, *, before: float) -> list[OrphanedReply]:
+        """User messages `runner` started answering before `before` whose answer never landed."""
+        answers = aliased(MessageRow)
+        query = select(MessageRow.owner, MessageRow.session_id, MessageRow.reply_id).where(
+            MessageRow.role == "user",
+            MessageRow.runner == runner,
+            MessageRow.reply_id.is_not(None),
+            MessageRow.created_at < datetime.fromtimestamp(before, UTC),
+            ~exists().where(answers.id == MessageRow.reply_id),
+        )
+        async with self._db.reader() as db:
+            rows = (await db.execute(query)).all()
+        return [OrphanedReply(row.owner, row.session_id, row.reply_id) for row in rows]
 
     async def write_run_output(self, output: RunOutput) -> None:
         """All of a run's rows in one transaction: INSERTs only, never an UPDATE."""

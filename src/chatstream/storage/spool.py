@@ -1,0 +1,136 @@
+"""The durable local spool (`CHATSTREAM_SPOOL_DIR`): what the database could not take, yet.
+
+    instance            this instance's id (made once, kept across restarts)
+    pending/<run>.json  a run's rows the database refused; fsynced before the
+                        client hears `persisted: false`, written once it is back
+    live/<run>.json     a live run's rows so far, refreshed about once a second,
+                        so that a crash loses no more than that
+
+Files are replaced atomically (write a temporary file, rename it over). The
+pending files are also fsynced, with their directory, so they survive a
+machine crash; the checkpoints are not (they only need to survive the
+process), since fsyncing them every second for every live run would cost more
+than they are worth.
+
+Everything here is blocking file I/O: callers run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from chatstream.storage.records import OutputRow, RunOutput
+
+logger = logging.getLogger(__name__)
+
+
+class Spool:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._pending = directory / "pending"
+        self._live = directory / "live"
+        self._broken = directory / "broken"
+        for folder in (self._pending, self._live):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.instance_id = self._read_or_make_instance_id()
+
+    def _read_or_make_instance_id(self) -> str:
+        path = self.directory / "instance"
+        try:
+            value = path.read_text().strip()
+            if value:
+                return value
+        except FileNotFoundError:
+            pass
+        value = uuid.uuid4().hex
+        _write_atomically(path, value.encode(), durable=True)
+        return value
+
+    # --- outputs the database refused -----------------------------------------------
+
+    def keep(self, output: RunOutput) -> None:
+        """Store a run's rows durably until the database takes them."""
+        _write_atomically(self._pending / f"{_run_id(output)}.json", _encode(output), durable=True)
+
+    def pending(self) -> list[RunOutput]:
+        return self._load_all(self._pending)
+
+    def pending_count(self) -> int:
+        return sum(1 for _ in self._pending.glob("*.json"))
+
+    def written(self, output: RunOutput) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self._pending / f"{_run_id(output)}.json").unlink()
+
+    # --- live runs' checkpoints ----------------------------------------------------
+
+    def checkpoint(self, outputs: list[RunOutput], finished: list[uuid.UUID]) -> None:
+        """Refresh the checkpoints of live runs; drop those of runs that ended."""
+        for output in outputs:
+            _write_atomically(
+                self._live / f"{_run_id(output)}.json", _encode(output), durable=False
+            )
+        for run_id in finished:
+            with contextlib.suppress(FileNotFoundError):
+                (self._live / f"{run_id}.json").unlink()
+
+    def checkpoints(self) -> list[RunOutput]:
+        return self._load_all(self._live)
+
+    def clear_checkpoints(self, run_ids: list[uuid.UUID]) -> None:
+        self.checkpoint([], run_ids)
+
+    # --- reading -----------------------------------------------------------------
+
+    def _load_all(self, folder: Path) -> list[RunOutput]:
+        outputs = []
+        for path in sorted(folder.glob("*.json")):
+            try:
+                outputs.append(_decode(path.read_bytes()))
+            except (OSError, ValueError, KeyError, TypeError):
+                # Keep it for a human; never let one bad file stop recovery.
+                logger.error("spool file %s cannot be read; moved aside", path.name)
+                self._broken.mkdir(exist_ok=True)
+                with contextlib.suppress(OSError):
+                    path.rename(self._broken / path.name)
+        return outputs
+
+
+def _run_id(output: RunOutput) -> uuid.UUID:
+    return output.rows[-1].id  # the final assistant row's id is the run's
+
+
+def _encode(output: RunOutput) -> bytes:
+    return orjson.dumps(output)
+
+
+def _decode(data: bytes) -> RunOutput:
+    raw: dict[str, Any] = orjson.loads(data)
+    rows = []
+    for row in raw["rows"]:
+        row["id"] = uuid.UUID(row["id"])
+        rows.append(OutputRow(**row))
+    return RunOutput(owner=raw["owner"], session_id=uuid.UUID(raw["session_id"]), rows=rows)
+
+
+def _write_atomically(path: Path, data: bytes, *, durable: bool) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    if durable:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
