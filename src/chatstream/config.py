@@ -68,7 +68,8 @@ class Settings(BaseSettings):
     on_disconnect: Literal["continue", "cancel"] = "continue"
     max_live_runs: int = Field(default=2000, ge=1)
     ws_max_runs: int = Field(default=8, ge=1)  # live runs one WebSocket may follow at once
-    ws_send_timeout_s: float = Field(default=10.0, gt=0)  # a socket that takes longer is closed
+    # A client whose connection accepts nothing for this long is dropped (SSE and WebSocket).
+    send_timeout_s: float = Field(default=10.0, gt=0)
     ws_auth_timeout_s: float = Field(default=10.0, gt=0)  # the first `auth` frame must come by then
     shutdown_grace_s: float = Field(default=25.0, ge=0)
 

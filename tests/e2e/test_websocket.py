@@ -264,7 +264,7 @@ def test_runs_per_socket_are_capped(make_server: Any, fake: FakeUpstreamThread) 
 
 
 def test_a_socket_that_stops_reading_is_closed_and_its_run_persists(make_server: Any) -> None:
-    server: AppServer = make_server(ws_send_timeout_s=0.5)
+    server: AppServer = make_server(send_timeout_s=0.5)
     with open_socket(server) as watcher:
         send(watcher, {"type": "ping"})
         assert recv(watcher) == {"type": "pong"}

@@ -57,6 +57,7 @@ async def chat_stream(
         started.run,
         after=0,
         keepalive_s=settings.keepalive_interval_s,
+        send_timeout_s=settings.send_timeout_s,
         headers=started.window.headers() if started.window else None,
     )
 

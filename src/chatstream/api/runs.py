@@ -60,7 +60,12 @@ async def follow_run(
             raise InvalidRequest("Last-Event-ID must be an event id (an integer).") from None
         if position < 0:
             raise InvalidRequest("Last-Event-ID must not be negative.")
-    return RunEventStream(run, after=position, keepalive_s=settings.keepalive_interval_s)
+    return RunEventStream(
+        run,
+        after=position,
+        keepalive_s=settings.keepalive_interval_s,
+        send_timeout_s=settings.send_timeout_s,
+    )
 
 
 @router.get(

@@ -10,18 +10,24 @@ plain `Response` with the `text/event-stream` media type; the OpenAPI entry
 (`itemSchema` per event) follows the shape `fastapi.sse` documents.
 
 The response follows the run; it does not own it. When the client leaves,
-the response stops following and the run goes on (or is cancelled, if that
-is the disconnect policy and nobody else follows it).
+or stops reading for `CHATSTREAM_SEND_TIMEOUT_S`, the response stops
+following and the run goes on (or is cancelled, if that is the disconnect
+policy and nobody else follows it).
 """
 
 from __future__ import annotations
+
+import logging
 
 import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from chatstream.api.sendwatch import SendWatch
 from chatstream.runs.events import Event
 from chatstream.runs.handle import RunHandle
+
+logger = logging.getLogger(__name__)
 
 KEEPALIVE = b": keepalive\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -44,6 +50,7 @@ class RunEventStream(Response):
         *,
         after: int,
         keepalive_s: float,
+        send_timeout_s: float,
         headers: dict[str, str] | None = None,
     ) -> None:
         # Response.__init__ wants a body; this response writes its own, as it goes.
@@ -53,24 +60,27 @@ class RunEventStream(Response):
         self._run = run
         self._after = after
         self._keepalive_s = keepalive_s
+        self._send_timeout_s = send_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
+        watch = SendWatch(send, self._send_timeout_s)
         async with anyio.create_task_group() as tasks:
+            watch.bind(tasks.cancel_scope)
             tasks.start_soon(_stop_on_disconnect, receive, tasks.cancel_scope)
+            tasks.start_soon(watch.watch)
             async with self._run.follow(self._after, self._keepalive_s) as batches:
                 async for batch in batches:
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": encode_events(batch),
-                            "more_body": True,
-                        }
+                    body = encode_events(batch)
+                    await watch.send(
+                        {"type": "http.response.body", "body": body, "more_body": True}
                     )
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await watch.send({"type": "http.response.body", "body": b"", "more_body": False})
             tasks.cancel_scope.cancel()
+        if watch.stalled:
+            logger.info("dropped an event stream whose client stopped reading")
 
 
 async def _stop_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

@@ -22,7 +22,6 @@ when the socket goes, its runs follow the disconnect policy.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from typing import Annotated, Any, Literal
@@ -30,16 +29,17 @@ from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 import orjson
 from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.responses import JSONResponse
 
 from chatstream.api.deps import State, principal_of
+from chatstream.api.sendwatch import SendWatch
 from chatstream.auth import Principal
 from chatstream.errors import (
     ChatstreamError,
+    DatabaseUnavailable,
     InvalidRequest,
     NotFound,
     RateLimited,
@@ -180,7 +180,7 @@ class ChatSocket:
         self._settings = state.settings
         self._principal = principal
         self._owner = principal.owner
-        self._sender = _Sender(websocket, state.settings.ws_send_timeout_s)
+        self._sender = SendWatch(websocket.send, state.settings.send_timeout_s)
         self._following: dict[uuid.UUID, anyio.CancelScope] = {}
         self._chats = 0
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -231,7 +231,7 @@ class ChatSocket:
             )
             return
         if isinstance(frame, PingFrame):
-            await self._sender.send('{"type":"pong"}')
+            await self._send('{"type":"pong"}')
         elif isinstance(frame, ChatFrame):
             await self._start_chat(frame)
         elif isinstance(frame, CancelFrame):
@@ -298,7 +298,7 @@ class ChatSocket:
             self._following[run.id] = scope
             try:
                 frame_head = _frame_heads(run.id, request_id)
-                send = self._sender.send
+                send = self._send
                 async with run.follow(after) as batches:
                     async for batch in batches:
                         for event in batch:
@@ -332,13 +332,18 @@ class ChatSocket:
             frame["retry_after"] = retry_after
         if details is not None:
             frame["details"] = details
-        await self._sender.send(orjson.dumps(frame).decode())
+        await self._send(orjson.dumps(frame).decode())
+
+    async def _send(self, text: str) -> None:
+        await self._sender.send({"type": "websocket.send", "text": text})
 
 
 def _frame_code(exc: ChatstreamError) -> str:
     """The contract's error codes for frames (HTTP's are finer grained)."""
     if isinstance(exc, RateLimited | ServerShutdown):
         return exc.code  # rate_limited, too_many_runs, server_shutdown
+    if isinstance(exc, DatabaseUnavailable):
+        return "internal"  # retryable, and not the caller's doing
     if isinstance(exc, ServiceUnavailable):
         return "rate_limited"  # at capacity: retry shortly, like a rate limit
     if isinstance(exc, InvalidRequest | NotFound):
@@ -372,50 +377,3 @@ def _frame_heads(message_id: uuid.UUID, request_id: str | None) -> tuple[str, st
 def _frame(heads: tuple[str, str], event: Event) -> str:
     head = heads[1] if event.type in ("start", "done") else heads[0]
     return f"{head}{event.seq},{event.json[1:].decode()}"
-
-
-class _Sender:
-    """Sends frames; ends the socket when the client is gone or has stopped reading.
-
-    uvicorn's send waits while the client's buffers are full. A send that
-    has waited `timeout` seconds marks the socket stalled and ends it; the
-    runs it followed carry on without it.
-    """
-
-    def __init__(self, websocket: WebSocket, timeout: float) -> None:
-        self._send = websocket.send
-        self._timeout = timeout
-        self._in_flight = 0
-        self._since = 0.0
-        self._clock = asyncio.get_running_loop().time
-        self._scope: anyio.CancelScope | None = None
-        self.stalled = False
-
-    def bind(self, scope: anyio.CancelScope) -> None:
-        """The scope of everything the socket runs: cancelled when the socket is done for."""
-        self._scope = scope
-
-    async def send(self, text: str) -> None:
-        if not self._in_flight:
-            self._since = self._clock()
-        self._in_flight += 1
-        try:
-            await self._send({"type": "websocket.send", "text": text})
-        except (OSError, RuntimeError):
-            # The client left between two frames (uvicorn raises an OSError,
-            # Starlette a RuntimeError once the socket is closed): end quietly.
-            if self._scope is not None:
-                self._scope.cancel()
-            await anyio.lowlevel.checkpoint()
-            raise
-        finally:
-            self._in_flight -= 1
-
-    async def watch(self) -> None:
-        while True:
-            await anyio.sleep(self._timeout / 4)
-            if self._in_flight and self._clock() - self._since > self._timeout:
-                self.stalled = True
-                if self._scope is not None:
-                    self._scope.cancel()
-                return
