@@ -98,12 +98,24 @@ def settings_for_tests(**values: Any) -> Settings:
 
 
 @pytest.fixture
-def make_server(fake: FakeUpstreamThread, database_url: str) -> Iterator[Callable[..., AppServer]]:
+def spool_dir(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def make_server(
+    fake: FakeUpstreamThread, database_url: str, spool_dir: Path
+) -> Iterator[Callable[..., AppServer]]:
     started: list[AppServer] = []
 
     def make(tool_registry: ToolRegistry | None = None, **overrides: Any) -> AppServer:
         settings = settings_for_tests(
-            **{"database_url": database_url, "openai_base_url": fake.base_url, **overrides}
+            **{
+                "database_url": database_url,
+                "openai_base_url": fake.base_url,
+                "spool_dir": spool_dir,
+                **overrides,
+            }
         )
         server = AppServer(create_app(settings, tools=tool_registry)).start()
         started.append(server)

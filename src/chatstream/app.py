@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
@@ -26,10 +27,12 @@ from chatstream.auth import Authenticator, ClientAddress
 from chatstream.config import Settings
 from chatstream.logs import RequestIdMiddleware
 from chatstream.ratelimit import ChatLimits
+from chatstream.runs.journal import RunJournal
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.service import ChatService
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
+from chatstream.storage.spool import Spool
 from chatstream.tools import ToolRegistry
 from chatstream.upstream.client import open_client
 from chatstream.upstream.stream import ChatUpstream
@@ -85,6 +88,16 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
                 )
             )
             store = Store(database)
+            spool = await anyio.to_thread.run_sync(Spool, settings.spool_dir)
+            journal = await stack.enter_async_context(
+                RunJournal(
+                    store,
+                    spool,
+                    checkpoint_interval_s=settings.checkpoint_interval_s,
+                    live_runs=registry.live_runs,
+                    known=registry.known,
+                )
+            )
             chat_service = ChatService(
                 settings,
                 store=store,
@@ -92,6 +105,8 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
                 upstream=ChatUpstream(client),
                 tools=offered,
                 limits=limits,
+                journal=journal,
+                runner=spool.instance_id,
             )
             state = AppState(
                 settings=settings,
@@ -101,6 +116,8 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
                 chat=chat_service,
                 authenticator=authenticator,
                 client_address=client_address,
+                journal=journal,
+                limits=limits,
             )
             logger.info(
                 "chatstream %s ready: models %s%s",

@@ -76,14 +76,13 @@ def _variable(location: tuple[int | str, ...]) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from chatstream.app import create_app
-    from chatstream.server import uvicorn_config
+    from chatstream.server import ChatstreamServer, uvicorn_config
 
     settings = _settings(host=args.host, port=args.port)
     configure_logging(settings.log_level, secrets_of(settings))
-    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
+    app = create_app(settings)
+    ChatstreamServer(uvicorn_config(app, settings), app, settings).run()
     return 0
 
 

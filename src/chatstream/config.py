@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     spool_dir: Path = Path("./spool")
     database_busy_timeout_s: float = Field(default=5.0, gt=0)  # SQLite: wait this long for a lock
+    checkpoint_interval_s: float = Field(default=1.0, gt=0)  # live runs' text to the spool
 
     # --- requests and runs --------------------------------------------------
     max_message_chars: int = Field(default=4000, ge=1)
@@ -128,6 +129,16 @@ class Settings(BaseSettings):
                 ip_network(network, strict=False)
             except ValueError:
                 raise ValueError(f"{network!r} is not an IP address or network") from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _no_shared_runs_yet(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError(
+                "runs shared between instances are not available in this release: leave "
+                "CHATSTREAM_REDIS_URL unset (limits are shared with CHATSTREAM_RATE_LIMIT_STORAGE)"
+            )
         return value
 
     @model_validator(mode="after")

@@ -112,6 +112,15 @@ class ChatLimits:
         if self._redis is not None:
             await self._redis.aclose()
 
+    @property
+    def uses_redis(self) -> bool:
+        return self._redis is not None
+
+    async def ping(self) -> None:
+        """Raise if the shared storage cannot be reached."""
+        if self._redis is not None:
+            await self._redis.ping()
+
     async def take_slot(self, key: str, run_id: uuid.UUID) -> None:
         if not await self._slots.acquire(key, run_id):
             raise TooManyRuns(

@@ -201,3 +201,14 @@ def test_limits_are_shared_by_two_instances_on_one_redis(
     assert (refused_one.status_code, refused_two.status_code) == (429, 429)
     assert refused_two.json()["error"]["code"] == "rate_limited"
     assert refused_two.headers["x-ratelimit-remaining"] == "0"
+
+
+@pytest.mark.redis
+def test_readiness_checks_redis_when_it_is_used(make_server: Callable[..., AppServer]) -> None:
+    redis_url = service_url("CHATSTREAM_TEST_REDIS_URL")
+    server = make_server(rate_limit_storage=redis_url, redis_key_prefix=f"t-{uuid.uuid4().hex}")
+    ready = httpx.get(f"{server.base_url}/readyz", timeout=10).json()
+    assert (ready["status"], ready["redis"]) == ("ready", "ok")
+    down = make_server(rate_limit_storage="redis://127.0.0.1:1/0")
+    not_ready = httpx.get(f"{down.base_url}/readyz", timeout=10)
+    assert not_ready.status_code == 503 and not_ready.json()["redis"] == "unreachable"

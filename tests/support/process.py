@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 from tests.support.sentinels import WATCH
 
-READY_LINE = "Application startup complete"
+READY_LINE = "Uvicorn running on"  # logged once the socket is bound, after the lifespan
 
 
 def free_port() -> int:
@@ -43,12 +42,17 @@ def migrate(env: dict[str, str]) -> None:
 
 
 class ServeProcess:
-    """`python -m chatstream serve`; its log is collected line by line."""
+    """`python -m chatstream serve`; a thread reads its log as it comes.
+
+    (Unread, a full pipe would block the server on its next log line.)
+    """
 
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
         self.port = int(env["CHATSTREAM_PORT"])
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._eof = False
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chatstream", "serve"],
             env=env,
@@ -57,40 +61,44 @@ class ServeProcess:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        self._reader = threading.Thread(target=self._read, daemon=True, name="serve-log")
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
 
     def wait_for_line(self, needle: str, timeout: float = 30.0) -> str:
         """Block until the server logs a line containing `needle` (or fail at the deadline)."""
-        for line in self.lines:
-            if needle in line:
-                return line
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            while (remaining := deadline - time.monotonic()) > 0:
-                if not selector.select(remaining):
-                    break
-                line = self.process.stdout.readline()
-                if not line:
-                    break
-                self.lines.append(line.rstrip("\n"))
-                if needle in line:
-                    return line
-        raise AssertionError(f"server never logged {needle!r}; log:\n" + "\n".join(self.lines))
+
+        def found() -> str | None:
+            return next((line for line in self.lines if needle in line), None)
+
+        with self._changed:
+            self._changed.wait_for(lambda: found() is not None or self._eof, timeout)
+            line = found()
+        if line is None:
+            raise AssertionError(f"server never logged {needle!r}; log:\n" + self.log_text())
+        return line
 
     def wait_ready(self) -> None:
         self.wait_for_line(READY_LINE)
 
     def log_text(self) -> str:
-        stdout = self.process.stdout
-        if stdout is not None and not stdout.closed and self.process.poll() is not None:
-            self.lines.extend(line.rstrip("\n") for line in stdout.readlines())
-        return "\n".join(self.lines)
+        with self._changed:
+            return "\n".join(self.lines)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         code = self.process.wait(timeout)
+        self._reader.join(10)
         WATCH.check(self.log_text(), "server process log")
         if self.process.stdout is not None:
             self.process.stdout.close()

@@ -11,7 +11,9 @@ from starlette.requests import HTTPConnection
 
 from chatstream.auth import Authenticator, ClientAddress, Principal
 from chatstream.config import Settings
+from chatstream.ratelimit import ChatLimits
 from chatstream.runs.handle import RunRegistry
+from chatstream.runs.journal import RunJournal
 from chatstream.runs.service import ChatService
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
@@ -28,6 +30,8 @@ class AppState:
     chat: ChatService
     authenticator: Authenticator
     client_address: ClientAddress
+    journal: RunJournal
+    limits: ChatLimits
 
 
 async def get_state(connection: HTTPConnection) -> AppState:

@@ -36,7 +36,7 @@ async def healthz() -> Health:
     response_model=Health,
     responses={503: {"model": Health, "description": "A dependency is unreachable."}},
     tags=["health"],
-    summary="Readiness: the database answers",
+    summary="Readiness: the database (and Redis, when used) answer; not shutting down",
 )
 async def readyz(state: State) -> JSONResponse:
     database = "ok"
@@ -45,10 +45,21 @@ async def readyz(state: State) -> JSONResponse:
             await state.database.ping()
     except Exception:
         database = "unreachable"
-    ready = database == "ok"
+    redis = None
+    if state.limits.uses_redis:
+        redis = "ok"
+        try:
+            with anyio.fail_after(READY_TIMEOUT_S):
+                await state.limits.ping()
+        except Exception:
+            redis = "unreachable"
+    accepting = state.registry.accepting
+    ready = database == "ok" and redis in (None, "ok") and accepting
     body = Health(
-        status="ready" if ready else "unavailable",
+        status="ready" if ready else ("shutting_down" if not accepting else "unavailable"),
         database=database,
+        redis=redis,
         live_runs=state.registry.live_count,
+        spooled_runs=await state.journal.spooled_count(),
     )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -124,7 +124,11 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: str
     database: str | None = None
+    redis: str | None = Field(default=None, description="Only when Redis is configured.")
     live_runs: int | None = None
+    spooled_runs: int | None = Field(
+        default=None, description="Answers kept in the spool until the database takes them."
+    )
 
 
 # --- SSE -----------------------------------------------------------------------

@@ -59,3 +59,8 @@ class RunRegistry(Protocol):
 
     @property
     def live_count(self) -> int: ...
+
+    @property
+    def accepting(self) -> bool:
+        """False once shutdown has begun: no new runs."""
+        ...

@@ -20,7 +20,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from chatstream.errors import ServiceUnavailable
+from chatstream.errors import ServerShutdown, ServiceUnavailable
 from chatstream.runs.run import Run
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class LocalRunRegistry:
         self._live: set[Run] = set()
         self._reserved = 0
         self._accepting = True
+        self._interrupting = False
         self._tasks: TaskGroup | None = None
         self._expiry: dict[uuid.UUID, asyncio.TimerHandle] = {}
         self._awaited: dict[uuid.UUID, list[asyncio.Future[None]]] = {}
@@ -85,7 +86,7 @@ class LocalRunRegistry:
 
     def admit(self, owner: str) -> Admission:
         if not self._accepting:
-            raise ServiceUnavailable("The server is shutting down; try again shortly.")
+            raise ServerShutdown("The server is shutting down; try again shortly.", retry_after=1)
         if len(self._live) + self._reserved >= self._max_live_runs:
             raise ServiceUnavailable("The server is at capacity; try again shortly.")
         self._reserved += 1
@@ -100,6 +101,9 @@ class LocalRunRegistry:
             if not waiter.done():
                 waiter.set_result(None)
         self._tasks.start_soon(self._drive, run, name=f"run {run.id}")
+        if self._interrupting:
+            # Admitted before shutdown began, launched after the live runs were ended.
+            run.cancel("interrupted")
 
     async def _drive(self, run: Run) -> None:
         try:
@@ -143,6 +147,17 @@ class LocalRunRegistry:
                     del self._awaited[run_id]
         return self.get(run_id, owner)
 
+    def live_runs(self) -> list[Run]:
+        return list(self._live)
+
+    def known(self, run_id: uuid.UUID) -> bool:
+        """Whether this process has (or recently had) the run, whoever owns it."""
+        return run_id in self._runs
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
     @property
     def live_count(self) -> int:
         return len(self._live)
@@ -162,11 +177,13 @@ class LocalRunRegistry:
         """Stop admitting; let live runs finish for `grace_s`, then interrupt the rest."""
         self._accepting = False
         if not self._live:
+            self._interrupting = True
             return
         with anyio.move_on_after(grace_s):
             await self._wait_for_live_runs()
         if self._live:
             logger.warning("interrupting %d live run(s) at shutdown", len(self._live))
+        self._interrupting = True
         for run in list(self._live):
             run.cancel("interrupted")
         await self._wait_for_live_runs()

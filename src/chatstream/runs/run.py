@@ -88,8 +88,11 @@ OnEnd = Callable[[], Awaitable[None]]
 
 
 class RunStore(Protocol):
-    async def write_run_output(self, output: RunOutput) -> None:
-        """Write every row in one transaction, or raise and write nothing."""
+    async def save(self, output: RunOutput) -> bool:
+        """Write every row in one transaction; True if the database has them.
+
+        False means they are kept elsewhere (the spool) until it takes them.
+        """
         ...
 
 
@@ -475,13 +478,31 @@ class Run:
     async def _persist(self, output: RunOutput) -> bool:
         with anyio.CancelScope(shield=True), anyio.move_on_after(PERSIST_TIMEOUT_S):
             try:
-                await self._store.write_run_output(output)
+                return await self._store.save(output)
             except Exception as exc:
-                logger.error("run %s: final write failed (%s)", self.id, type(exc).__name__)
+                logger.error("run %s: its rows could not be kept (%s)", self.id, type(exc).__name__)
                 return False
-            return True
-        logger.error("run %s: final write timed out", self.id)
+        logger.error("run %s: keeping its rows timed out", self.id)
         return False
+
+    # --- for checkpoints ------------------------------------------------------------
+
+    def progress(self) -> tuple[int, int]:
+        """How much the run has produced: (tool rows, chunks of the current round)."""
+        return len(self._tool_rows), self._round.content_chunks
+
+    def snapshot(self) -> RunOutput:
+        """The rows as they would be written if the run were interrupted now."""
+        partial = OutputRow(
+            id=self.spec.message_id,
+            role="assistant",
+            content=self._round.text,
+            status="interrupted",
+            model=self.spec.model,
+        )
+        return RunOutput(
+            owner=self.spec.owner, session_id=self.spec.session_id, rows=[*self._tool_rows, partial]
+        )
 
     def _round_usage(
         self, accumulator: ChunkAccumulator, messages: list[dict[str, Any]], status: MessageStatus

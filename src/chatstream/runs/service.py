@@ -25,7 +25,7 @@ from chatstream.runs.context import build_context
 from chatstream.runs.handle import RunHandle
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.replay import StoredRun
-from chatstream.runs.run import Run, RunLimits, RunSpec
+from chatstream.runs.run import Run, RunLimits, RunSpec, RunStore
 from chatstream.storage.repository import DuplicateRequest, EarlierRequest, Store
 from chatstream.tools import ToolSet
 from chatstream.upstream.stream import ChatUpstream
@@ -88,8 +88,12 @@ class ChatService:
         upstream: ChatUpstream,
         tools: ToolSet,
         limits: ChatLimits,
+        journal: RunStore,
+        runner: str,
     ) -> None:
         self._settings = settings
+        self._journal = journal
+        self._runner = runner
         self._tools = tools
         self._store = store
         self._registry = registry
@@ -152,6 +156,7 @@ class ChatService:
                     # Room for rows the context builder skips (failed empty answers).
                     history_limit=settings.history_messages * 2,
                     reply_id=run_id,
+                    runner=self._runner,
                     client_message_id=request.client_message_id,
                 )
             except BaseException:
@@ -188,7 +193,7 @@ class ChatService:
         run = Run(
             spec,
             upstream=self._upstream,
-            store=self._store,
+            store=self._journal,
             limits=self._run_limits,
             on_end=partial(self._limits.give_back_slot, key, run_id),
         )

@@ -1,0 +1,201 @@
+"""Runs' rows on their way to the database, whatever happens to it or to us.
+
+    save(output)      a run's final write: the database, or else the spool
+                      (fsynced) and `persisted: false`; retried until it lands
+    checkpoints       every CHATSTREAM_CHECKPOINT_INTERVAL_S, each live run's
+                      rows so far go to the spool
+    recover()         at start-up: spooled outputs are written; runs this
+                      instance was generating when it died are finished as
+                      `interrupted`, with the text their checkpoint holds
+
+Every write is idempotent on message ids, so a row lands exactly once however
+often it is retried (the database may have taken a write whose answer was
+lost; a crash may come between a write and the removal of its checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from types import TracebackType
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from chatstream.runs.run import Run
+from chatstream.storage.records import OutputRow, RunOutput
+from chatstream.storage.repository import SessionGone, Store
+from chatstream.storage.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+DATABASE_WRITE_TIMEOUT_S = 5.0
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
+
+
+class RunJournal:
+    def __init__(
+        self,
+        store: Store,
+        spool: Spool,
+        *,
+        checkpoint_interval_s: float,
+        live_runs: Callable[[], Iterable[Run]],
+        known: Callable[[uuid.UUID], bool],
+    ) -> None:
+        self._store = store
+        self._spool = spool
+        self._interval = checkpoint_interval_s
+        self._live_runs = live_runs
+        self._known = known
+        self._checkpointed: dict[uuid.UUID, tuple[int, int]] = {}
+        self._spooled = anyio.Event()
+        self._recovered = False
+        self._started_at = time.time()
+        self._tasks: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> RunJournal:
+        self._tasks = anyio.create_task_group()
+        await self._tasks.__aenter__()
+        self._tasks.start_soon(self._checkpoint_loop)
+        self._tasks.start_soon(self._retry_loop)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._tasks is not None
+        self._tasks.cancel_scope.cancel()
+        await self._tasks.__aexit__(exc_type, exc, tb)
+
+    # --- the runs' store ------------------------------------------------------------------
+
+    async def save(self, output: RunOutput) -> bool:
+        """Write the run's rows; True if the database has them, False if the spool does."""
+        try:
+            with anyio.fail_after(DATABASE_WRITE_TIMEOUT_S):
+                await self._store.write_run_output(output)
+            return True
+        except SessionGone:
+            logger.info(
+                "run %s: its session was deleted meanwhile; nothing to write", output.rows[-1].id
+            )
+            return False
+        except Exception as exc:
+            logger.warning(
+                "run %s: database refused the final write (%s); spooling it",
+                output.rows[-1].id,
+                type(exc).__name__,
+            )
+        await anyio.to_thread.run_sync(self._spool.keep, output)
+        self._spooled.set()
+        return False
+
+    async def spooled_count(self) -> int:
+        return await anyio.to_thread.run_sync(self._spool.pending_count)
+
+    # --- in the background -------------------------------------------------------------
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await anyio.sleep(self._interval)
+            try:
+                await self.checkpoint()
+            except Exception as exc:  # a full disk must not stop the server
+                logger.warning("checkpointing failed (%s)", type(exc).__name__)
+
+    async def checkpoint(self) -> None:
+        """Spool the rows of live runs that produced something since the last time."""
+        changed = []
+        live_ids = set()
+        for run in self._live_runs():
+            live_ids.add(run.id)
+            progress = run.progress()
+            if progress != (0, 0) and self._checkpointed.get(run.id) != progress:
+                changed.append(run.snapshot())
+                self._checkpointed[run.id] = progress
+        finished = [run_id for run_id in self._checkpointed if run_id not in live_ids]
+        for run_id in finished:
+            del self._checkpointed[run_id]
+        if changed or finished:
+            await anyio.to_thread.run_sync(self._spool.checkpoint, changed, finished)
+
+    async def _retry_loop(self) -> None:
+        """Write what the spool holds, with backoff, until the database takes it all."""
+        delay = RETRY_FIRST_S
+        while True:
+            done = await self._retry_once()
+            if done:
+                delay = RETRY_FIRST_S
+                self._spooled = anyio.Event()
+                with anyio.move_on_after(RETRY_MAX_S):
+                    await self._spooled.wait()
+            else:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _retry_once(self) -> bool:
+        """One pass: spooled outputs, then (until it has succeeded once) recovery.
+
+        In that order: a run whose final write was spooled and whose process
+        then died has both its complete rows here and a partial checkpoint;
+        the complete rows must land first (writes are idempotent, so the
+        checkpoint then finds them written and changes nothing).
+        """
+        try:
+            for output in await anyio.to_thread.run_sync(self._spool.pending):
+                try:
+                    with anyio.fail_after(DATABASE_WRITE_TIMEOUT_S):
+                        await self._store.write_run_output(output)
+                except SessionGone:
+                    logger.info("spooled run %s: its session is gone; dropped", output.rows[-1].id)
+                await anyio.to_thread.run_sync(self._spool.written, output)
+                logger.info("spooled run %s written to the database", output.rows[-1].id)
+            if not self._recovered:
+                await self.recover()
+        except Exception as exc:
+            logger.info("database still unavailable for the spool (%s)", type(exc).__name__)
+            return False
+        return True
+
+    async def recover(self) -> None:
+        """Finish, as `interrupted`, the runs this instance was generating when it last stopped."""
+        checkpoints = await anyio.to_thread.run_sync(self._spool.checkpoints)
+        stale = [cp for cp in checkpoints if not self._known(cp.rows[-1].id)]
+        for output in stale:
+            await self._store.write_run_output(output)
+        await anyio.to_thread.run_sync(
+            self._spool.clear_checkpoints, [cp.rows[-1].id for cp in stale]
+        )
+        orphans = await self._store.orphaned_replies(
+            self._spool.instance_id, before=self._started_at
+        )
+        orphans = [o for o in orphans if not self._known(o.reply_id)]
+        for orphan in orphans:
+            await self._store.write_run_output(
+                RunOutput(
+                    owner=orphan.owner,
+                    session_id=orphan.session_id,
+                    rows=[
+                        OutputRow(
+                            id=orphan.reply_id, role="assistant", content="", status="interrupted"
+                        )
+                    ],
+                )
+            )
+        self._recovered = True
+        if stale or orphans:
+            logger.warning(
+                "recovered %d run(s) interrupted by the last stop: %d with their saved text, "
+                "%d with none",
+                len(stale) + len(orphans),
+                len(stale),
+                len(orphans),
+            )
