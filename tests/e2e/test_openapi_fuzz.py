@@ -17,6 +17,10 @@ from tests.support.sentinels import SENTINEL_JWT_SECRET, TOKEN_ALICE
 from tests.support.servers import AppServer, FakeUpstreamThread
 
 EXAMPLES_PER_OPERATION = 25
+# The same examples on every run, so CI never fails on a draw it has not seen
+# before. Explore with more and fresh draws by hand: set max_examples high and
+# derandomize off (a sweep of 300 per operation, twice, found nothing).
+DERANDOMIZE = True
 
 
 @pytest.mark.parametrize(
@@ -48,6 +52,7 @@ def test_generated_requests_meet_the_schema(
             max_examples=EXAMPLES_PER_OPERATION,
             deadline=None,
             database=None,
+            derandomize=DERANDOMIZE,
             suppress_health_check=list(HealthCheck),
         )
         def meets_the_schema(case: schemathesis.Case) -> None:

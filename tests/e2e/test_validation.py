@@ -26,6 +26,9 @@ BAD_CHAT_BODIES = [
     pytest.param({}, "message", id="missing message"),
     pytest.param({"message": ""}, "message", id="empty message"),
     pytest.param({"message": "   \n\t "}, "message", id="whitespace message"),
+    # Whitespace to one of Unicode and JSON Schema only: the schema and the check must agree.
+    pytest.param({"message": "\u0085"}, "message", id="next line message"),
+    pytest.param({"message": "\ufeff\u3000"}, "message", id="unicode whitespace message"),
     pytest.param({"message": "x" * 4001}, "message", id="message over max chars"),
     pytest.param({"message": 5}, "message", id="message not a string"),
     pytest.param({"message": "hi", "surprise": 1}, "surprise", id="unknown field"),

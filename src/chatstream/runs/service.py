@@ -42,7 +42,11 @@ class ChatRequest(BaseModel):
         str,
         Field(
             min_length=1,
-            pattern=r"\S",  # at least one character that is not whitespace
+            # At least one character that is not whitespace. Spelled out because a
+            # bare `\S` means two things: JSON Schema's (ECMA-262) whitespace lacks
+            # U+0085 and the validator's (Unicode) lacks U+FEFF; this class is the
+            # same set in both, so what the schema promises is what is accepted.
+            pattern=r"[^\s\u0085\uFEFF]",
             description="The user's message: 1 to CHATSTREAM_MAX_MESSAGE_CHARS characters, "
             "not only whitespace.",
         ),
