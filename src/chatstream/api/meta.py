@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import anyio
 from fastapi import APIRouter
 from starlette.responses import JSONResponse
@@ -39,20 +41,8 @@ async def healthz() -> Health:
     summary="Readiness: the database (and Redis, when used) answer; not shutting down",
 )
 async def readyz(state: State) -> JSONResponse:
-    database = "ok"
-    try:
-        with anyio.fail_after(READY_TIMEOUT_S):
-            await state.database.ping()
-    except Exception:
-        database = "unreachable"
-    redis = None
-    if state.limits.uses_redis:
-        redis = "ok"
-        try:
-            with anyio.fail_after(READY_TIMEOUT_S):
-                await state.limits.ping()
-        except Exception:
-            redis = "unreachable"
+    database = await _probe(state.database.ping)
+    redis = await _probe(state.limits.ping) if state.limits.uses_redis else None
     accepting = state.registry.accepting
     ready = database == "ok" and redis in (None, "ok") and accepting
     body = Health(
@@ -63,3 +53,13 @@ async def readyz(state: State) -> JSONResponse:
         spooled_runs=await state.journal.spooled_count(),
     )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+async def _probe(ping: Callable[[], Awaitable[object]]) -> str:
+    """`ok` when `ping` answers in time; any failure means the dependency is unreachable."""
+    try:
+        with anyio.fail_after(READY_TIMEOUT_S):
+            await ping()
+    except Exception:
+        return "unreachable"
+    return "ok"

@@ -12,16 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from chatstream.runs.events import (
-    DeltaEvent,
-    DoneEvent,
-    ErrorEvent,
-    MessageStatus,
-    StartEvent,
-    ThinkingEvent,
-    ToolCallEvent,
-    ToolResultEvent,
-)
+from chatstream.runs.events import EventPayload, MessageStatus
 
 
 class ErrorDetail(BaseModel):
@@ -133,16 +124,7 @@ class Health(BaseModel):
 
 # --- SSE -----------------------------------------------------------------------
 
-StreamEvent = Annotated[
-    StartEvent
-    | ThinkingEvent
-    | DeltaEvent
-    | ToolCallEvent
-    | ToolResultEvent
-    | ErrorEvent
-    | DoneEvent,
-    Field(discriminator="type"),
-]
+StreamEvent = Annotated[EventPayload, Field(discriminator="type")]
 
 SSE_DESCRIPTION = """\
 A `text/event-stream` of the run's events. Every event has three fields:

@@ -10,7 +10,7 @@ Every payload carries its own `type`, so a data-only SSE reader, an
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import orjson
 from typing_extensions import TypedDict  # pydantic derives schemas from it on 3.11 too
@@ -106,15 +106,7 @@ EventPayload = (
 )
 
 
-EVENT_TYPES: tuple[EventType, ...] = (
-    "start",
-    "thinking",
-    "delta",
-    "tool_call",
-    "tool_result",
-    "error",
-    "done",
-)
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 
 
 class Event:

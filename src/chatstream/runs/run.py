@@ -28,7 +28,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import anyio
 import anyio.lowlevel
@@ -563,14 +563,5 @@ def _error_event(error: ChatstreamError) -> ErrorEvent:
     return {"type": "error", "code": code, "message": error.message, "retryable": error.retryable}
 
 
-_EVENT_CODES = frozenset(
-    {
-        "upstream_error",
-        "upstream_timeout",
-        "upstream_rate_limited",
-        "rate_limited",
-        "invalid_request",
-        "server_shutdown",
-        "internal",
-    }
-)
+# Error codes a run may put in an `error` event; anything else is reported as `internal`.
+_EVENT_CODES: frozenset[str] = frozenset(get_args(ErrorCode))
