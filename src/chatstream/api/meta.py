@@ -28,7 +28,13 @@ async def list_models(settings: SettingsDep) -> ModelList:
     )
 
 
-@router.get("/healthz", response_model=Health, tags=["health"], summary="Liveness")
+@router.get(
+    "/healthz",
+    response_model=Health,
+    response_model_exclude_none=True,
+    tags=["health"],
+    summary="Liveness",
+)
 async def healthz() -> Health:
     return Health(status="ok")
 
@@ -52,7 +58,7 @@ async def readyz(state: State) -> JSONResponse:
         live_runs=state.registry.live_count,
         spooled_runs=await state.journal.spooled_count(),
     )
-    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ready else 503)
 
 
 async def _probe(ping: Callable[[], Awaitable[object]]) -> str:
