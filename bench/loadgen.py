@@ -43,6 +43,21 @@ class LevelResult:
     durations_s: list[float] = field(default_factory=list)
     window_s: float = 0.0
 
+    def record(
+        self, window: _Window, started: float, first: float | None, ok: bool, ended: float
+    ) -> None:
+        """Count one stream by the window: its TTFT when its first token arrived in
+        it (so an overloaded server shows long waits, not no data), the stream
+        itself when it started in it."""
+        if first is not None and window.start <= first <= window.end:
+            self.ttft_s.append(first - started)
+        if window.start <= started <= window.end:
+            self.streams += 1
+            if not ok:
+                self.failures += 1
+            else:
+                self.durations_s.append(ended - started)
+
     def summary(self) -> dict[str, float]:
         def pct(values: list[float], q: float) -> float:
             if not values:
@@ -143,16 +158,7 @@ async def run_level(target: Target, users: int, warmup_s: float, window_s: float
         await asyncio.sleep(warmup_s * 0.5 * index / users)
         while time.perf_counter() < window_end:
             started, first, _tokens, ok, ended = await _one_stream(target, window)
-            if first is not None and window_start <= first <= window_end:
-                # Latency of every stream whose first token arrived in the window,
-                # so that an overloaded server shows long waits, not no data.
-                result.ttft_s.append(first - started)
-            if window_start <= started <= window_end:
-                result.streams += 1
-                if not ok:
-                    result.failures += 1
-                else:
-                    result.durations_s.append(ended - started)
+            result.record(window, started, first, ok, ended)
 
     await asyncio.gather(*(user(i) for i in range(users)))
     result.tokens = window.tokens
@@ -276,16 +282,7 @@ async def run_socket_level(
                     ok = True
                 except ConnectionError:
                     ok = False
-                ended = time.perf_counter()
-                first = protocol.first
-                if first is not None and window_start <= first <= window_end:
-                    result.ttft_s.append(first - started)
-                if window_start <= started <= window_end:
-                    result.streams += 1
-                    if not ok:
-                        result.failures += 1
-                    else:
-                        result.durations_s.append(ended - started)
+                result.record(window, started, protocol.first, ok, time.perf_counter())
                 if not ok:
                     return
         finally:
