@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from chatstream.app import create_app
 from chatstream.cli import alembic_config
 from chatstream.config import Settings
+from chatstream.runs.lifecycle import RunListener
 from chatstream.tools import ToolRegistry
 from tests.support.sentinels import SENTINEL_API_KEY, WATCH, WatchingHandler
 from tests.support.servers import AppServer, FakeUpstreamThread
@@ -108,7 +109,11 @@ def make_server(
 ) -> Iterator[Callable[..., AppServer]]:
     started: list[AppServer] = []
 
-    def make(tool_registry: ToolRegistry | None = None, **overrides: Any) -> AppServer:
+    def make(
+        tool_registry: ToolRegistry | None = None,
+        listeners: Sequence[RunListener] = (),
+        **overrides: Any,
+    ) -> AppServer:
         settings = settings_for_tests(
             **{
                 "database_url": database_url,
@@ -117,7 +122,7 @@ def make_server(
                 **overrides,
             }
         )
-        server = AppServer(create_app(settings, tools=tool_registry)).start()
+        server = AppServer(create_app(settings, tools=tool_registry, listeners=listeners)).start()
         started.append(server)
         return server
 

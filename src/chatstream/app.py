@@ -9,7 +9,7 @@ database.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -28,6 +28,7 @@ from chatstream.config import Settings
 from chatstream.logs import RequestIdMiddleware
 from chatstream.ratelimit import ChatLimits
 from chatstream.runs.journal import RunJournal
+from chatstream.runs.lifecycle import RunListener, RunListeners
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.service import ChatService
 from chatstream.storage.db import Database
@@ -66,13 +67,23 @@ dropped (1008) while its runs go on.
 """
 
 
-def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    tools: ToolRegistry | None = None,
+    listeners: Iterable[RunListener] = (),
+) -> FastAPI:
     """The application. `tools` defaults to the built-in tools plus installed plugins.
+
+    `listeners` hear about every run that starts, ends or is refused
+    (`chatstream.runs.lifecycle`); they must return at once.
 
     Configuration mistakes (an unknown tool, an unreadable public key) raise
     here, before anything is served.
     """
     offered = (tools or ToolRegistry.default()).select(settings.tools)
+    # Metrics, post-run hooks and tracing hear about runs through these.
+    run_listeners = RunListeners(listeners)
     authenticator = Authenticator(settings)
     client_address = ClientAddress(settings.trusted_proxies)
 
@@ -84,7 +95,9 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
             limits = await stack.enter_async_context(ChatLimits(settings))
             registry = await stack.enter_async_context(
                 LocalRunRegistry(
-                    max_live_runs=settings.max_live_runs, retention_s=settings.run_retention_s
+                    max_live_runs=settings.max_live_runs,
+                    retention_s=settings.run_retention_s,
+                    listeners=run_listeners,
                 )
             )
             store = Store(database)
@@ -107,6 +120,7 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
                 limits=limits,
                 journal=journal,
                 runner=spool.instance_id,
+                listeners=run_listeners,
             )
             state = AppState(
                 settings=settings,

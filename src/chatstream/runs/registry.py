@@ -21,6 +21,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from chatstream.errors import ServerShutdown, ServiceUnavailable
+from chatstream.runs.lifecycle import RunListeners, RunStarted
 from chatstream.runs.run import Run
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,14 @@ class Admission:
 class LocalRunRegistry:
     """The runs of this process (implements `handle.RunRegistry`)."""
 
-    def __init__(self, *, max_live_runs: int, retention_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_live_runs: int,
+        retention_s: float,
+        listeners: RunListeners | None = None,
+    ) -> None:
+        self._listeners = listeners or RunListeners()
         self._max_live_runs = max_live_runs
         self._retention_s = retention_s
         self._runs: dict[uuid.UUID, Run] = {}
@@ -106,12 +114,18 @@ class LocalRunRegistry:
             run.cancel("interrupted")
 
     async def _drive(self, run: Run) -> None:
+        spec = run.spec
+        self._listeners.run_started(
+            RunStarted(spec.owner, spec.session_id, spec.message_id, spec.model)
+        )
         try:
-            await run.execute()
+            record = await run.execute()
         finally:
             self._live.discard(run)
             loop = asyncio.get_running_loop()
             self._expiry[run.id] = loop.call_later(self._retention_s, self._forget, run.id)
+        if record is not None:
+            self._listeners.run_finished(record)
 
     def _forget(self, run_id: uuid.UUID) -> None:
         self._expiry.pop(run_id, None)

@@ -44,6 +44,7 @@ from chatstream.runs.events import (
     Metrics,
     Usage,
 )
+from chatstream.runs.lifecycle import RunRecord
 from chatstream.runs.log import MemoryEventLog
 from chatstream.storage.records import OutputRow, RunOutput
 from chatstream.tools import ToolSet
@@ -190,14 +191,14 @@ class Run:
 
     # --- execution -------------------------------------------------------------
 
-    async def execute(self) -> None:
-        """Generate, persist once, then close the log with `done`. Never raises.
+    async def execute(self) -> RunRecord | None:
+        """Generate, persist once, then close the log with `done`; return what was done.
 
         `on_end` (the run's limit slot, given back) is awaited before `done`,
         so a client that has seen `done` may start its next run at once.
         """
         try:
-            await self._execute()
+            return await self._execute()
         finally:
             await self._ended()
 
@@ -207,7 +208,7 @@ class Run:
             with anyio.CancelScope(shield=True):
                 await on_end()
 
-    async def _execute(self) -> None:
+    async def _execute(self) -> RunRecord:
         self._clock = asyncio.get_running_loop().time
         self._started_at = self._clock()
         error: ChatstreamError | None = None
@@ -263,6 +264,22 @@ class Run:
         }
         self.log.append(done)
         self.finished.set()
+        spec = self.spec
+        return RunRecord(
+            owner=spec.owner,
+            session_id=spec.session_id,
+            message_id=spec.message_id,
+            user_message_id=spec.user_message_id,
+            model=spec.model,
+            status=status,
+            finish_reason=done["finish_reason"],
+            persisted=persisted,
+            usage=usage,
+            metrics=metrics,
+            error=self.error,
+            rows=self.output.rows,
+            messages=spec.messages,
+        )
 
     async def _generate(self) -> None:
         timed_out: list[UpstreamTimeout] = []

@@ -19,10 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatstream.auth import Principal
 from chatstream.config import Settings
-from chatstream.errors import Conflict, InvalidRequest
+from chatstream.errors import ChatstreamError, Conflict, InvalidRequest
 from chatstream.ratelimit import ChatLimits, RateWindow
 from chatstream.runs.context import build_context
 from chatstream.runs.handle import RunHandle
+from chatstream.runs.lifecycle import RunListeners
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.replay import StoredRun
 from chatstream.runs.run import Run, RunLimits, RunSpec, RunStore
@@ -94,8 +95,10 @@ class ChatService:
         limits: ChatLimits,
         journal: RunStore,
         runner: str,
+        listeners: RunListeners | None = None,
     ) -> None:
         self._settings = settings
+        self._listeners = listeners or RunListeners()
         self._journal = journal
         self._runner = runner
         self._tools = tools
@@ -146,10 +149,18 @@ class ChatService:
             if earlier is not None:
                 return await self._repeat(principal, earlier)
         run_id = uuid.uuid4()
-        await self._limits.take_slot(key, run_id)
         try:
-            window = await self._limits.hit_window(key)
-            admission = self._registry.admit(owner)
+            await self._limits.take_slot(key, run_id)
+        except ChatstreamError as exc:
+            self._listeners.chat_rejected(exc.code)
+            raise
+        try:
+            try:
+                window = await self._limits.hit_window(key)
+                admission = self._registry.admit(owner)
+            except ChatstreamError as exc:
+                self._listeners.chat_rejected(exc.code)
+                raise
             try:
                 turn = await self._store.begin_turn(
                     owner,
