@@ -9,7 +9,7 @@ cancel and report through Redis, behind the same surface.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -55,6 +55,10 @@ class RunHandle(Protocol):
 class RunRegistry(Protocol):
     def get(self, run_id: uuid.UUID, owner: str) -> RunHandle | None:
         """The run, if it exists and belongs to `owner`; else None, exactly as if missing."""
+        ...
+
+    def live_in_session(self, session_id: uuid.UUID, owner: str) -> Sequence[RunHandle]:
+        """The owner's live runs in one session, oldest first."""
         ...
 
     @property

@@ -164,6 +164,14 @@ class LocalRunRegistry:
     def live_runs(self) -> list[Run]:
         return list(self._live)
 
+    def live_in_session(self, session_id: uuid.UUID, owner: str) -> list[Run]:
+        """The owner's live runs in one session, oldest first."""
+        return [
+            run
+            for run in self._runs.values()
+            if run.live and run.session_id == session_id and run.spec.owner == owner
+        ]
+
     def known(self, run_id: uuid.UUID) -> bool:
         """Whether this process has (or recently had) the run, whoever owns it."""
         return run_id in self._runs
