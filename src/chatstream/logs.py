@@ -8,14 +8,18 @@ The formatter is the last line of defence for secrets: it removes the values
 of the configured secrets (API key, JWT secret, database and Redis
 passwords) and anything shaped like a bearer token, a JWT or an API key,
 whoever logged it (uvicorn logs request URLs, libraries log what they like).
-An exception is one line, its type and message; a stack trace never reaches
-the log, where it could carry data and where it is nobody's to read.
+An exception is one line, its type and message: an expected failure (an
+outage, a refused request) needs no stack trace. The exception is a fault,
+a bug in chatstream or a plugin, logged with `log_fault`: that record carries
+its traceback (redacted like the rest, on one line joined by " | "), since
+without it nobody can fix the bug.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import traceback
 import uuid
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -66,22 +70,42 @@ def secrets_of(settings: Settings) -> list[str | None]:
     return values
 
 
+FAULT = "chatstream_fault"
+
+
+def log_fault(logger: logging.Logger, message: str, *args: object) -> None:
+    """Log the exception being handled as a fault (a bug): at ERROR, with its traceback."""
+    logger.error(message, *args, exc_info=True, extra={FAULT: True}, stacklevel=2)
+
+
 class SafeFormatter(logging.Formatter):
-    """One line per record; secrets redacted; exceptions as their type and message only."""
+    """One line per record; secrets redacted; exceptions as their type and message,
+    and faults (`log_fault`) with their traceback."""
 
     def __init__(self, fmt: str, redactor: Redactor) -> None:
         super().__init__(fmt)
         self._redact = redactor
+        self._with_traceback = False
 
     def formatException(self, ei: Any) -> str:
         exc = ei[1]
-        return f"{type(exc).__name__}: {exc}" if exc is not None else ""
+        if exc is None:
+            return ""
+        if self._with_traceback:
+            return "".join(traceback.format_exception(exc)).rstrip()
+        return f"{type(exc).__name__}: {exc}"
 
     def formatStack(self, stack_info: str) -> str:
         return ""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        # Formatters cache the exception text on the record; ours depends on the record.
+        self._with_traceback = bool(getattr(record, FAULT, False))
+        cached, record.exc_text = record.exc_text, None
+        try:
+            text = super().format(record)
+        finally:
+            record.exc_text = cached
         return self._redact(text).replace("\r", " ").replace("\n", " | ")
 
 

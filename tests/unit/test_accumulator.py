@@ -113,3 +113,50 @@ def test_in_stream_errors_raise() -> None:
 def test_malformed_chunks_raise() -> None:
     with pytest.raises(UpstreamError):
         ChunkAccumulator().feed(["not", "a", "dict"])
+
+
+def test_content_as_a_list_of_parts_is_their_text() -> None:
+    acc = ChunkAccumulator()
+    parts = [{"type": "text", "text": "Hel"}, {"type": "image_url"}, {"text": "lo"}]
+    assert acc.feed(chunk({"content": parts})) == "Hello"
+    assert acc.text == "Hello"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [1, 2],
+        "data",
+        {"usage": "lots"},
+        {"choices": None},
+        {"choices": "all"},
+        {"choices": ["stop"]},
+        {"choices": [{"delta": "text"}]},
+        {"choices": [{"delta": {"content": 42}}]},
+        {"choices": [{"delta": {"content": [{"type": "text", "text": 3}]}}]},
+        {"choices": [{"delta": {"content": ["part"]}}]},
+        {"choices": [{"delta": {}, "finish_reason": 7}]},
+        {"choices": [{"delta": {"tool_calls": {"index": 0}}}]},
+        {"choices": [{"delta": {"tool_calls": ["call"]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": "zero"}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": 10**9}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "id": 5}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": "f"}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": 5}}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": {}}}]}}]},
+    ],
+)
+def test_a_malformed_chunk_is_an_upstream_error(bad: Any) -> None:
+    with pytest.raises(UpstreamError, match="malformed"):
+        ChunkAccumulator().feed(bad)
+
+
+def test_values_bound_for_columns_are_clipped_and_nul_free() -> None:
+    acc = ChunkAccumulator()
+    assert acc.feed(chunk({"content": "a\x00b"})) == "a\ufffdb"
+    call = {"index": 0, "id": "c" * 1000, "function": {"name": "n" * 1000, "arguments": "{\x00}"}}
+    acc.feed(chunk({"tool_calls": [call]}, finish="f" * 500))
+    assert acc.finish_reason == "f" * 64
+    (tool_call,) = acc.tool_calls
+    assert len(tool_call.call_id) == 255 and len(tool_call.name) == 255
+    assert tool_call.arguments == "{\ufffd}"

@@ -5,7 +5,14 @@ from __future__ import annotations
 import logging
 
 from chatstream.config import Settings
-from chatstream.logs import LOG_FORMAT, Redactor, RequestIdFilter, SafeFormatter, secrets_of
+from chatstream.logs import (
+    FAULT,
+    LOG_FORMAT,
+    Redactor,
+    RequestIdFilter,
+    SafeFormatter,
+    secrets_of,
+)
 from tests.support.sentinels import (
     SENTINEL_API_KEY,
     SENTINEL_DB_PASSWORD,
@@ -62,3 +69,26 @@ def test_exceptions_are_one_line_without_a_traceback() -> None:
 
 def test_multiline_messages_stay_on_one_line() -> None:
     assert "\n" not in formatted("first\nsecond\r\nthird")
+
+
+def test_a_fault_is_logged_with_its_traceback_on_one_redacted_line() -> None:
+    def failing_function() -> None:
+        raise RuntimeError(f"bug near {SENTINEL_API_KEY}")
+
+    try:
+        failing_function()
+    except RuntimeError as caught:
+        record = logging.LogRecord(
+            "chatstream.test", logging.ERROR, __file__, 1, "run failed", (), None
+        )
+        record.exc_info = (type(caught), caught, caught.__traceback__)
+        setattr(record, FAULT, True)
+        RequestIdFilter().filter(record)
+        line = SafeFormatter(LOG_FORMAT, Redactor([SENTINEL_API_KEY])).format(record)
+    assert "\n" not in line
+    assert "Traceback" in line and "failing_function" in line and "test_logs.py" in line
+    assert SENTINEL_API_KEY not in line and "RuntimeError: bug near [redacted]" in line
+    # The same record formatted as an ordinary error stays one short line.
+    setattr(record, FAULT, False)
+    plain = SafeFormatter(LOG_FORMAT, Redactor([SENTINEL_API_KEY])).format(record)
+    assert "Traceback" not in plain

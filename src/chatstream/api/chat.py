@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import anyio
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -13,8 +11,9 @@ from chatstream.api.deps import ChatDep, PrincipalDep, SettingsDep, StoreDep
 from chatstream.api.errors import error_response
 from chatstream.api.schemas import ChatResponse, ErrorBody, MessageOut, json_errors, sse_responses
 from chatstream.api.sse import RunEventStream
+from chatstream.errors import DatabaseUnavailable
+from chatstream.runs.events import DoneEvent
 from chatstream.runs.handle import RunHandle
-from chatstream.runs.run import Run
 from chatstream.runs.service import ChatRequest
 from chatstream.storage.models import utcnow
 
@@ -104,17 +103,19 @@ async def _cancel_scope_on_disconnect(request: Request, scope: anyio.CancelScope
 
 
 async def _final_answer(run: RunHandle, owner: str, store: StoreDep) -> Response:
-    row = await store.get_message(owner, run.id)
+    try:
+        row = await store.get_message(owner, run.id)
+    except DatabaseUnavailable:
+        row = None
     if row is not None:
         message = MessageOut.model_validate(row)
-    else:  # not persisted (database unreachable): answer with what the run produced
-        assert isinstance(run, Run) and run.output is not None
-        produced = asdict(run.output.rows[-1])
-        message = MessageOut.model_validate(
-            {**produced, "session_id": run.session_id, "created_at": utcnow()}
-        )
+    else:
+        # Not in the database (it was unreachable; the spool keeps the answer):
+        # answer with what the run streamed, so the client has no reason to send again.
+        message = await _answer_from_events(run)
+    persisted = row is not None
     if run.error is None:
-        payload = ChatResponse(session_id=run.session_id, message=message)
+        payload = ChatResponse(session_id=run.session_id, message=message, persisted=persisted)
         return JSONResponse(payload.model_dump(mode="json"))
     return error_response(
         _FAILED_STATUS.get(run.error["code"], 500),
@@ -123,5 +124,39 @@ async def _final_answer(run: RunHandle, owner: str, store: StoreDep) -> Response
         details={
             "session_id": str(run.session_id),
             "message": message.model_dump(mode="json"),
+            "persisted": persisted,
         },
+    )
+
+
+async def _answer_from_events(run: RunHandle) -> MessageOut:
+    """The final assistant message as the run's events tell it (the text after its last tool)."""
+    model: str | None = None
+    parts: list[str] = []
+    done: DoneEvent | None = None
+    async with run.follow() as batches:
+        async for batch in batches:
+            for event in batch:
+                data = event.data
+                if data["type"] == "start":
+                    model = data["model"]
+                elif data["type"] == "delta":
+                    parts.append(data["text"])
+                elif data["type"] == "tool_result":
+                    parts.clear()  # that text belongs to the tool round's own row
+                elif data["type"] == "done":
+                    done = data
+    assert done is not None, "an ended run's log ends with done"
+    return MessageOut(
+        id=run.id,
+        session_id=run.session_id,
+        role="assistant",
+        content="".join(parts),
+        status=done["status"],
+        model=model,
+        finish_reason=done["finish_reason"],
+        tool_calls=None,
+        usage=dict(done["usage"]) if done["usage"] else None,
+        metrics=dict(done["metrics"]) if done["metrics"] else None,
+        created_at=utcnow(),
     )

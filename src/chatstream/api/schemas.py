@@ -84,6 +84,10 @@ class MessagePage(BaseModel):
 class ChatResponse(BaseModel):
     session_id: uuid.UUID
     message: MessageOut
+    persisted: bool = Field(
+        description="False when the database was unreachable: the answer is kept in the "
+        "server's spool and written once the database is back (send nothing again)."
+    )
 
 
 class RunState(BaseModel):

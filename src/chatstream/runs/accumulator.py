@@ -38,7 +38,22 @@ class _ToolCallFragments:
         self.arguments: list[str] = []
 
 
+# Column sizes (storage/models.py) for values the model chooses; longer ones
+# are clipped here, so the stream and the stored row agree and no strange
+# value can make the final write fail.
+FINISH_REASON_MAX_CHARS = 64
+TOOL_FIELD_MAX_CHARS = 255
+
+
 class ChunkAccumulator:
+    """Folds chunks; anything that is not the shape of a chunk is `UpstreamError`.
+
+    A server may send any JSON at all, so every value read is checked for its
+    type before it is used: a malformed chunk ends its run as an upstream
+    error, never as a crash. The common case (`content` a string) is checked
+    with one `type(...) is` test.
+    """
+
     __slots__ = ("_parts", "_tool_calls", "content_chunks", "finish_reason", "usage")
 
     def __init__(self) -> None:
@@ -52,48 +67,84 @@ class ChunkAccumulator:
 
     def feed(self, chunk: Any) -> str | None:
         """Take one parsed chunk; return the text it adds, if any."""
-        if not isinstance(chunk, dict):
-            raise UpstreamError("The model server sent a malformed stream.")
+        if type(chunk) is not dict:
+            raise _malformed("a chunk is not a JSON object")
         error = chunk.get("error")
         if error:
             raise in_stream_error(error)
         usage = chunk.get("usage")
-        if usage:
-            self.usage = usage
-        choices = chunk.get("choices")
+        if usage is not None:
+            if type(usage) is not dict:
+                raise _malformed("`usage` is not an object")
+            if usage:
+                self.usage = usage
+        if "choices" not in chunk:
+            return None
+        choices = chunk["choices"]
+        if type(choices) is not list:
+            raise _malformed("`choices` is not a list")
         if not choices:
             return None
         choice = choices[0]
+        if type(choice) is not dict:
+            raise _malformed("a choice is not an object")
         finish_reason = choice.get("finish_reason")
-        if finish_reason:
-            self.finish_reason = finish_reason
+        if finish_reason is not None:
+            if type(finish_reason) is not str:
+                raise _malformed("`finish_reason` is not a string")
+            if finish_reason:
+                self.finish_reason = finish_reason[:FINISH_REASON_MAX_CHARS]
         delta = choice.get("delta")
-        if not delta:
+        if delta is None:
             return None
+        if type(delta) is not dict:
+            raise _malformed("`delta` is not an object")
         fragments = delta.get("tool_calls")
-        if fragments:
+        if fragments is not None:
             self._add_tool_fragments(fragments)
         content = delta.get("content")
-        if content:
-            self._parts.append(content)
-            self.content_chunks += 1
-            return content  # type: ignore[no-any-return]
-        return None
+        if type(content) is not str:
+            if content is None:
+                return None
+            content = _text_of_parts(content)
+        if not content:
+            return None
+        if "\x00" in content:
+            # PostgreSQL text cannot hold NUL; the stream and the row must agree.
+            content = content.replace("\x00", "\ufffd")
+        self._parts.append(content)
+        self.content_chunks += 1
+        return content
 
-    def _add_tool_fragments(self, fragments: list[Any]) -> None:
+    def _add_tool_fragments(self, fragments: Any) -> None:
+        if type(fragments) is not list:
+            raise _malformed("`tool_calls` is not a list")
+        if not fragments:
+            return
         self.content_chunks += 1
         for fragment in fragments:
+            if type(fragment) is not dict:
+                raise _malformed("a tool call is not an object")
             index = fragment.get("index", 0)
+            if type(index) is not int or not 0 <= index < MAX_TOOL_CALLS:
+                raise _malformed("a tool call's `index` is not a small integer")
+            call_id = _optional_text(fragment.get("id"), "id")
+            function = fragment.get("function")
+            if function is None:
+                function = {}
+            elif type(function) is not dict:
+                raise _malformed("a tool call's `function` is not an object")
+            name = _optional_text(function.get("name"), "function.name")
+            arguments = _optional_text(function.get("arguments"), "function.arguments")
             call = self._tool_calls.get(index)
             if call is None:
                 call = self._tool_calls[index] = _ToolCallFragments()
-            if fragment.get("id"):
-                call.call_id = fragment["id"]
-            function = fragment.get("function") or {}
-            if function.get("name"):
-                call.name += function["name"]
-            if function.get("arguments"):
-                call.arguments.append(function["arguments"])
+            if call_id:
+                call.call_id = call_id
+            if name:
+                call.name += name
+            if arguments:
+                call.arguments.append(arguments)
 
     @property
     def text(self) -> str:
@@ -106,12 +157,42 @@ class ChunkAccumulator:
             fragments = self._tool_calls[index]
             calls.append(
                 ToolCall(
-                    call_id=fragments.call_id or f"call_{index}",
-                    name=fragments.name,
-                    arguments="".join(fragments.arguments),
+                    call_id=(fragments.call_id or f"call_{index}")[:TOOL_FIELD_MAX_CHARS],
+                    name=fragments.name[:TOOL_FIELD_MAX_CHARS],
+                    arguments="".join(fragments.arguments).replace("\x00", "\ufffd"),
                 )
             )
         return calls
+
+
+# More parallel calls than this in one round is not a model, it is noise.
+MAX_TOOL_CALLS = 128
+
+
+def _malformed(what: str) -> UpstreamError:
+    return UpstreamError(f"The model server sent a malformed stream ({what}).")
+
+
+def _optional_text(value: Any, field: str) -> str | None:
+    if value is None or type(value) is str:
+        return value
+    raise _malformed(f"a tool call's `{field}` is not a string")
+
+
+def _text_of_parts(content: Any) -> str:
+    """Content given as a list of parts (as some servers stream it): its `text` parts, joined."""
+    if type(content) is not list:
+        raise _malformed("`content` is neither a string nor a list of parts")
+    texts = []
+    for part in content:
+        if type(part) is not dict:
+            raise _malformed("a content part is not an object")
+        text = part.get("text")
+        if part.get("type", "text") == "text":
+            if type(text) is not str:
+                raise _malformed("a text part's `text` is not a string")
+            texts.append(text)
+    return "".join(texts)
 
 
 def in_stream_error(error: Any) -> UpstreamError:

@@ -21,6 +21,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from chatstream.errors import ServerShutdown, ServiceUnavailable
+from chatstream.logs import log_fault
 from chatstream.runs.lifecycle import RunListeners, RunStarted
 from chatstream.runs.run import Run
 
@@ -118,8 +119,12 @@ class LocalRunRegistry:
         self._listeners.run_started(
             RunStarted(spec.owner, spec.session_id, spec.message_id, spec.model)
         )
+        record = None
         try:
             record = await run.execute()
+        except Exception:
+            # `execute` never raises; if it did, nothing else may notice.
+            log_fault(logger, "run %s escaped its own supervision", run.id)
         finally:
             self._live.discard(run)
             loop = asyncio.get_running_loop()
@@ -136,7 +141,7 @@ class LocalRunRegistry:
     def get(self, run_id: uuid.UUID, owner: str) -> Run | None:
         """The run, if it exists and belongs to `owner` (else None, as if missing)."""
         run = self._runs.get(run_id)
-        if run is None or run.spec.owner != owner:
+        if run is None or run.owner != owner:
             return None
         return run
 
@@ -169,7 +174,7 @@ class LocalRunRegistry:
         return [
             run
             for run in self._runs.values()
-            if run.live and run.session_id == session_id and run.spec.owner == owner
+            if run.live and run.session_id == session_id and run.owner == owner
         ]
 
     def known(self, run_id: uuid.UUID) -> bool:

@@ -24,6 +24,12 @@ Directives (all optional):
   stall_after=N      after N tokens, send nothing until released
   no_finish=1        end the stream cleanly but without a finish_reason
   error_after=N      after N tokens, send an in-stream error object
+  malformed=KIND     after `malformed_after` tokens (default 0), send one malformed
+                     event and keep the stream open: not_json, chunk_array, usage_string,
+                     choices_null, choice_string, delta_string, content_number,
+                     finish_number, tool_types
+  malformed_after=N  see malformed
+  content_parts=1    send each token's content as a list of two text parts
   no_usage=1         never report usage
   finish=R           the finish_reason to report (default stop)
   tool=NAME          call tool NAME first (the answer follows the tool result)
@@ -78,6 +84,9 @@ class Script:
     stall_after: int | None = None
     no_finish: bool = False
     error_after: int | None = None
+    malformed: str | None = None
+    malformed_after: int = 0
+    content_parts: bool = False
     no_usage: bool = False
     finish: str = "stop"
     tool: str | None = None
@@ -243,9 +252,19 @@ class Emulator:
             if index == script.error_after:
                 yield Send(_sse({"error": {"message": "emulated failure", "type": "server_error"}}))
                 return
+            if script.malformed is not None and index == script.malformed_after:
+                yield Send(_malformed_event(script.malformed))
             if index and interval:
                 yield Sleep(interval)
-            yield Send(chunk.delta({"content": token}))
+            if script.content_parts:
+                half = len(token) // 2
+                parts = [
+                    {"type": "text", "text": token[:half]},
+                    {"type": "text", "text": token[half:]},
+                ]
+                yield Send(chunk.delta({"content": parts}))
+            else:
+                yield Send(chunk.delta({"content": token}))
         if len(tokens) == script.drop_after:
             yield Drop()
             return
@@ -358,6 +377,29 @@ def _tool_calls(chunk: _ChunkWriter, script: Script, names: tuple[str, ...]) -> 
         for start in range(0, len(arguments), size):
             piece = {"index": index, "function": {"arguments": arguments[start : start + size]}}
             yield Send(chunk.delta({"tool_calls": [piece]}))
+
+
+_MALFORMED: dict[str, Any] = {
+    "chunk_array": [1, 2, 3],
+    "usage_string": {"choices": [], "usage": "lots"},
+    "choices_null": {"choices": None},
+    "choice_string": {"choices": ["stop"]},
+    "delta_string": {"choices": [{"index": 0, "delta": "text"}]},
+    "content_number": {"choices": [{"index": 0, "delta": {"content": 42}}]},
+    "finish_number": {"choices": [{"index": 0, "delta": {}, "finish_reason": 7}]},
+    "tool_types": {
+        "choices": [
+            {"index": 0, "delta": {"tool_calls": [{"index": "zero", "function": {"name": 5}}]}}
+        ]
+    },
+}
+
+
+def _malformed_event(kind: str) -> bytes:
+    """One event an OpenAI-compatible server should never send (test fault injection)."""
+    if kind == "not_json":
+        return b"data: {this is not json\n\n"
+    return _sse(_MALFORMED[kind])
 
 
 def _sse(payload: Any) -> bytes:

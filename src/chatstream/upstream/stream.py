@@ -105,23 +105,53 @@ def _body(response: httpx2.Response) -> AsyncIterable[bytes]:
 
 async def _batches(response: httpx2.Response) -> AsyncIterator[list[Any]]:
     decoder = SSEDecoder()
-    loads = orjson.loads
     try:
         async for raw in _body(response):
             payloads = decoder.feed(raw)
             if not payloads:
                 continue
-            if payloads[-1] == _DONE:
-                yield [loads(p) for p in payloads if p != _DONE]
+            ended = payloads[-1] == _DONE
+            batch, malformed = _parse([p for p in payloads if p != _DONE] if ended else payloads)
+            if batch:
+                yield batch
+            if malformed:
+                raise _not_json()
+            if ended:
                 return
-            yield [loads(p) for p in payloads]
-        tail = [loads(p) for p in decoder.flush() if p != _DONE]
+        tail, malformed = _parse([p for p in decoder.flush() if p != _DONE])
         if tail:
             yield tail
+        if malformed:
+            raise _not_json()
     except httpx2.HTTPError as exc:
         raise from_transport_error(exc) from None
-    except (orjson.JSONDecodeError, EventTooLarge):
-        raise UpstreamError("The model server sent a malformed stream.") from None
+    except EventTooLarge:
+        raise UpstreamError(
+            "The model server sent a malformed stream (an oversized event)."
+        ) from None
+
+
+def _not_json() -> UpstreamError:
+    return UpstreamError("The model server sent a malformed stream (an event is not JSON).")
+
+
+def _parse(payloads: list[bytes]) -> tuple[list[Any], bool]:
+    """Each payload's JSON, and whether one was not JSON.
+
+    On one that is not JSON, the events before it still count: they are
+    handed on (their text was streamed and is kept), then the stream ends.
+    """
+    try:
+        return [orjson.loads(p) for p in payloads], False
+    except orjson.JSONDecodeError:
+        pass
+    parsed = []
+    for payload in payloads:
+        try:
+            parsed.append(orjson.loads(payload))
+        except orjson.JSONDecodeError:
+            return parsed, True
+    return parsed, False
 
 
 async def _whole_completion(response: httpx2.Response) -> AsyncIterator[list[Any]]:
