@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,34 @@ def test_postgres_cut_at_the_final_write(
         stored = client.get(f"/api/sessions/{session}/messages").json()["items"]
     assert [m["role"] for m in stored] == ["user", "assistant"]
     assert (stored[1]["id"], stored[1]["content"]) == (whole.done["message_id"], whole.text)
+
+
+@pytest.mark.postgres
+def test_post_chat_returns_the_answer_it_spooled(
+    serve: ServeFactory, fake: FakeUpstreamThread, postgres_behind_a_proxy: tuple[str, TcpProxy]
+) -> None:
+    """Not a 503 that invites a duplicate send: the text, with `persisted: false`."""
+    url, proxy = postgres_behind_a_proxy
+    server = serve(database_url=url)
+    with (
+        ThreadPoolExecutor(max_workers=1) as pool,
+        httpx.Client(base_url=server.base_url, timeout=30) as client,
+    ):
+        pending = pool.submit(
+            client.post, "/api/chat", json={"message": "[[fake tokens=12 stall_after=4]] x"}
+        )
+        fake.fake.wait_for(lambda: fake.fake.stalled_streams >= 1)
+        proxy.cut()
+        fake.fake.release(wait_for=1)
+        answer = pending.result(timeout=30)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["persisted"] is False
+        assert body["message"]["status"] == "complete"
+        assert body["message"]["content"].startswith("stream every token")
+        assert len(body["message"]["content"].split()) == 12
+        proxy.restore()
+        wait_until_spool_is_empty(server)
+        stored = client.get(f"/api/sessions/{body['session_id']}/messages").json()["items"]
+    assert stored[-1]["id"] == body["message"]["id"]
+    assert stored[-1]["content"] == body["message"]["content"]
