@@ -102,6 +102,7 @@ def create_app(
             )
             store = Store(database)
             spool = await anyio.to_thread.run_sync(Spool, settings.spool_dir)
+            stack.callback(spool.close)
             journal = await stack.enter_async_context(
                 RunJournal(
                     store,

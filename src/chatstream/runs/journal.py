@@ -24,7 +24,9 @@ from types import TracebackType
 import anyio
 import anyio.abc
 import anyio.to_thread
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
+from chatstream.logs import log_fault
 from chatstream.runs.run import Run
 from chatstream.storage.records import OutputRow, RunOutput
 from chatstream.storage.repository import SessionGone, Store
@@ -33,6 +35,9 @@ from chatstream.storage.spool import Spool
 logger = logging.getLogger(__name__)
 
 DATABASE_WRITE_TIMEOUT_S = 5.0
+# A spooled output the database refused this many times for a reason in its
+# rows (not an outage) is set aside in spool/broken/.
+MAX_DATA_FAILURES = 3
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
 
@@ -53,6 +58,7 @@ class RunJournal:
         self._live_runs = live_runs
         self._known = known
         self._checkpointed: dict[uuid.UUID, tuple[int, int]] = {}
+        self._failures: dict[uuid.UUID, int] = {}
         self._spooled = anyio.Event()
         self._recovered = False
         self._started_at = time.time()
@@ -144,42 +150,88 @@ class RunJournal:
     async def _retry_once(self) -> bool:
         """One pass: spooled outputs, then (until it has succeeded once) recovery.
 
+        True when nothing is left to do. Each output is tried on its own: one
+        the database refuses for a reason in its rows is retried a few times,
+        then set aside in `broken/`, and never holds up the others; an outage
+        ends the pass.
+
         In that order: a run whose final write was spooled and whose process
         then died has both its complete rows here and a partial checkpoint;
         the complete rows must land first (writes are idempotent, so the
         checkpoint then finds them written and changes nothing).
         """
         try:
+            left = 0
             for output in await anyio.to_thread.run_sync(self._spool.pending):
-                try:
-                    with anyio.fail_after(DATABASE_WRITE_TIMEOUT_S):
-                        await self._store.write_run_output(output)
-                except SessionGone:
-                    logger.info("spooled run %s: its session is gone; dropped", output.rows[-1].id)
-                await anyio.to_thread.run_sync(self._spool.written, output)
-                logger.info("spooled run %s written to the database", output.rows[-1].id)
+                if await self._write(output, "spooled run"):
+                    await anyio.to_thread.run_sync(self._spool.written, output)
+                    logger.info("spooled run %s written to the database", _run_id(output))
+                elif self._give_up(output):
+                    where = await anyio.to_thread.run_sync(self._spool.set_aside, output)
+                    logger.error(
+                        "spooled run %s: the database keeps refusing its rows; set aside in %s",
+                        _run_id(output),
+                        where,
+                    )
+                else:
+                    left += 1
             if not self._recovered:
                 await self.recover()
-        except Exception as exc:
-            logger.info("database still unavailable for the spool (%s)", type(exc).__name__)
+        except _Outage as outage:
+            logger.info("database still unavailable for the spool (%s)", outage.reason)
             return False
+        except Exception:
+            log_fault(logger, "retrying the spool failed")
+            return False
+        return left == 0
+
+    async def _write(self, output: RunOutput, what: str) -> bool:
+        """Write one output; True when the database has it (or its session is gone).
+
+        False for a refusal caused by the rows themselves; `_Outage` when the
+        database cannot be used at all.
+        """
+        run_id = _run_id(output)
+        try:
+            with anyio.fail_after(DATABASE_WRITE_TIMEOUT_S):
+                await self._store.write_run_output(output)
+        except SessionGone:
+            logger.info("%s %s: its session is gone; dropped", what, run_id)
+        except Exception as exc:
+            if not _about_the_rows(exc):
+                raise _Outage(_name(exc)) from None
+            logger.warning("%s %s: the database refused its rows (%s)", what, run_id, _name(exc))
+            self._failures[run_id] = self._failures.get(run_id, 0) + 1
+            return False
+        self._failures.pop(run_id, None)
         return True
+
+    def _give_up(self, output: RunOutput) -> bool:
+        return self._failures.get(_run_id(output), 0) >= MAX_DATA_FAILURES
 
     async def recover(self) -> None:
         """Finish, as `interrupted`, the runs this instance was generating when it last stopped."""
         checkpoints = await anyio.to_thread.run_sync(self._spool.checkpoints)
-        stale = [cp for cp in checkpoints if not self._known(cp.rows[-1].id)]
+        stale = [cp for cp in checkpoints if not self._known(_run_id(cp))]
+        cleared = []
         for output in stale:
-            await self._store.write_run_output(output)
-        await anyio.to_thread.run_sync(
-            self._spool.clear_checkpoints, [cp.rows[-1].id for cp in stale]
-        )
+            if await self._write(output, "interrupted run"):
+                cleared.append(_run_id(output))
+            elif self._give_up(output):
+                where = await anyio.to_thread.run_sync(self._spool.set_aside, output)
+                logger.error(
+                    "interrupted run %s: the database keeps refusing its rows; set aside in %s",
+                    _run_id(output),
+                    where,
+                )
+                cleared.append(_run_id(output))
+        await anyio.to_thread.run_sync(self._spool.clear_checkpoints, cleared)
         orphans = await self._store.orphaned_replies(
             self._spool.instance_id, before=self._started_at
         )
         orphans = [o for o in orphans if not self._known(o.reply_id)]
         for orphan in orphans:
-            await self._store.write_run_output(
+            await self._write(
                 RunOutput(
                     owner=orphan.owner,
                     session_id=orphan.session_id,
@@ -188,14 +240,42 @@ class RunJournal:
                             id=orphan.reply_id, role="assistant", content="", status="interrupted"
                         )
                     ],
-                )
+                ),
+                "interrupted run",
             )
-        self._recovered = True
+        self._recovered = len(cleared) == len(stale)
         if stale or orphans:
             logger.warning(
                 "recovered %d run(s) interrupted by the last stop: %d with their saved text, "
                 "%d with none",
-                len(stale) + len(orphans),
-                len(stale),
+                len(cleared) + len(orphans),
+                len(cleared),
                 len(orphans),
             )
+
+
+class _Outage(Exception):
+    """The database cannot be used now: stop this pass, try again later."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _run_id(output: RunOutput) -> uuid.UUID:
+    return output.rows[-1].id
+
+
+def _about_the_rows(exc: Exception) -> bool:
+    """Whether the database refused these rows (not: could not be used at all)."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return False  # connection, operational, programming (schema) errors
+    # Our own code or the driver failing on a value before it was sent.
+    return isinstance(exc, StatementError | ValueError | TypeError)
+
+
+def _name(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None)  # SQLAlchemy's wrapper: the driver's own error says more
+    return type(cause).__name__ if cause is not None else type(exc).__name__

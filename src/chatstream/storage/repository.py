@@ -363,12 +363,19 @@ class Store:
             async with self._db.write_engine.begin() as db:
                 for row in rows:
                     await db.execute(insert(messages_table), row)
-        except IntegrityError as exc:
+        except IntegrityError:
             # Rows already written (a retry after an uncertain commit), or the
-            # session was deleted while the run ran (the foreign key says so).
+            # session was deleted while the run ran (the foreign key says so);
+            # anything else is a problem with the rows themselves.
             if await self._all_written(output.owner, [row.id for row in output.rows]):
                 return
-            raise SessionGone() from exc
+            if not await self._session_exists(output.owner, output.session_id):
+                raise SessionGone() from None
+            raise
+
+    async def _session_exists(self, owner: str, session_id: uuid.UUID) -> bool:
+        async with self._db.reader() as db:
+            return await db.scalar(select(exists().where(*_owned(owner, session_id)))) or False
 
     async def _all_written(self, owner: str, ids: Sequence[uuid.UUID]) -> bool:
         async with self._db.reader() as db:
@@ -380,8 +387,12 @@ class Store:
         return int(found or 0) == len(ids)
 
 
+def _owned(owner: str, session_id: uuid.UUID) -> tuple[Any, Any]:
+    return SessionRow.id == session_id, SessionRow.owner == owner
+
+
 def _owned_session(owner: str, session_id: uuid.UUID) -> Select[SessionRow]:
-    return select(SessionRow).where(SessionRow.id == session_id, SessionRow.owner == owner)
+    return select(SessionRow).where(*_owned(owner, session_id))
 
 
 def _title_from(message: str) -> str:

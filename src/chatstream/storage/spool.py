@@ -1,10 +1,14 @@
 """The durable local spool (`CHATSTREAM_SPOOL_DIR`): what the database could not take, yet.
 
     instance            this instance's id (made once, kept across restarts)
+    lock                held (flock) by the one process using the spool; a second
+                        process refuses to start rather than take the first's runs
     pending/<run>.json  a run's rows the database refused; fsynced before the
                         client hears `persisted: false`, written once it is back
     live/<run>.json     a live run's rows so far, refreshed about once a second,
                         so that a crash loses no more than that
+    broken/<run>.json   what the database kept refusing for a reason in the rows
+                        themselves (or a file that cannot be read): kept for a human
 
 Files are replaced atomically (write a temporary file, rename it over). The
 pending files are also fsynced, with their directory, so they survive a
@@ -18,6 +22,7 @@ Everything here is blocking file I/O: callers run it in a worker thread.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import uuid
@@ -31,6 +36,10 @@ from chatstream.storage.records import OutputRow, RunOutput
 logger = logging.getLogger(__name__)
 
 
+class SpoolInUse(RuntimeError):
+    """Another process holds the spool directory."""
+
+
 class Spool:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -39,7 +48,14 @@ class Spool:
         self._broken = directory / "broken"
         for folder in (self._pending, self._live):
             folder.mkdir(parents=True, exist_ok=True)
+        self._lock: int | None = _lock(directory / "lock")
         self.instance_id = self._read_or_make_instance_id()
+
+    def close(self) -> None:
+        """Let another process have the spool (the lock also dies with the process)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _read_or_make_instance_id(self) -> str:
         path = self.directory / "instance"
@@ -68,6 +84,17 @@ class Spool:
     def written(self, output: RunOutput) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self._pending / f"{_run_id(output)}.json").unlink()
+
+    def set_aside(self, output: RunOutput) -> Path:
+        """Move a pending output the database keeps refusing to `broken/`; return where."""
+        self._broken.mkdir(exist_ok=True)
+        name = f"{_run_id(output)}.json"
+        target = self._broken / name
+        try:
+            os.replace(self._pending / name, target)
+        except FileNotFoundError:
+            _write_atomically(target, _encode(output), durable=True)
+        return target
 
     # --- live runs' checkpoints ----------------------------------------------------
 
@@ -101,6 +128,23 @@ class Spool:
                 with contextlib.suppress(OSError):
                     path.rename(self._broken / path.name)
         return outputs
+
+
+def _lock(path: Path) -> int:
+    """Hold an exclusive lock on `path` for as long as this process lives (or until closed)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise SpoolInUse(
+            f"the spool directory {path.parent} is in use by another chatstream process "
+            f"(pid {holder}); give each instance its own CHATSTREAM_SPOOL_DIR"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 def _run_id(output: RunOutput) -> uuid.UUID:
