@@ -135,22 +135,33 @@ class ChatLimits:
             except Exception as exc:  # the slot expires on its own in Redis
                 logger.warning("could not release a run slot (%s)", type(exc).__name__)
 
-    async def hit_window(self, key: str) -> RateWindow | None:
-        """Count one chat start against the key's window; raise RateLimited if it is full."""
+    async def check_window(self, key: str) -> None:
+        """Raise RateLimited if one more chat would exceed the key's window (counts nothing)."""
+        item = self._item
+        if item is not None and not await self._window.test(item, key):
+            window = await self.peek_window(key)
+            assert window is not None
+            raise self._limited(item, window)
+
+    async def charge_window(self, key: str) -> RateWindow | None:
+        """Count a chat that has started (after `check_window` let it through).
+
+        Never refuses: concurrent chats of one key may all have passed the
+        check (at most its run cap of them), and each is already real.
+        """
         item = self._item
         if item is None:
             return None
-        allowed = await self._window.hit(item, key)
-        window = await self.peek_window(key)
-        assert window is not None
-        if not allowed:
-            retry_after = max(window.reset_after_s, 1)
-            raise RateLimited(
-                f"Too many chats started ({item}); try again in {retry_after} s.",
-                retry_after=retry_after,
-                headers=window.headers(),
-            )
-        return window
+        await self._window.hit(item, key)
+        return await self.peek_window(key)
+
+    def _limited(self, item: RateLimitItem, window: RateWindow) -> RateLimited:
+        retry_after = max(window.reset_after_s, 1)
+        return RateLimited(
+            f"Too many chats started ({item}); try again in {retry_after} s.",
+            retry_after=retry_after,
+            headers=window.headers(),
+        )
 
     async def peek_window(self, key: str) -> RateWindow | None:
         """Where the key stands, without counting anything."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,51 @@ def test_a_repeat_costs_no_limit(
         assert repeat.status_code == 200
         assert repeat.headers["x-ratelimit-remaining"] == "0"
         assert client.post("/api/chat", json={"message": "new"}).status_code == 429
+
+
+def test_a_socket_closing_mid_start_never_leaves_a_key_without_its_answer(
+    server: AppServer, database_path: Path
+) -> None:
+    """Committing the user message and launching its run are never split by a cancel."""
+    keys = [f"closing-{n}" for n in range(30)]
+    for key in keys:
+        with open_socket(server) as ws:
+            send(
+                ws,
+                {
+                    "type": "chat",
+                    "request_id": key,
+                    "message": "[[fake tokens=3]] q",
+                    "client_message_id": key,
+                },
+            )
+        # The socket is closed at once: its task group, the chat start included, is cancelled.
+    for key in keys:
+        again = stream(server, {"message": "[[fake tokens=3]] q", "client_message_id": key})
+        assert again.done["status"] == "complete", (key, again.types)
+    with sqlite3.connect(database_path) as db:
+        users = db.execute("select count(*) from messages where role = 'user'").fetchone()[0]
+    assert users == len(keys)
+
+
+def test_a_repeat_finishes_a_reply_that_was_never_launched(
+    server: AppServer, database_path: Path
+) -> None:
+    """A key left by a start cut off between commit and launch is answered, not 409 forever."""
+    session = httpx.post(f"{server.base_url}/api/sessions", json={}).json()["id"]
+    reply_id = uuid.uuid4()
+    with sqlite3.connect(database_path) as db:
+        db.execute(
+            "insert into messages (id, session_id, owner, role, content, status, created_at,"
+            " client_message_id, reply_id) values (?, ?, 'anonymous', 'user', 'q', 'complete',"
+            " '2026-01-01 00:00:00', 'stuck', ?)",
+            (uuid.uuid4().hex, uuid.UUID(session).hex, reply_id.hex),
+        )
+    first = stream(server, {"message": "q", "client_message_id": "stuck"})
+    assert first.types == ["start", "error", "done"]
+    assert first.done["message_id"] == str(reply_id)
+    assert first.done["status"] == "interrupted"
+    assert stream(server, {"message": "q", "client_message_id": "stuck"}).types == first.types
+    with sqlite3.connect(database_path) as db:
+        answers = db.execute("select status from messages where id = ?", (reply_id.hex,)).fetchall()
+    assert answers == [("interrupted",)]

@@ -212,3 +212,34 @@ def test_readiness_checks_redis_when_it_is_used(make_server: Callable[..., AppSe
     down = make_server(rate_limit_storage="redis://127.0.0.1:1/0")
     not_ready = httpx.get(f"{down.base_url}/readyz", timeout=10)
     assert not_ready.status_code == 503 and not_ready.json()["redis"] == "unreachable"
+
+
+def test_a_chat_refused_for_another_reason_costs_nothing_from_the_window(
+    make_server: Callable[..., AppServer], fake: FakeUpstreamThread, streams: list[Any]
+) -> None:
+    server = make_server(rate_limit="2/minute", max_live_runs=1)
+    with httpx.Client(base_url=server.base_url, timeout=20) as client:
+        unknown = client.post("/api/chat", json={"message": QUICK, "session_id": str(uuid.uuid4())})
+        assert unknown.status_code == 404
+        invalid = client.post("/api/chat", json={"message": QUICK, "model": "no-such-model"})
+        assert invalid.status_code == 422
+        # At capacity (one live run per process here): 503, not charged either.
+        start_stalled(client, streams)
+        busy = client.post("/api/chat", json={"message": QUICK})
+        assert (busy.status_code, busy.json()["error"]["code"]) == (503, "unavailable")
+        fake.fake.release(wait_for=1)
+        assert read_stream(streams[-1]).done["status"] == "complete"
+        # Only the stalled run was charged: one more fits, then the window is full.
+        assert_window_headers(client.post("/api/chat", json={"message": QUICK}), 2, 0)
+        assert client.post("/api/chat", json={"message": QUICK}).status_code == 429
+
+
+def test_too_many_runs_carries_the_window_headers(
+    make_server: Callable[..., AppServer], streams: list[Any]
+) -> None:
+    server = make_server(rate_limit="5/minute", max_concurrent_runs=1)
+    with httpx.Client(base_url=server.base_url, timeout=20) as client:
+        start_stalled(client, streams)
+        refused = client.post("/api/chat", json={"message": QUICK})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (429, "too_many_runs")
+    assert_window_headers(refused, 5, 4)

@@ -27,6 +27,7 @@ from chatstream.runs.lifecycle import RunListeners
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.replay import StoredRun
 from chatstream.runs.run import Run, RunLimits, RunSpec, RunStore
+from chatstream.storage.records import OutputRow, RunOutput
 from chatstream.storage.repository import DuplicateRequest, EarlierRequest, Store
 from chatstream.tools import ToolSet
 from chatstream.upstream.stream import ChatUpstream
@@ -139,10 +140,12 @@ class ChatService:
         """Start a run, or refuse it (invalid, limited, at capacity) leaving no trace.
 
         A repeat of an earlier request (same `client_message_id`) starts
-        nothing and costs no limit: it answers with the earlier run.
+        nothing and costs no limit: it answers with the earlier run. A chat
+        refused for any reason but the caller's own rate (unknown session,
+        database down, server at capacity) costs nothing from the window:
+        the window is tested first and charged only once the chat is real.
         """
         self.check(request)
-        settings = self._settings
         owner, key = principal.owner, principal.limit_key
         if request.client_message_id is not None:
             earlier = await self._store.find_request(owner, request.client_message_id)
@@ -153,27 +156,25 @@ class ChatService:
             await self._limits.take_slot(key, run_id)
         except ChatstreamError as exc:
             self._listeners.chat_rejected(exc.code)
+            window = await self._limits.peek_window(key)
+            if window is not None:
+                exc.headers.update(window.headers())
             raise
         try:
             try:
-                window = await self._limits.hit_window(key)
+                await self._limits.check_window(key)
                 admission = self._registry.admit(owner)
             except ChatstreamError as exc:
                 self._listeners.chat_rejected(exc.code)
                 raise
             try:
-                turn = await self._store.begin_turn(
-                    owner,
-                    session_id=request.session_id,
-                    new_session_model=request.model,
-                    new_session_system_prompt=request.system_prompt,
-                    message=request.message,
-                    # Room for rows the context builder skips (failed empty answers).
-                    history_limit=settings.history_messages * 2,
-                    reply_id=run_id,
-                    runner=self._runner,
-                    client_message_id=request.client_message_id,
-                )
+                # Committing the user message and launching its run happen
+                # together or not at all: a request cancelled in between (a
+                # socket closing) would leave an idempotency key whose answer
+                # never comes. The database's own timeouts bound the wait.
+                with anyio.CancelScope(shield=True):
+                    run = await self._begin(principal, request, run_id)
+                    admission.start(run)
             except BaseException:
                 admission.release()
                 raise
@@ -187,6 +188,24 @@ class ChatService:
             if earlier is None:
                 raise Conflict("That client_message_id is in use.") from None
             return await self._repeat(principal, earlier)
+        return StartedRun(run, await self._limits.charge_window(key))
+
+    async def _begin(self, principal: Principal, request: ChatRequest, run_id: uuid.UUID) -> Run:
+        """Commit the user's message and build its run (not launched yet)."""
+        settings = self._settings
+        owner, key = principal.owner, principal.limit_key
+        turn = await self._store.begin_turn(
+            owner,
+            session_id=request.session_id,
+            new_session_model=request.model,
+            new_session_system_prompt=request.system_prompt,
+            message=request.message,
+            # Room for rows the context builder skips (failed empty answers).
+            history_limit=settings.history_messages * 2,
+            reply_id=run_id,
+            runner=self._runner,
+            client_message_id=request.client_message_id,
+        )
         session_model = turn.session_model if turn.session_model in settings.models else None
         spec = RunSpec(
             owner=owner,
@@ -205,18 +224,21 @@ class ChatService:
             chunk_chars=request.chunk_chars,
             tools=self._tools,
         )
-        run = Run(
+        return Run(
             spec,
             upstream=self._upstream,
             store=self._journal,
             limits=self._run_limits,
             on_end=partial(self._limits.give_back_slot, key, run_id),
         )
-        admission.start(run)
-        return StartedRun(run, window)
 
     async def _repeat(self, principal: Principal, earlier: EarlierRequest) -> StartedRun:
-        """The run an earlier request with the same key started: live, retained, or saved."""
+        """The run an earlier request with the same key started: live, retained, or saved.
+
+        A reply that was never launched (its request was cut off between the
+        commit and the launch, before that could not happen) is finished now,
+        as `interrupted`, so that the key is answered rather than stuck.
+        """
         window = await self._limits.peek_window(principal.limit_key)
         run: RunHandle | None = None
         with anyio.move_on_after(REPEAT_WAIT_S):
@@ -224,10 +246,19 @@ class ChatService:
         if run is not None:
             return StartedRun(run, window)
         answer = await self._store.get_message(principal.owner, earlier.reply_id)
+        if answer is None:
+            unanswered = OutputRow(
+                id=earlier.reply_id, role="assistant", content="", status="interrupted"
+            )
+            await self._journal.save(
+                RunOutput(principal.owner, earlier.session_id, rows=[unanswered])
+            )
+            answer = await self._store.get_message(principal.owner, earlier.reply_id)
         if answer is not None:
             return StartedRun(StoredRun(answer, earlier.user_message_id), window)
         raise Conflict(
-            "That request is still being answered; follow it at GET /api/runs/{message_id}/events.",
+            "That request's answer could not be saved yet; try again shortly.",
+            retry_after=1,
             details={"message_id": str(earlier.reply_id), "session_id": str(earlier.session_id)},
         )
 
