@@ -97,6 +97,7 @@ def create_app(
                 LocalRunRegistry(
                     max_live_runs=settings.max_live_runs,
                     retention_s=settings.run_retention_s,
+                    max_retained=settings.max_retained_runs,
                     listeners=run_listeners,
                 )
             )

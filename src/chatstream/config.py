@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     max_run_duration_s: float = Field(default=600.0, gt=0)
     on_disconnect: Literal["continue", "cancel"] = "continue"
     max_live_runs: int = Field(default=2000, ge=1)
+    # Ended runs kept followable (for CHATSTREAM_RUN_RETENTION_S); beyond this
+    # many the oldest are forgotten first (still readable from the database).
+    max_retained_runs: int = Field(default=10000, ge=0)
     ws_max_runs: int = Field(default=8, ge=1)  # live runs one WebSocket may follow at once
     # A client whose connection accepts nothing for this long is dropped (SSE and WebSocket).
     send_timeout_s: float = Field(default=10.0, gt=0)

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from tests.support.servers import AppServer, FakeUpstreamThread
+from tests.support.sse import iter_sse, read_stream
 
 
 def test_session_crud(client: httpx.Client) -> None:
@@ -254,3 +255,24 @@ def test_openapi_describes_the_websocket_protocol(client: httpx.Client) -> None:
     description = client.get("/openapi.json").json()["info"]["description"]
     for needle in ("/ws/chat", '"type":"chat"', '"type":"resume"', '"type":"pong"', "1009", "403"):
         assert needle in description
+
+
+def test_deleting_a_session_cancels_its_live_runs_and_keeps_nothing(
+    server: AppServer, fake: FakeUpstreamThread, database_path: Path, spool_dir: Path
+) -> None:
+    with httpx.Client(base_url=server.base_url, timeout=20) as client:
+        with client.stream(
+            "POST", "/api/chat/stream", json={"message": "[[fake tokens=6 stall_after=2]] x"}
+        ) as response:
+            events = iter_sse(response)
+            head = read_stream(events, stop_after=3)
+            session_id = head.events[0].data["session_id"]
+            assert client.delete(f"/api/sessions/{session_id}").status_code == 204
+            rest = read_stream(events)
+        done = rest.done
+    assert (done["status"], done["persisted"]) == ("cancelled", False)
+    assert not list((spool_dir / "pending").glob("*.json"))
+    import sqlite3
+
+    with sqlite3.connect(database_path) as db:
+        assert db.execute("select count(*) from messages").fetchone()[0] == 0

@@ -30,6 +30,14 @@ def test_serve_with_no_upstream_configured_streams_the_demo(tmp_path: Path) -> N
             session_id = stream.events[0].data["session_id"]
             stored = client.get(f"/api/sessions/{session_id}/messages").json()["items"]
             assert stored[-1]["content"] == stream.text
+            # The demo takes no orders from what its user types ([[fake …]] is for tests).
+            with client.stream(
+                "POST",
+                "/api/chat/stream",
+                json={"message": "[[fake status=500 tokens=1]] break", "session_id": session_id},
+            ) as response:
+                ordered = read_stream(response)
+            assert ordered.done["status"] == "complete" and ordered.text == stream.text
     finally:
         # uvicorn re-raises the SIGTERM it caught once shutdown is done.
         assert server.stop() in (0, -15)

@@ -117,6 +117,41 @@ def test_after_retention_a_repeat_gets_the_saved_answer(
     assert again.events[0].data["user_message_id"] == first.events[0].data["user_message_id"]
 
 
+def test_a_replay_from_storage_holds_every_round(
+    make_server: Callable[..., AppServer], database_path: Path
+) -> None:
+    server = make_server(run_retention_s=0)
+    body = {
+        "message": "[[fake tool=get_current_time preamble=3 tokens=4]] what time?",
+        "client_message_id": "k-tools",
+    }
+    first = stream(server, body)
+    assert first.of("tool_call") and first.of("tool_result")
+
+    async def forgotten() -> None:
+        import asyncio
+
+        while server.state.registry.known_count:
+            await asyncio.sleep(0.01)
+
+    server.call(forgotten)
+    again = stream(server, body)
+    live_types = [t for t in first.types if t not in ("thinking", "delta")]
+    assert [t for t in again.types if t != "delta"] == live_types
+    assert again.text == first.text
+    with sqlite3.connect(database_path) as db:
+        stored = "".join(
+            row[0]
+            for row in db.execute(
+                "select content from messages where role = 'assistant' order by pk"
+            )
+        )
+    assert again.text == stored
+    for kind in ("tool_call", "tool_result"):
+        assert [e.data for e in again.of(kind)] == [e.data for e in first.of(kind)]
+    assert again.done == first.done
+
+
 def test_keys_belong_to_their_owner(
     make_server: Callable[..., AppServer], fake: FakeUpstreamThread
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -113,3 +115,25 @@ def test_server_at_capacity_answers_503(make_server: Any, fake: FakeUpstreamThre
             assert read_stream(events).done["status"] == "complete"
         sessions = client.get("/api/sessions").json()["items"]
         assert len(sessions) == 1  # the refused chat left no trace
+
+
+def test_ended_runs_hold_only_their_log_and_the_oldest_are_forgotten_first(
+    make_server: Callable[..., AppServer],
+) -> None:
+    server = make_server(max_retained_runs=2)
+    ids = []
+    with httpx.Client(base_url=server.base_url, timeout=20) as client:
+        for n in range(4):
+            answer = client.post("/api/chat", json={"message": f"[[fake tokens=3]] {n}"}).json()
+            ids.append(answer["message"]["id"])
+        for message_id in ids[:2]:
+            assert client.get(f"/api/runs/{message_id}/events").status_code == 404
+            state = client.get(f"/api/runs/{message_id}").json()
+            assert (state["status"], state["last_seq"]) == ("complete", None)  # from the database
+        for message_id in ids[2:]:
+            with client.stream("GET", f"/api/runs/{message_id}/events") as response:
+                assert read_stream(response).done["status"] == "complete"
+    retained = [server.state.registry.get(uuid.UUID(i), "anonymous") for i in ids[2:]]
+    for run in retained:
+        assert run is not None and not run.live
+        assert run.generation is None and run.spec.messages == []

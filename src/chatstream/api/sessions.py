@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from chatstream.api.deps import Owner, SettingsDep, StoreDep
+from chatstream.api.deps import Owner, RegistryDep, SettingsDep, StoreDep
 from chatstream.api.schemas import (
     ErrorBody,
     MessageOut,
@@ -105,10 +105,16 @@ async def update_session(
     "/{session_id}",
     status_code=204,
     responses=_NOT_FOUND,
-    summary="Delete a session and its messages",
+    summary="Delete a session and its messages; its live runs are cancelled",
 )
-async def delete_session(session_id: uuid.UUID, owner: Owner, store: StoreDep) -> Response:
+async def delete_session(
+    session_id: uuid.UUID, owner: Owner, store: StoreDep, registry: RegistryDep
+) -> Response:
     await store.delete_session(owner, session_id)
+    # Deleted first: its live runs, cancelled now, find nowhere to write
+    # (`done`: cancelled, persisted false) and spool nothing.
+    for run in registry.live_in_session(session_id, owner):
+        run.cancel()
     return Response(status_code=204)
 
 

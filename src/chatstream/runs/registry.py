@@ -59,8 +59,10 @@ class LocalRunRegistry:
         *,
         max_live_runs: int,
         retention_s: float,
+        max_retained: int = 10000,
         listeners: RunListeners | None = None,
     ) -> None:
+        self._max_retained = max_retained
         self._listeners = listeners or RunListeners()
         self._max_live_runs = max_live_runs
         self._retention_s = retention_s
@@ -129,6 +131,11 @@ class LocalRunRegistry:
             self._live.discard(run)
             loop = asyncio.get_running_loop()
             self._expiry[run.id] = loop.call_later(self._retention_s, self._forget, run.id)
+            # Retention is the same for every run, so the first entry ended first.
+            while len(self._expiry) > self._max_retained:
+                oldest, handle = next(iter(self._expiry.items()))
+                handle.cancel()
+                self._forget(oldest)
         if record is not None:
             self._listeners.run_finished(record)
 

@@ -2,44 +2,70 @@
 
 While the first run is known to the registry, the repeat simply follows it
 from its first event. Once it has left memory (after
-`CHATSTREAM_RUN_RETENTION_S`), its events are gone but its answer is saved:
-`StoredRun` replays that answer as a condensed stream (start, the whole text
-as one delta, an error if it ended in one, done), through the same
-`RunHandle` interface, so every transport serves it unchanged.
+`CHATSTREAM_RUN_RETENTION_S`), its events are gone but its rows are saved:
+`StoredRun` replays them as a condensed stream through the same `RunHandle`
+interface, so every transport serves it unchanged: `start`; for each tool
+round its text as one `delta`, its `tool_call`s and `tool_result`s; the
+answer's text as one `delta`; an `error` if it ended in one; `done`. Its
+deltas concatenate to the stored assistant rows, as a live replay's do.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 
 from chatstream.runs.events import ErrorEvent, Event, MessageStatus
 from chatstream.runs.log import MemoryEventLog
-from chatstream.storage.models import MessageRow
+from chatstream.storage.records import OutputRow
 
 
 class StoredRun:
-    """An ended run, rebuilt from its stored answer."""
+    """An ended run, rebuilt from its stored rows (the answer last)."""
 
-    def __init__(self, answer: MessageRow, user_message_id: uuid.UUID) -> None:
+    def __init__(
+        self, session_id: uuid.UUID, user_message_id: uuid.UUID, rows: Sequence[OutputRow]
+    ) -> None:
+        answer = rows[-1]
         self.id = answer.id
-        self.session_id = answer.session_id
+        self.session_id = session_id
         self.status: MessageStatus = answer.status  # type: ignore[assignment]
         self.error: ErrorEvent | None = None
-        self.log = MemoryEventLog()
-        self.log.append(
+        self.log = log = MemoryEventLog()
+        log.append(
             {
                 "type": "start",
-                "session_id": str(answer.session_id),
+                "session_id": str(session_id),
                 "message_id": str(answer.id),
                 "user_message_id": str(user_message_id),
                 "model": answer.model or "",
             }
         )
-        if answer.content:
-            self.log.append({"type": "delta", "text": answer.content})
+        for row in rows:
+            if row.content and row.role == "assistant":
+                log.append({"type": "delta", "text": row.content})
+            if row.role == "assistant":
+                for call in row.tool_calls or ():
+                    function = call.get("function") or {}
+                    log.append(
+                        {
+                            "type": "tool_call",
+                            "call_id": str(call.get("id") or ""),
+                            "name": str(function.get("name") or ""),
+                            "arguments": str(function.get("arguments") or ""),
+                        }
+                    )
+            elif row.role == "tool":
+                log.append(
+                    {
+                        "type": "tool_result",
+                        "call_id": row.tool_call_id or "",
+                        "name": row.name or "",
+                        "content": row.content,
+                    }
+                )
         if self.status in ("error", "interrupted"):
             self.error = {
                 "type": "error",
@@ -47,8 +73,8 @@ class StoredRun:
                 "message": "The answer ended early; this is what was saved.",
                 "retryable": True,
             }
-            self.log.append(self.error)
-        self.log.append(
+            log.append(self.error)
+        log.append(
             {
                 "type": "done",
                 "message_id": str(answer.id),

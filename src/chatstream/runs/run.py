@@ -172,8 +172,10 @@ class Run:
         finally:
             await self._ended()
             self.finished.set()
-            # An ended run keeps its log (for late followers), nothing else.
+            # An ended run keeps its log (for late followers), nothing else:
+            # not the context it was given, nor what it accumulated.
             self.generation = None
+            self.spec.messages = []
 
     async def _ended(self) -> None:
         on_end, self._on_end = self._on_end, None

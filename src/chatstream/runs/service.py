@@ -245,17 +245,17 @@ class ChatService:
             run = await self._registry.launched(earlier.reply_id, principal.owner)
         if run is not None:
             return StartedRun(run, window)
-        answer = await self._store.get_message(principal.owner, earlier.reply_id)
-        if answer is None:
+        rows = await self._store.run_rows(principal.owner, earlier.reply_id)
+        if not rows:
             unanswered = OutputRow(
                 id=earlier.reply_id, role="assistant", content="", status="interrupted"
             )
-            await self._journal.save(
+            if await self._journal.save(
                 RunOutput(principal.owner, earlier.session_id, rows=[unanswered])
-            )
-            answer = await self._store.get_message(principal.owner, earlier.reply_id)
-        if answer is not None:
-            return StartedRun(StoredRun(answer, earlier.user_message_id), window)
+            ):
+                rows = [unanswered]
+        if rows:
+            return StartedRun(StoredRun(earlier.session_id, earlier.user_message_id, rows), window)
         raise Conflict(
             "That request's answer could not be saved yet; try again shortly.",
             retry_after=1,

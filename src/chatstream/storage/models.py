@@ -95,12 +95,15 @@ class MessageRow(Base):
     reply_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     # The instance generating the reply (see storage.spool), for crash recovery.
     runner: Mapped[str | None] = mapped_column(String(64))
+    # On the rows a run wrote (tool rounds and answer): the run, i.e. the answer's id.
+    run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
     __table_args__ = (
         Index("ix_messages_session_pk", "session_id", "pk"),
         Index("ix_messages_owner", "owner"),
         Index("ux_messages_owner_client_message_id", "owner", "client_message_id", unique=True),
         Index("ix_messages_runner", "runner"),
+        Index("ix_messages_run_id", "run_id"),
     )
 
 

@@ -32,7 +32,7 @@ from chatstream.storage.models import (
     sessions_table,
     utcnow,
 )
-from chatstream.storage.records import HistoryMessage, RunOutput
+from chatstream.storage.records import HistoryMessage, OutputRow, RunOutput
 
 logger = logging.getLogger(__name__)
 
@@ -308,6 +308,24 @@ class Store:
         return TurnStart(session_id, model, system_prompt, user_message_id, history)
 
     @_outage_is_unavailable
+    async def run_rows(self, owner: str, run_id: uuid.UUID) -> list[OutputRow]:
+        """Every row an ended run wrote, in order (just the answer, for runs before 0004)."""
+        async with self._db.reader() as db:
+            rows = list(
+                await db.scalars(
+                    select(MessageRow)
+                    .where(MessageRow.run_id == run_id, MessageRow.owner == owner)
+                    .order_by(MessageRow.pk)
+                )
+            )
+            if not rows:
+                answer = await db.scalar(
+                    select(MessageRow).where(MessageRow.id == run_id, MessageRow.owner == owner)
+                )
+                rows = [answer] if answer is not None else []
+        return [_output_row(row) for row in rows]
+
+    @_outage_is_unavailable
     async def find_request(self, owner: str, client_message_id: str) -> EarlierRequest | None:
         async with self._db.reader() as db:
             row = (
@@ -340,9 +358,11 @@ class Store:
     async def write_run_output(self, output: RunOutput) -> None:
         """All of a run's rows in one transaction: INSERTs only, never an UPDATE."""
         now = utcnow()
+        run_id = output.rows[-1].id
         rows = [
             {
                 "id": row.id,
+                "run_id": run_id,
                 "session_id": output.session_id,
                 "owner": output.owner,
                 "role": row.role,
@@ -385,6 +405,22 @@ class Store:
                 .where(MessageRow.id.in_(ids), MessageRow.owner == owner)
             )
         return int(found or 0) == len(ids)
+
+
+def _output_row(row: MessageRow) -> OutputRow:
+    return OutputRow(
+        id=row.id,
+        role=row.role,
+        content=row.content,
+        status=row.status,
+        model=row.model,
+        finish_reason=row.finish_reason,
+        tool_calls=row.tool_calls,
+        tool_call_id=row.tool_call_id,
+        name=row.name,
+        usage=row.usage,
+        metrics=row.metrics,
+    )
 
 
 def _owned(owner: str, session_id: uuid.UUID) -> tuple[Any, Any]:

@@ -191,7 +191,9 @@ class Emulator:
     def reply(self, request: dict[str, Any], authorization: str = "") -> Reply:
         messages = request.get("messages") or []
         last_user = _last_user_text(messages)
-        script = self.defaults.with_directives(last_user)
+        # Directives script the fake upstream (tests, benchmarks); the demo a
+        # person talks to takes no orders from what that person types.
+        script = self.defaults if self.demo else self.defaults.with_directives(last_user)
         if script.status != 200 and self._should_fail(script):
             # A careless server echoes credentials in its errors; ours can, on demand.
             return _error_reply(
