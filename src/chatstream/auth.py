@@ -73,6 +73,17 @@ class Authenticator:
             raise Unauthorized("A bearer token is required.")
         return self.owner_from_token(token.strip())
 
+    def expiry_of(self, authorization: str | None) -> float | None:
+        """When a bearer credential (already verified) stops being valid: its `exp`, or None."""
+        if not self.enabled or not authorization:
+            return None
+        token = authorization.partition(" ")[2] if " " in authorization else authorization
+        try:
+            claims = jwt.decode(token.strip(), options={"verify_signature": False})
+            return float(claims["exp"])
+        except (jwt.PyJWTError, KeyError, TypeError, ValueError):
+            return None
+
     def owner_from_token(self, token: str) -> str:
         if not self.enabled:
             return ANONYMOUS

@@ -291,3 +291,20 @@ def test_websocket_tokens_in_the_url_are_never_read(jwt_server: AppServer) -> No
         with pytest.raises(ConnectionClosed) as closed:
             recv(ws)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+@pytest.mark.parametrize("how", ["header", "frame"])
+def test_a_socket_is_closed_when_its_token_expires(jwt_server: AppServer, how: str) -> None:
+    expires_at = int(time.time()) + 2
+    token = valid(exp=expires_at)
+    headers = {"Authorization": f"Bearer {token}"} if how == "header" else {}
+    with open_socket(jwt_server, additional_headers=headers) as ws:
+        if how == "frame":
+            send(ws, {"type": "auth", "token": token})
+        send(ws, {"type": "ping"})
+        assert recv(ws) == {"type": "pong"}  # served while the token is valid
+        with pytest.raises(ConnectionClosed) as closed:
+            recv(ws, timeout=10)
+    assert time.time() >= expires_at - 0.1
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "token expired")

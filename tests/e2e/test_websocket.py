@@ -332,3 +332,63 @@ def test_two_hundred_sockets_closed_mid_run_leak_nothing(
     server.call(runs_finished, timeout=60)
     assert server.call(tasks_now) <= baseline_tasks + 1  # the inspecting coroutine itself
     assert registry.follower_count == baseline_followers
+
+
+def test_two_resumes_back_to_back_send_each_event_once(
+    server: AppServer, fake: FakeUpstreamThread
+) -> None:
+    with open_socket(server) as first:
+        send(first, chat("r", "[[fake tokens=12 stall_after=6]] resume me twice"))
+        head = recv_until(first, lambda fs: len(fs) == 5)
+    message_id = head[0]["message_id"]
+    with open_socket(server) as second:
+        resume = {"type": "resume", "message_id": message_id, "after": 2}
+        send(second, resume)
+        send(second, {**resume, "after": 0})  # the later one replaces the first
+        fake.fake.release(wait_for=1)
+        frames = recv_until(second, lambda fs: dones(fs) == 1)
+    seqs = [f["seq"] for f in frames]
+    assert seqs == sorted(set(seqs)), seqs  # no event twice, in order
+    assert seqs[-1] == frames[-1]["seq"] and frames[-1]["type"] == "done"
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))  # and none missing
+
+
+def test_resumes_count_against_the_socket_cap(make_server: Any, fake: FakeUpstreamThread) -> None:
+    server: AppServer = make_server(ws_max_runs=2)
+    ids = []
+    for n in range(3):
+        with open_socket(server) as starter:  # closing it leaves the run going
+            send(starter, chat(f"s{n}", "[[fake tokens=5 stall_after=1]] hold"))
+            ids.append(recv(starter)["message_id"])
+    with open_socket(server) as ws:
+        for message_id in ids[:2]:
+            send(ws, {"type": "resume", "message_id": message_id})
+        send(ws, {"type": "resume", "message_id": ids[2], "request_id": "third"})
+        refused = recv_until(ws, lambda fs: any(f["type"] == "error" for f in fs))[-1]
+        assert (refused["code"], refused["request_id"]) == ("too_many_runs", "third")
+        # A chat is one more run too.
+        send(ws, chat("c", "[[fake tokens=2]] and a chat"))
+        refused = recv_until(ws, lambda fs: any(f.get("request_id") == "c" for f in fs))[-1]
+        assert refused["code"] == "too_many_runs"
+        # Resuming a run it already follows replaces that follow: not one more.
+        send(ws, {"type": "resume", "message_id": ids[0], "request_id": "again"})
+        fake.fake.release(wait_for=3)
+        frames = recv_until(ws, lambda fs: dones(fs) == 2)
+    assert not any(f.get("request_id") == "again" for f in frames)
+
+
+def test_every_frame_may_carry_a_request_id_to_echo(server: AppServer) -> None:
+    with open_socket(server) as ws:
+        send(ws, {"type": "ping", "request_id": "p1"})
+        assert recv(ws) == {"type": "pong", "request_id": "p1"}
+        unknown = str(uuid.uuid4())
+        for kind in ("cancel", "resume"):
+            send(ws, {"type": kind, "message_id": unknown, "request_id": f"{kind}-1"})
+            error = recv(ws)
+            assert (error["type"], error["code"], error["request_id"]) == (
+                "error",
+                "invalid_request",
+                f"{kind}-1",
+            )
+        send(ws, {"type": "ping", "request_id": "x" * 201})
+        assert recv(ws)["code"] == "invalid_request"
