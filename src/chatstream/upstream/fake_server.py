@@ -16,6 +16,14 @@ Besides `POST /v1/chat/completions` and `GET /v1/models` it answers:
 Tests running it in a thread can read the same state directly and wait on
 `changed`, a `threading.Condition` notified whenever a request arrives or a
 connection opens or closes.
+
+Why this ships in the package rather than under tests/: `chatstream
+fake-upstream` is how `make bench` and anyone testing a frontend against
+chatstream get a scriptable, deterministic model server with no network and
+no key. The control routes are what make it usable from another process
+(wait for a stall, release it, read what was asked) without sleeping; they
+are only on this server, never on chatstream itself, and the `[[fake …]]`
+directives it obeys are ignored by the offline demo a user talks to.
 """
 
 from __future__ import annotations
