@@ -25,7 +25,7 @@ from chatstream.api.errors import install_error_handlers
 from chatstream.api.schemas import event_schemas
 from chatstream.auth import Authenticator, ClientAddress
 from chatstream.config import Settings
-from chatstream.logs import RequestIdMiddleware
+from chatstream.logs import Redactor, RequestIdMiddleware, secrets_of
 from chatstream.ratelimit import ChatLimits
 from chatstream.runs.journal import RunJournal
 from chatstream.runs.lifecycle import RunListener, RunListeners
@@ -117,7 +117,7 @@ def create_app(
                 settings,
                 store=store,
                 registry=registry,
-                upstream=ChatUpstream(client),
+                upstream=ChatUpstream(client, Redactor(secrets_of(settings))),
                 tools=offered,
                 limits=limits,
                 journal=journal,
