@@ -55,7 +55,7 @@ def chatstream_error_response(exc: ChatstreamError) -> JSONResponse:
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     if exc.status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
+        headers.setdefault("WWW-Authenticate", "Bearer")
     return error_response(exc.status, exc.code, exc.message, details=exc.details, headers=headers)
 
 

@@ -117,8 +117,12 @@ class ModelList(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
-    database: str | None = None
+    status: str = Field(description="ok (liveness); ready, unavailable or shutting_down.")
+    database: str | None = Field(
+        default=None,
+        description="ok; unreachable; or outdated (its schema is not this release's: "
+        "run `chatstream migrate`).",
+    )
     redis: str | None = Field(default=None, description="Only when Redis is configured.")
     live_runs: int | None = None
     spooled_runs: int | None = Field(

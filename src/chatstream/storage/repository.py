@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from sqlalchemy import Select, delete, exists, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import aliased
 
@@ -86,17 +86,46 @@ class TurnStart:
 
 
 def _outage_is_unavailable(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """A database that cannot be reached (or stays locked) is a 503, not a 500."""
+    """A database that cannot be reached, stays locked or lacks a table is a 503, not a 500."""
 
     @functools.wraps(method)
     async def translated(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await method(*args, **kwargs)
-        except (OperationalError, InterfaceError, SQLAlchemyTimeoutError, OSError) as exc:
+        except (
+            OperationalError,
+            InterfaceError,
+            ProgrammingError,
+            SQLAlchemyTimeoutError,
+            OSError,
+        ) as exc:
+            if _schema_is_missing(exc):
+                logger.warning(
+                    "database schema is not current (%s): run `chatstream migrate`",
+                    type(getattr(exc, "orig", exc)).__name__,
+                )
+                raise DatabaseUnavailable(SCHEMA_MISSING_MESSAGE) from None
+            if isinstance(exc, ProgrammingError):
+                raise  # a bug of ours, not an outage
             logger.warning("database unavailable (%s)", type(exc).__name__)
             raise DatabaseUnavailable() from None
 
     return translated
+
+
+SCHEMA_MISSING_MESSAGE = (
+    "The database is not at this server's schema; the operator must run `chatstream migrate`."
+)
+# PostgreSQL: undefined table, undefined column. SQLite says it in words.
+_SCHEMA_SQLSTATES = frozenset({"42P01", "42703"})
+_SCHEMA_WORDS = ("no such table", "no such column", "has no column named")
+
+
+def _schema_is_missing(exc: Exception) -> bool:
+    orig = getattr(exc, "orig", None)
+    if str(getattr(orig, "sqlstate", "")) in _SCHEMA_SQLSTATES:
+        return True
+    return any(words in str(orig or "") for words in _SCHEMA_WORDS)
 
 
 class Store:
