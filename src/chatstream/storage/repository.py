@@ -65,6 +65,7 @@ class EarlierRequest:
     session_id: uuid.UUID
     user_message_id: uuid.UUID
     reply_id: uuid.UUID
+    message: str = ""  # what the user sent with that key
 
 
 T = TypeVar("T")
@@ -359,7 +360,12 @@ class Store:
         async with self._db.reader() as db:
             row = (
                 await db.execute(
-                    select(MessageRow.session_id, MessageRow.id, MessageRow.reply_id).where(
+                    select(
+                        MessageRow.session_id,
+                        MessageRow.id,
+                        MessageRow.reply_id,
+                        MessageRow.content,
+                    ).where(
                         MessageRow.owner == owner, MessageRow.client_message_id == client_message_id
                     )
                 )
@@ -367,7 +373,10 @@ class Store:
         if row is None or row.reply_id is None:
             return None
         return EarlierRequest(
-            session_id=row.session_id, user_message_id=row.id, reply_id=row.reply_id
+            session_id=row.session_id,
+            user_message_id=row.id,
+            reply_id=row.reply_id,
+            message=row.content,
         )
 
     async def orphaned_replies(self, runner: str, *, before: float) -> list[OrphanedReply]:
