@@ -22,7 +22,7 @@ from chatstream.api import chat, meta, runs, sessions, ws
 from chatstream.api.body_limit import BodyLimit
 from chatstream.api.deps import AppState, get_principal
 from chatstream.api.errors import install_error_handlers
-from chatstream.api.schemas import event_schemas
+from chatstream.api.schemas import document_errors, event_schemas
 from chatstream.auth import Authenticator, ClientAddress
 from chatstream.config import Settings
 from chatstream.errors import StartupError
@@ -201,6 +201,7 @@ def _document(app: FastAPI, settings: Settings) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = build()
+        document_errors(schema)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(event_schemas())
         for operation in (op for ops in schema["paths"].values() for op in ops.values()):
