@@ -21,6 +21,7 @@ from chatstream import __version__
 from chatstream.api import chat, meta, runs, sessions, ws
 from chatstream.api.body_limit import BodyLimit
 from chatstream.api.deps import AppState, get_principal
+from chatstream.api.docs import install_docs
 from chatstream.api.errors import install_error_handlers
 from chatstream.api.schemas import document_errors, event_schemas
 from chatstream.auth import Authenticator, ClientAddress
@@ -166,9 +167,12 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # ours, from files shipped with the package (api/docs.py)
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_docs(app)
     for router in (chat.router, runs.router, sessions.router, meta.api_router):
         app.include_router(router, dependencies=[Depends(get_principal)])
     for router in (ws.router, meta.router):
