@@ -26,6 +26,8 @@ class ConfigurationError(ValueError):
     """
 
 
+DEMO_MODEL = "demo"  # the model name of the built-in offline demo upstream
+
 # The async drivers chatstream runs on, and what to write instead of a URL they cannot use.
 DATABASE_SCHEMES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
 _DATABASE_ADVICE = {
@@ -180,6 +182,14 @@ class Settings(BaseSettings):
                 "CHATSTREAM_REDIS_URL unset (limits are shared with CHATSTREAM_RATE_LIMIT_STORAGE)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _demo_model(self) -> Settings:
+        # The offline demo is not a real model: it says so under its own name,
+        # unless CHATSTREAM_MODELS names models (clients written for a real server).
+        if self.demo and "models" not in self.model_fields_set:
+            object.__setattr__(self, "models", [DEMO_MODEL])
+        return self
 
     @model_validator(mode="after")
     def _check_jwt(self) -> Settings:

@@ -15,10 +15,10 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from sqlalchemy import Select, delete, exists, func, insert, select, update
+from sqlalchemy import Select, and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import aliased
@@ -172,15 +172,23 @@ class Store:
     async def list_sessions(
         self, owner: str, *, limit: int, cursor: str | None
     ) -> Page[SessionRow]:
+        """Most recently active first (`updated_at`: a new message, or a change)."""
         query = select(SessionRow).where(SessionRow.owner == owner)
         if cursor is not None:
-            query = query.where(SessionRow.pk < _decode_cursor(cursor))
-        query = query.order_by(SessionRow.pk.desc()).limit(limit + 1)
+            active, pk = _decode_cursor(cursor)
+            query = query.where(
+                or_(
+                    SessionRow.updated_at < active,
+                    and_(SessionRow.updated_at == active, SessionRow.pk < pk),
+                )
+            )
+        query = query.order_by(SessionRow.updated_at.desc(), SessionRow.pk.desc()).limit(limit + 1)
         async with self._db.reader() as db:
             rows = list(await db.scalars(query))
         more = len(rows) > limit
         rows = rows[:limit]
-        return Page(rows, _encode_cursor(rows[-1].pk) if more else None)
+        last = rows[-1] if rows else None
+        return Page(rows, _encode_cursor(last.updated_at, last.pk) if more and last else None)
 
     @_outage_is_unavailable
     async def update_session(
@@ -474,19 +482,31 @@ def _title_from(message: str) -> str:
     return first_line if len(first_line) <= TITLE_CHARS else first_line[: TITLE_CHARS - 1] + "…"
 
 
-# A cursor is a position (the last row's pk), as 8 bytes in base64url: always
-# 11 characters, and every such string is a position, so none can be invalid.
-CURSOR_PATTERN = r"^[A-Za-z0-9_-]{11}$"
-_LARGEST_PK = 2**63 - 1
+# A cursor is a position in the list: the last row's activity time (microseconds
+# since the epoch) and pk, as 16 bytes in base64url: always 22 characters, and
+# every such string is a position, so none can be invalid.
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{22}$"
+_LARGEST = 2**63 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _encode_cursor(pk: int) -> str:
-    return base64.urlsafe_b64encode(pk.to_bytes(8, "big")).decode().rstrip("=")
+def _encode_cursor(active: datetime, pk: int) -> str:
+    micros = (active.astimezone(UTC) - _EPOCH) // timedelta(microseconds=1)
+    raw = max(micros, 0).to_bytes(8, "big") + pk.to_bytes(8, "big")
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> int:
+def _decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
-        position = int.from_bytes(base64.urlsafe_b64decode(cursor + "="), "big")
+        raw = base64.urlsafe_b64decode(cursor + "==")
     except (binascii.Error, ValueError):
         raise InvalidRequest("`cursor` is not a cursor this server issued.") from None
-    return min(position, _LARGEST_PK)
+    if len(raw) != 16:
+        raise InvalidRequest("`cursor` is not a cursor this server issued.")
+    micros = min(int.from_bytes(raw[:8], "big"), _LARGEST_MICROS)
+    pk = min(int.from_bytes(raw[8:], "big"), _LARGEST)
+    return _EPOCH + timedelta(microseconds=micros), pk
+
+
+# Up to the year 9999, the largest a datetime holds.
+_LARGEST_MICROS = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
