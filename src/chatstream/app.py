@@ -36,7 +36,7 @@ from chatstream.runs.service import ChatService
 from chatstream.startup import StartupReport, database_location, prepare_database
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
-from chatstream.storage.spool import Spool
+from chatstream.storage.spool import Spool, SpoolInUse
 from chatstream.tools import ToolRegistry
 from chatstream.upstream.client import open_client
 from chatstream.upstream.stream import ChatUpstream
@@ -116,7 +116,11 @@ def create_app(
                 )
             )
             store = Store(database)
-            spool = await anyio.to_thread.run_sync(Spool, settings.spool_dir)
+            try:
+                spool = await anyio.to_thread.run_sync(Spool, settings.spool_dir)
+            except SpoolInUse as exc:
+                logger.error("chatstream cannot start: %s", exc)
+                raise StartupError(str(exc)) from None
             stack.callback(spool.close)
             journal = await stack.enter_async_context(
                 RunJournal(
