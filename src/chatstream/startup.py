@@ -176,13 +176,19 @@ class StartupReport:
 
         try:
             await self.app(scope, receive, holding_send)
-        except (StartupError, ConfigurationError):
+        except BaseException as exc:
+            explained = _already_explained(exc)
             for message in held:
-                await send({**message, "message": ""})
-            raise
-        except BaseException:
-            for message in held:
-                await send(message)
+                await send({**message, "message": ""} if explained else message)
             raise
         for message in held:
             await send(message)
+
+
+def _already_explained(exc: BaseException) -> bool:
+    """A start-up failure whose one line is logged (also inside a task group's exception group)."""
+    if isinstance(exc, StartupError | ConfigurationError):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_already_explained(inner) for inner in exc.exceptions)
+    return False
