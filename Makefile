@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 READY  := $(VENV)/.ready
+# Client libraries some tests drive (the browser EventSource's rules, in Node).
+JS_READY := tests/js/node_modules/.ready
 
 .PHONY: run test lint bench clean
 
@@ -18,7 +20,12 @@ run: $(READY)
 	$(BIN)/chatstream migrate
 	$(BIN)/chatstream serve
 
-test: $(READY)
+$(JS_READY): tests/js/package.json tests/js/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix tests/js --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the tests that need Node clients will be skipped"; fi
+
+test: $(READY) $(JS_READY)
 	$(BIN)/python -m pytest
 
 lint: $(READY)

@@ -1,4 +1,9 @@
-"""Alembic environment: async engine, URL from the caller or from settings."""
+"""Alembic environment: async engine, URL from the caller or from settings.
+
+A caller that already holds a connection (chatstream's start-up, under its
+migration lock) passes it as `config.attributes["connection"]`; it is used
+as is, and the caller commits.
+"""
 
 from __future__ import annotations
 
@@ -52,5 +57,7 @@ if context.is_offline_mode():
     context.configure(url=_database_url(), target_metadata=target_metadata, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
+elif config.attributes.get("connection") is not None:
+    _run(config.attributes["connection"])
 else:
     asyncio.run(_run_online())

@@ -21,19 +21,22 @@ from chatstream import __version__
 from chatstream.api import chat, meta, runs, sessions, ws
 from chatstream.api.body_limit import BodyLimit
 from chatstream.api.deps import AppState, get_principal
+from chatstream.api.docs import install_docs
 from chatstream.api.errors import install_error_handlers
-from chatstream.api.schemas import event_schemas
+from chatstream.api.schemas import document_errors, event_schemas
 from chatstream.auth import Authenticator, ClientAddress
 from chatstream.config import Settings
-from chatstream.logs import RequestIdMiddleware
+from chatstream.errors import StartupError
+from chatstream.logs import Redactor, RequestIdMiddleware, secrets_of
 from chatstream.ratelimit import ChatLimits
 from chatstream.runs.journal import RunJournal
 from chatstream.runs.lifecycle import RunListener, RunListeners
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.service import ChatService
+from chatstream.startup import StartupReport, database_location, prepare_database
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
-from chatstream.storage.spool import Spool
+from chatstream.storage.spool import Spool, SpoolInUse
 from chatstream.tools import ToolRegistry
 from chatstream.upstream.client import open_client
 from chatstream.upstream.stream import ChatUpstream
@@ -79,20 +82,31 @@ def create_app(
     (`chatstream.runs.lifecycle`); they must return at once.
 
     Configuration mistakes (an unknown tool, an unreadable public key) raise
-    here, before anything is served.
+    `ConfigurationError` here, before anything is served. A dependency that
+    cannot be used (the database, its schema, Redis) stops the lifespan with
+    one logged line (`chatstream.startup`).
     """
     offered = (tools or ToolRegistry.default()).select(settings.tools)
     # Metrics, post-run hooks and tracing hear about runs through these.
     run_listeners = RunListeners(listeners)
     authenticator = Authenticator(settings)
     client_address = ClientAddress(settings.trusted_proxies)
+    redactor = Redactor(secrets_of(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
             database = await stack.enter_async_context(Database.from_settings(settings))
+            try:
+                await prepare_database(
+                    database, auto_migrate=settings.auto_migrate, redact=redactor
+                )
+                limits = await stack.enter_async_context(ChatLimits(settings))
+            except StartupError as exc:
+                # The one line an operator needs; StartupReport keeps the traceback out.
+                logger.error("chatstream cannot start: %s", exc)
+                raise
             client = await stack.enter_async_context(open_client(settings))
-            limits = await stack.enter_async_context(ChatLimits(settings))
             registry = await stack.enter_async_context(
                 LocalRunRegistry(
                     max_live_runs=settings.max_live_runs,
@@ -102,7 +116,11 @@ def create_app(
                 )
             )
             store = Store(database)
-            spool = await anyio.to_thread.run_sync(Spool, settings.spool_dir)
+            try:
+                spool = await anyio.to_thread.run_sync(Spool, settings.spool_dir)
+            except SpoolInUse as exc:
+                logger.error("chatstream cannot start: %s", exc)
+                raise StartupError(str(exc)) from None
             stack.callback(spool.close)
             journal = await stack.enter_async_context(
                 RunJournal(
@@ -117,7 +135,7 @@ def create_app(
                 settings,
                 store=store,
                 registry=registry,
-                upstream=ChatUpstream(client),
+                upstream=ChatUpstream(client, redactor),
                 tools=offered,
                 limits=limits,
                 journal=journal,
@@ -135,11 +153,14 @@ def create_app(
                 journal=journal,
                 limits=limits,
             )
+            # Only now: the database answered at the current schema, and Redis, when used.
             logger.info(
-                "chatstream %s ready: models %s%s",
+                "chatstream %s ready: models %s%s; %s%s",
                 __version__,
                 ",".join(settings.models),
                 " (offline demo upstream)" if settings.demo else "",
+                database_location(settings.database_url),
+                "; limits in Redis" if limits.uses_redis else "",
             )
             # Also on app.state, for whoever holds the app (operators' tooling, tests).
             app.state.chatstream = state
@@ -150,9 +171,12 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # ours, from files shipped with the package (api/docs.py)
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_docs(app)
     for router in (chat.router, runs.router, sessions.router, meta.api_router):
         app.include_router(router, dependencies=[Depends(get_principal)])
     for router in (ws.router, meta.router):
@@ -167,6 +191,7 @@ def create_app(
         )
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(StartupReport)
     _document(app, settings)
     return app
 
@@ -184,6 +209,7 @@ def _document(app: FastAPI, settings: Settings) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = build()
+        document_errors(schema)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(event_schemas())
         for operation in (op for ops in schema["paths"].values() for op in ops.values()):

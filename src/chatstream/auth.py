@@ -7,26 +7,30 @@ Tokens are verified with exactly one pinned algorithm, chosen by the key:
 HS256 for `CHATSTREAM_JWT_SECRET`, RS256 or ES256 for a public key (by its
 type), so neither `alg: none` nor a token signed with the public key as an
 HMAC secret can pass. `exp` and `sub` are required; `aud` and `iss` are
-checked when configured. Failures say nothing about why: a 401 is a 401.
+checked when configured. A 401 says only what a client can act on (RFC 6750):
+no token, a token that is not valid, or one that has expired (refresh it).
 
 The client's address is the TCP peer, or, when the peer is one of
 `CHATSTREAM_TRUSTED_PROXIES`, the nearest untrusted address of its
-`X-Forwarded-For` chain; an untrusted peer cannot choose its own bucket.
+`X-Forwarded-For` chain; an untrusted peer cannot choose its own bucket. The
+chain is every `X-Forwarded-For` line in order (a proxy may append its own
+line rather than extend the client's), so a client's line never hides the
+address its proxy added.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from chatstream.config import Settings
-from chatstream.errors import Unauthorized
+from chatstream.config import ConfigurationError, Settings
+from chatstream.errors import InvalidToken, TokenExpired, Unauthorized
 
 ANONYMOUS = "anonymous"
 OWNER_MAX_CHARS = 255
@@ -53,17 +57,27 @@ class Authenticator:
         if settings.jwt_secret is not None:
             self._key, self._algorithm = settings.jwt_secret.get_secret_value(), "HS256"
             return
-        pem = settings.jwt_public_key
+        pem, variable = settings.jwt_public_key, "CHATSTREAM_JWT_PUBLIC_KEY"
         if pem is None and settings.jwt_public_key_file is not None:
-            pem = settings.jwt_public_key_file.read_text()
+            variable = "CHATSTREAM_JWT_PUBLIC_KEY_FILE"
+            try:
+                pem = settings.jwt_public_key_file.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or type(exc).__name__
+                raise ConfigurationError(
+                    f"{variable}: cannot read {settings.jwt_public_key_file}: {reason}"
+                ) from None
         assert pem is not None, "settings validation guarantees one key"
-        key = load_pem_public_key(pem.encode())
+        try:
+            key = load_pem_public_key(pem.encode())
+        except (ValueError, TypeError):
+            raise ConfigurationError(f"{variable}: not a PEM public key") from None
         if isinstance(key, rsa.RSAPublicKey):
             self._key, self._algorithm = key, "RS256"
         elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
             self._key, self._algorithm = key, "ES256"
         else:
-            raise ValueError("CHATSTREAM_JWT_PUBLIC_KEY must be an RSA or a P-256 EC public key")
+            raise ConfigurationError(f"{variable} must be an RSA or a P-256 EC public key")
 
     def owner_from_header(self, authorization: str | None) -> str:
         if not self.enabled:
@@ -100,15 +114,23 @@ class Authenticator:
                     "verify_iss": self._issuer is not None,
                 },
             )
+        except jwt.ExpiredSignatureError:
+            raise TokenExpired() from None
         except jwt.PyJWTError:
-            raise Unauthorized("The bearer token is not valid.") from None
+            raise InvalidToken() from None
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject or len(subject) > OWNER_MAX_CHARS:
-            raise Unauthorized("The bearer token is not valid.")
+            raise InvalidToken()
         return subject
 
 
 Network = IPv4Network | IPv6Network
+
+
+class HeaderLines(Protocol):
+    """Request headers that keep repeated lines (Starlette's `Headers`)."""
+
+    def getlist(self, key: str) -> list[str]: ...
 
 
 class ClientAddress:
@@ -124,13 +146,16 @@ class ClientAddress:
             return False
         return any(ip in network for network in self._trusted)
 
-    def of(self, peer: str | None, headers: Mapping[str, str]) -> str:
+    def of(self, peer: str | None, headers: HeaderLines) -> str:
         if peer is None:
             return "unknown"
         if not self._trusted or not self._is_trusted(peer):
             return peer
         forwarded = [
-            part.strip() for part in headers.get("x-forwarded-for", "").split(",") if part.strip()
+            part.strip()
+            for line in headers.getlist("x-forwarded-for")
+            for part in line.split(",")
+            if part.strip()
         ]
         # Walk from the nearest hop outwards; the first untrusted one is the client.
         for address in reversed(forwarded):

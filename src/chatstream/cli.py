@@ -1,4 +1,11 @@
-"""`chatstream serve | migrate | fake-upstream | chat`."""
+"""`chatstream serve | migrate | fake-upstream | chat`.
+
+Exit statuses: 0 done; 2 a configuration or usage error (one line on stderr,
+never a traceback); 3 something could not be used or reached (`serve` and
+`migrate`: the database, its schema, Redis, with one line saying which and
+what to do; `chat`: the server); `chat` also exits 1 when the answer ended in
+error or was refused, and 130 when stopped with Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +13,23 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 
-from chatstream.config import Settings
-from chatstream.logs import configure_logging, secrets_of
+from chatstream.config import ConfigurationError, Settings
+from chatstream.errors import StartupError
+from chatstream.logs import Redactor, configure_logging, secrets_of
+from chatstream.storage.migrations import alembic_config
+
+__all__ = ["alembic_config", "main"]
 
 logger = logging.getLogger("chatstream")
+
+CONFIGURATION_ERROR = 2
+STARTUP_FAILED = 3  # as uvicorn exits when the application's start-up fails
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,12 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--first-token-ms", type=float, default=0.0, help="pause before the first token"
     )
 
-    chat = commands.add_parser(
-        "chat", help="send one message to a running server and stream the answer"
+    from chatstream.terminal import add_chat_arguments
+
+    add_chat_arguments(
+        commands.add_parser(
+            "chat",
+            help="talk to a running server: one message, or an interactive loop without one",
+        )
     )
-    chat.add_argument("message")
-    chat.add_argument("--url", default="http://127.0.0.1:8000")
-    chat.add_argument("--session", help="continue this session id")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -54,72 +69,84 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _migrate()
     if args.command == "fake-upstream":
         return _fake_upstream(args)
-    return _chat(args)
+    from chatstream.terminal import chat
+
+    return chat(args)
+
+
+def fail(message: str, status: int = CONFIGURATION_ERROR) -> NoReturn:
+    """One line on stderr, then exit: what is wrong and what to change."""
+    sys.stderr.write(f"chatstream: {message}\n")
+    raise SystemExit(status)
 
 
 def _settings(**overrides: object) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
-        # Each problem by setting and rule; never the value (pydantic's own
-        # message would print it, secrets included).
-        lines = [f"  {_variable(error['loc'])}: {error['msg']}" for error in exc.errors()]
-        sys.stderr.write("chatstream: invalid configuration:\n" + "\n".join(lines) + "\n")
-        raise SystemExit(2) from None
+        # Each problem by variable and rule, on one line; never the value
+        # (pydantic's own message would print it, secrets included).
+        problems = [f"{_variable(e['loc'])}: {_rule(e['msg'])}" for e in exc.errors()]
+        fail("invalid configuration: " + "; ".join(problems))
 
 
 def _variable(location: tuple[int | str, ...]) -> str:
     if not location:
         return "settings"
     name = str(location[0])
+    if name.isupper():  # an alias, already the variable's name (OPENAI_API_KEY)
+        return name
     return name.upper() if name.startswith("openai_") else f"CHATSTREAM_{name.upper()}"
+
+
+def _rule(message: str) -> str:
+    return message.removeprefix("Value error, ")
+
+
+def _check_configuration(settings: Settings) -> None:
+    """What `Settings` alone cannot know: the tool names and the JWT key must be usable."""
+    from chatstream.auth import Authenticator
+    from chatstream.tools import ToolRegistry
+
+    try:
+        ToolRegistry.default().select(settings.tools)
+        Authenticator(settings)
+    except ConfigurationError as exc:
+        fail(str(exc))
 
 
 def _serve(args: argparse.Namespace) -> int:
     from chatstream.app import create_app
-    from chatstream.server import ChatstreamServer, uvicorn_config
+    from chatstream.server import serve
 
     settings = _settings(host=args.host, port=args.port)
-    configure_logging(settings.log_level, secrets_of(settings))
-    app = create_app(settings)
-    ChatstreamServer(uvicorn_config(app, settings), app, settings).run()
-    return 0
-
-
-def alembic_config(database_url: str) -> object:
-    from alembic.config import Config
-
-    ini = _find_alembic_ini()
-    config = Config(str(ini))
-    config.set_main_option("script_location", str(ini.parent / "alembic"))
-    config.attributes["database_url"] = database_url
-    config.attributes["skip_logging_config"] = True
-    return config
-
-
-def _find_alembic_ini() -> Path:
-    candidates = (
-        [Path(os.environ["CHATSTREAM_ALEMBIC_INI"])]
-        if "CHATSTREAM_ALEMBIC_INI" in os.environ
-        else []
-    )
-    candidates.append(Path.cwd() / "alembic.ini")
-    candidates.extend(parent / "alembic.ini" for parent in Path(__file__).resolve().parents)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    sys.stderr.write("chatstream: alembic.ini not found (set CHATSTREAM_ALEMBIC_INI)\n")
-    raise SystemExit(2)
+    try:
+        app = create_app(settings)
+    except ConfigurationError as exc:
+        fail(str(exc))
+    return serve(app, settings)
 
 
 def _migrate() -> int:
-    from alembic import command
-
     settings = _settings()
+    _check_configuration(settings)
     configure_logging(settings.log_level, secrets_of(settings))
-    command.upgrade(alembic_config(settings.database_url), "head")  # type: ignore[arg-type]
+    try:
+        asyncio.run(_upgrade(settings))
+    except ConfigurationError as exc:
+        fail(str(exc))
+    except StartupError as exc:
+        fail(str(exc), STARTUP_FAILED)
     logger.info("database schema is at the latest revision")
     return 0
+
+
+async def _upgrade(settings: Settings) -> None:
+    from chatstream.startup import prepare_database
+    from chatstream.storage.db import Database
+
+    async with Database.from_settings(settings) as database:
+        await prepare_database(database, auto_migrate=True, redact=Redactor(secrets_of(settings)))
 
 
 def _fake_upstream(args: argparse.Namespace) -> int:
@@ -136,36 +163,6 @@ def _fake_upstream(args: argparse.Namespace) -> int:
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(args.host, args.port, defaults, ready))
-    return 0
-
-
-def _chat(args: argparse.Namespace) -> int:
-    import httpx2
-    import orjson
-
-    body: dict[str, object] = {"message": args.message}
-    if args.session:
-        body["session_id"] = args.session
-    with (
-        httpx2.Client(base_url=args.url, timeout=httpx2.Timeout(30, read=None)) as client,
-        client.stream("POST", "/api/chat/stream", json=body) as response,
-    ):
-        if response.status_code != 200:
-            sys.stderr.write(response.read().decode(errors="replace") + "\n")
-            return 1
-        for line in response.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            event = orjson.loads(line[6:])
-            if event["type"] == "delta":
-                sys.stdout.write(event["text"])
-                sys.stdout.flush()
-            elif event["type"] == "error":
-                sys.stderr.write(f"\n[{event['code']}] {event['message']}\n")
-            elif event["type"] == "done":
-                sys.stdout.write(f"\n[{event['status']}; session {body.get('session_id') or ''}]\n")
-            elif event["type"] == "start":
-                body["session_id"] = event["session_id"]
     return 0
 
 

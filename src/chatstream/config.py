@@ -19,6 +19,27 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 CommaList = Annotated[list[str], NoDecode]
 
 
+class ConfigurationError(ValueError):
+    """A setting that cannot work, found after `Settings` was built (a tool name, a key file).
+
+    Its message is one line that names the variable and says what to change.
+    """
+
+
+DEMO_MODEL = "demo"  # the model name of the built-in offline demo upstream
+
+# The async drivers chatstream runs on, and what to write instead of a URL they cannot use.
+DATABASE_SCHEMES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+_DATABASE_ADVICE = {
+    "postgres": "use postgresql+asyncpg://user:password@host:5432/dbname "
+    "(chatstream talks to PostgreSQL through asyncpg)",
+    "postgresql": "use postgresql+asyncpg://user:password@host:5432/dbname "
+    "(chatstream talks to PostgreSQL through asyncpg)",
+    "sqlite": "use sqlite+aiosqlite:///path/to/chatstream.db (chatstream talks to SQLite "
+    "through aiosqlite)",
+}
+
+
 def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -51,6 +72,8 @@ class Settings(BaseSettings):
 
     # --- storage ------------------------------------------------------------
     database_url: str = "sqlite+aiosqlite:///./chatstream.db"
+    # Bring an older schema up to this release's at start-up (else refuse to start).
+    auto_migrate: bool = True
     redis_url: str | None = None
     spool_dir: Path = Path("./spool")
     database_busy_timeout_s: float = Field(default=5.0, gt=0)  # SQLite: wait this long for a lock
@@ -93,6 +116,8 @@ class Settings(BaseSettings):
     # auth off, on starting chats; empty: no limit.
     rate_limit: str = "30/minute"
     rate_limit_storage: str = "memory://"  # or redis://…, shared by every instance
+    # While that Redis is unreachable: refuse chats (503, the default) or let them through.
+    rate_limit_fail_open: bool = False
     max_concurrent_runs: int = Field(default=4, ge=1)
     redis_key_prefix: str = Field(default="chatstream", min_length=1)
     cors_origins: CommaList = Field(default_factory=list)
@@ -116,6 +141,20 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError("must look like 30/minute (limits syntax), or be empty") from None
         return value.strip()
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if value.startswith(DATABASE_SCHEMES):
+            return value
+        # The scheme only: the rest of the URL may hold a password.
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        dialect = scheme.split("+", 1)[0].lower()
+        advice = _DATABASE_ADVICE.get(dialect)
+        if advice is None:
+            advice = "must start with sqlite+aiosqlite:/// or postgresql+asyncpg://"
+        shown = f"{scheme}:// is not supported; " if scheme else ""
+        raise ValueError(shown + advice)
 
     @field_validator("rate_limit_storage")
     @classmethod
@@ -143,6 +182,14 @@ class Settings(BaseSettings):
                 "CHATSTREAM_REDIS_URL unset (limits are shared with CHATSTREAM_RATE_LIMIT_STORAGE)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _demo_model(self) -> Settings:
+        # The offline demo is not a real model: it says so under its own name,
+        # unless CHATSTREAM_MODELS names models (clients written for a real server).
+        if self.demo and "models" not in self.model_fields_set:
+            object.__setattr__(self, "models", [DEMO_MODEL])
+        return self
 
     @model_validator(mode="after")
     def _check_jwt(self) -> Settings:

@@ -2,14 +2,18 @@
 
     ChatstreamError                  status, code, message, retryable
     ├── InvalidRequest               422 invalid_request
-    ├── Unauthorized                 401 unauthorized
+    ├── Unauthorized                 401 unauthorized          (no bearer token)
+    │   ├── InvalidToken             401 unauthorized          (WWW-Authenticate: invalid_token)
+    │   └── TokenExpired             401 token_expired         (WWW-Authenticate: …expired)
     ├── NotFound                     404 not_found
     ├── Conflict                     409 conflict
+    │   └── IdempotencyConflict      409 idempotency_conflict
     ├── PayloadTooLarge              413 payload_too_large
     ├── RateLimited                  429 rate_limited
     │   └── TooManyRuns              429 too_many_runs
     ├── ServiceUnavailable           503 unavailable
-    │   └── DatabaseUnavailable      503 database_unavailable
+    │   ├── DatabaseUnavailable      503 database_unavailable
+    │   └── RateLimiterUnavailable   503 rate_limiter_unavailable
     └── UpstreamError                502 upstream_error        (also an `error` event)
         ├── UpstreamTimeout          504 upstream_timeout
         └── UpstreamRateLimited      503 upstream_rate_limited
@@ -17,7 +21,8 @@
 Before the first byte of a response an error becomes an HTTP status with the
 contract's JSON body; after it, an `error` event (or frame) with `code`,
 `message` and `retryable`. Messages are ours, written for clients: they never
-carry upstream bodies, keys, URLs or tracebacks.
+carry keys, passwords or tracebacks; a model server's own reason is passed
+on only cleaned up and redacted (see `upstream.errors`).
 """
 
 from __future__ import annotations
@@ -66,6 +71,21 @@ class Unauthorized(ChatstreamError):
     default_message = "A valid bearer token is required."
 
 
+class InvalidToken(Unauthorized):
+    default_message = "The bearer token is not valid."
+    # RFC 6750 section 3: tells the client that this token, not its absence, is the problem.
+    challenge = 'Bearer error="invalid_token", error_description="The token is not valid"'
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": self.challenge})
+
+
+class TokenExpired(InvalidToken):
+    code = "token_expired"
+    default_message = "The bearer token has expired; get a new one."
+    challenge = 'Bearer error="invalid_token", error_description="The token has expired"'
+
+
 class NotFound(ChatstreamError):
     status = 404
     code = "not_found"
@@ -76,6 +96,14 @@ class Conflict(ChatstreamError):
     status = 409
     code = "conflict"
     default_message = "The resource is not in a state that allows this."
+
+
+class IdempotencyConflict(Conflict):
+    code = "idempotency_conflict"
+    default_message = (
+        "This client_message_id was already used with a different message; "
+        "use a new client_message_id for a new message."
+    )
 
 
 class PayloadTooLarge(ChatstreamError):
@@ -108,6 +136,13 @@ class DatabaseUnavailable(ServiceUnavailable):
     default_message = "The database is unavailable; try again shortly."
 
 
+class RateLimiterUnavailable(ServiceUnavailable):
+    code = "rate_limiter_unavailable"
+    default_message = (
+        "The rate limiter's storage is unreachable, so no chat can be started; try again shortly."
+    )
+
+
 class UpstreamError(ChatstreamError):
     status = 502
     code = "upstream_error"
@@ -132,3 +167,11 @@ class ServerShutdown(ChatstreamError):
     code = "server_shutdown"
     default_message = "The server is restarting; try again."
     default_retryable = True
+
+
+class StartupError(Exception):
+    """A dependency chatstream cannot use at start-up (not an HTTP error: nothing is served yet).
+
+    The message is one line for the operator: what is unusable (host and port,
+    never a password) and what to do about it.
+    """

@@ -15,7 +15,16 @@ The cap is `CHATSTREAM_MAX_CONCURRENT_RUNS` live runs per key. A slot is taken
 when a run is admitted and given back when it ends, however it ends. With
 Redis storage the slots live in Redis too (a sorted set per key, each slot
 expiring unless its process keeps renewing it), so every instance sees the
-same count and a crashed instance's slots free themselves.
+same count and a crashed instance's slots free themselves. The renewal
+moves each slot's expiry and the set's own key lifetime together, in one
+script, so a run that outlives the slot TTL still counts.
+
+With Redis storage, Redis must answer at start-up. If it becomes unreachable
+later, chats are refused with 503 `rate_limiter_unavailable` (fail closed,
+the default: nobody gets past the limits meanwhile), or, with
+`CHATSTREAM_RATE_LIMIT_FAIL_OPEN=true`, let through unlimited until it is
+back (a limiter outage then never stops the service). Either way the outage
+is logged once when it starts and once when it ends.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -34,14 +44,21 @@ import anyio
 import redis.asyncio as aioredis
 from limits import RateLimitItem, parse
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 from limits.storage import storage_from_string
+from redis.exceptions import RedisError
 
 from chatstream.config import Settings
-from chatstream.errors import RateLimited, TooManyRuns
+from chatstream.errors import RateLimited, RateLimiterUnavailable, TooManyRuns
+from chatstream.startup import redis_failure
 
 logger = logging.getLogger(__name__)
 
 SLOT_TTL_S = 60.0  # a slot not renewed for this long is free (its process died)
+STARTUP_PING_TIMEOUT_S = 10.0
+
+# What the storage raises when Redis cannot be reached.
+_OUTAGES = (RedisError, StorageError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +86,16 @@ class RunSlots(Protocol):
 class ChatLimits:
     """Entered in the lifespan: with Redis storage it owns the one client (and pool) both use."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, slot_ttl_s: float = SLOT_TTL_S) -> None:
         self._item: RateLimitItem | None = (
             parse(settings.rate_limit) if settings.rate_limit else None
         )
         self._cap = settings.max_concurrent_runs
         self._prefix = settings.redis_key_prefix
+        self._slot_ttl_s = slot_ttl_s
+        self._fail_open = settings.rate_limit_fail_open
+        self._down = False  # in an outage of the shared storage (logged at its start and end)
+        self._unslotted: set[uuid.UUID] = set()  # runs let through in an outage (fail open)
         storage = settings.rate_limit_storage
         self._redis_url = None if storage.startswith("memory://") else storage
         self._window = MovingWindowRateLimiter(storage_from_string("async+memory://"))
@@ -85,6 +106,12 @@ class ChatLimits:
     async def __aenter__(self) -> ChatLimits:
         if self._redis_url is not None:
             self._redis = aioredis.Redis.from_url(self._redis_url)
+            try:
+                with anyio.fail_after(STARTUP_PING_TIMEOUT_S):
+                    await self._redis.ping()
+            except (*_OUTAGES, TimeoutError) as exc:
+                await self._redis.aclose()
+                raise redis_failure(self._redis_url, exc, "CHATSTREAM_RATE_LIMIT_STORAGE") from None
             self._window = MovingWindowRateLimiter(
                 storage_from_string(
                     f"async+{self._redis_url}",
@@ -93,7 +120,9 @@ class ChatLimits:
                     connection_pool=self._redis.connection_pool,  # type: ignore[arg-type]
                 )
             )
-            slots = RedisRunSlots(self._redis, f"{self._prefix}:runs", self._cap)
+            slots = RedisRunSlots(
+                self._redis, f"{self._prefix}:runs", self._cap, ttl_s=self._slot_ttl_s
+            )
             self._slots = slots
             self._tasks = anyio.create_task_group()
             await self._tasks.__aenter__()
@@ -121,38 +150,91 @@ class ChatLimits:
         if self._redis is not None:
             await self._redis.ping()
 
+    @contextlib.asynccontextmanager
+    async def _storage(self) -> AsyncIterator[list[bool]]:
+        """Around a use of the shared storage: an outage becomes 503, or is let through.
+
+        Yields a one-item list the caller reads after the block: `[True]` when
+        the storage failed and the request is let through (fail open).
+        """
+        failed = [False]
+        try:
+            yield failed
+        except _OUTAGES as exc:
+            self._outage(exc)
+            if not self._fail_open:
+                raise RateLimiterUnavailable(retry_after=1) from None
+            failed[0] = True
+            return
+        self._outage(None)
+
+    def _outage(self, exc: BaseException | None) -> None:
+        """Log an outage of the shared storage once when it starts and once when it ends."""
+        if exc is not None and not self._down:
+            self._down = True
+            logger.warning(
+                "rate limiter storage unreachable (%s): %s until it is back "
+                "(CHATSTREAM_RATE_LIMIT_FAIL_OPEN=%s)",
+                type(exc).__name__,
+                "letting chats through unlimited" if self._fail_open else "refusing chats",
+                "true" if self._fail_open else "false",
+            )
+        elif exc is None and self._down:
+            self._down = False
+            logger.warning("rate limiter storage reachable again")
+
     async def take_slot(self, key: str, run_id: uuid.UUID) -> None:
-        if not await self._slots.acquire(key, run_id):
+        async with self._storage() as failed:
+            taken = await self._slots.acquire(key, run_id)
+        if failed[0]:
+            self._unslotted.add(run_id)  # let through without a slot: none to give back
+            return
+        if not taken:
             raise TooManyRuns(
                 f"At most {self._cap} answers may be generated for you at once.", retry_after=1
             )
 
     async def give_back_slot(self, key: str, run_id: uuid.UUID) -> None:
+        if run_id in self._unslotted:
+            self._unslotted.discard(run_id)
+            return
         # However the run ended, even while the server shuts down.
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
                 await self._slots.release(key, run_id)
-            except Exception as exc:  # the slot expires on its own in Redis
+            except _OUTAGES as exc:  # the slot expires on its own in Redis
+                self._outage(exc)
+            except Exception as exc:
                 logger.warning("could not release a run slot (%s)", type(exc).__name__)
 
     async def check_window(self, key: str) -> None:
         """Raise RateLimited if one more chat would exceed the key's window (counts nothing)."""
         item = self._item
-        if item is not None and not await self._window.test(item, key):
-            window = await self.peek_window(key)
-            assert window is not None
+        if item is None:
+            return
+        async with self._storage() as failed:
+            allowed = await self._window.test(item, key)
+        if failed[0] or allowed:
+            return
+        window = await self.peek_window(key)
+        if window is not None:
             raise self._limited(item, window)
 
     async def charge_window(self, key: str) -> RateWindow | None:
         """Count a chat that has started (after `check_window` let it through).
 
         Never refuses: concurrent chats of one key may all have passed the
-        check (at most its run cap of them), and each is already real.
+        check (at most its run cap of them), and each is already real. (Nor
+        does an outage that began since: the chat is already under way.)
         """
         item = self._item
         if item is None:
             return None
-        await self._window.hit(item, key)
+        try:
+            await self._window.hit(item, key)
+        except _OUTAGES as exc:
+            self._outage(exc)
+            return None
         return await self.peek_window(key)
 
     def _limited(self, item: RateLimitItem, window: RateWindow) -> RateLimited:
@@ -164,11 +246,16 @@ class ChatLimits:
         )
 
     async def peek_window(self, key: str) -> RateWindow | None:
-        """Where the key stands, without counting anything."""
+        """Where the key stands, without counting anything (None while the storage is down)."""
         item = self._item
         if item is None:
             return None
-        stats = await self._window.get_window_stats(item, key)
+        try:
+            stats = await self._window.get_window_stats(item, key)
+        except _OUTAGES as exc:
+            self._outage(exc)
+            return None
+        self._outage(None)
         return RateWindow(
             limit=item.amount,
             remaining=max(stats.remaining, 0),
@@ -198,26 +285,45 @@ class MemoryRunSlots:
                 del self._held[key]
 
 
-# KEYS[1]: the key's slot set. ARGV: now, expiry, cap, run id, key ttl.
+# KEYS[1]: the key's slot set. ARGV: now, expiry, cap, run id, key lifetime (ms).
 _ACQUIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
   return 0
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
+"""
+
+# KEYS[1]: the key's slot set. ARGV: expiry, key lifetime (ms), run ids held here.
+# The slots' expiry and the set's lifetime move together: renewing only the
+# scores would let the whole set expire under a run that outlives the TTL.
+_RENEW = """
+local renewed = 0
+for i = 3, #ARGV do
+  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[i])
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return renewed
 """
 
 
 class RedisRunSlots:
     """Slots shared by every instance using the same Redis."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, cap: int) -> None:
+    def __init__(
+        self, client: aioredis.Redis, prefix: str, cap: int, *, ttl_s: float = SLOT_TTL_S
+    ) -> None:
         self._client = client
         self._prefix = prefix
         self._cap = cap
+        self._ttl_s = ttl_s
+        self._key_lifetime_ms = math.ceil(ttl_s * 2000)
         self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
         self._held: dict[tuple[str, uuid.UUID], None] = {}
 
     def _key(self, key: str) -> str:
@@ -227,7 +333,7 @@ class RedisRunSlots:
         now = time.time()
         taken = await self._acquire(
             keys=[self._key(key)],
-            args=[now, now + SLOT_TTL_S, self._cap, str(run_id), int(SLOT_TTL_S * 2)],
+            args=[now, now + self._ttl_s, self._cap, str(run_id), self._key_lifetime_ms],
         )
         if taken:
             self._held[(key, run_id)] = None
@@ -240,8 +346,15 @@ class RedisRunSlots:
     async def keep_alive(self) -> None:
         """Renew this process's slots, so that only a dead process's slots expire."""
         while True:
-            await asyncio.sleep(SLOT_TTL_S / 3)
-            expiry = time.time() + SLOT_TTL_S
+            await asyncio.sleep(self._ttl_s / 3)
+            by_key: dict[str, list[str]] = {}
             for key, run_id in list(self._held):
-                with contextlib.suppress(Exception):
-                    await self._client.zadd(self._key(key), {str(run_id): expiry}, xx=True)
+                by_key.setdefault(key, []).append(str(run_id))
+            expiry = time.time() + self._ttl_s
+            for key, run_ids in by_key.items():
+                try:
+                    await self._renew(
+                        keys=[self._key(key)], args=[expiry, self._key_lifetime_ms, *run_ids]
+                    )
+                except _OUTAGES as exc:  # retried at the next beat; the TTL leaves room for it
+                    logger.debug("could not renew run slots (%s)", type(exc).__name__)

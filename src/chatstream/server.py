@@ -27,6 +27,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from chatstream.config import Settings
+from chatstream.logs import configure_logging, secrets_of
 
 CONNECTION_DRAIN_S = 1
 
@@ -60,3 +61,18 @@ class ChatstreamServer(uvicorn.Server):
         if state is not None:
             await state.registry.shutdown(self._grace_s)
         await super().shutdown(sockets)
+
+
+def serve(app: FastAPI, settings: Settings | None = None) -> int:
+    """Serve an app from `create_app` as `chatstream serve` does; return the exit status.
+
+    For applications that build their own app (custom tools, extra routes):
+    the same logging, uvicorn settings and shutdown order (runs drained
+    before connections). 0 after a clean shutdown; a start-up that fails (the
+    reason is the one line logged before) exits with status 3, uvicorn's.
+    """
+    settings = settings or app.state.settings
+    configure_logging(settings.log_level, secrets_of(settings))
+    server = ChatstreamServer(uvicorn_config(app, settings), app, settings)
+    server.run()
+    return 0

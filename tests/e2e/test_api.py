@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
@@ -174,14 +175,17 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert ready.json() == {"status": "ready", "database": "ok", "live_runs": 0, "spooled_runs": 0}
 
 
-def test_readiness_fails_when_the_database_is_gone(make_server: Any, tmp_path: Path) -> None:
-    server: AppServer = make_server(
-        database_url=f"sqlite+aiosqlite:///{tmp_path}/missing/dir/db.sqlite"
-    )
+def test_readiness_fails_when_the_schema_is_not_current(
+    server: AppServer, database_path: Path
+) -> None:
     with httpx.Client(base_url=server.base_url, timeout=20) as client:
+        assert client.get("/readyz").json()["database"] == "ok"
+        # Someone rolls the schema back under the running server.
+        with sqlite3.connect(database_path) as db:
+            db.execute("UPDATE alembic_version SET version_num = '0001'")
         ready = client.get("/readyz")
     assert ready.status_code == 503
-    assert ready.json()["database"] == "unreachable"
+    assert (ready.json()["status"], ready.json()["database"]) == ("unavailable", "outdated")
 
 
 def test_request_id_is_echoed_or_made_up(client: httpx.Client) -> None:

@@ -94,8 +94,15 @@ def test_bad_tokens_are_401(jwt_server: AppServer, kind: str) -> None:
         f"{jwt_server.base_url}/api/sessions", headers=bearer(BAD_TOKENS[kind]()), timeout=10
     )
     assert response.status_code == 401
-    assert response.json()["error"]["code"] == "unauthorized"
-    assert response.headers["www-authenticate"] == "Bearer"
+    # RFC 6750: a token was sent and is not usable, so the challenge says invalid_token.
+    challenge = response.headers["www-authenticate"]
+    assert challenge.startswith('Bearer error="invalid_token", error_description="')
+    if kind == "expired":  # the one a client can fix by itself: refresh the token
+        assert response.json()["error"]["code"] == "token_expired"
+        assert "expired" in challenge and "expired" in response.json()["error"]["message"]
+    else:
+        assert response.json()["error"]["code"] == "unauthorized"
+        assert "expired" not in challenge
 
 
 @pytest.mark.parametrize("header", [None, "", "Bearer", "Basic dXNlcjpwYXNz", "Token abc"])
@@ -105,6 +112,9 @@ def test_missing_or_malformed_authorization_is_401(
     headers = {"Authorization": header} if header is not None else {}
     response = httpx.get(f"{jwt_server.base_url}/api/sessions", headers=headers, timeout=10)
     assert response.status_code == 401
+    # No token at all: the bare challenge, no error code (RFC 6750 section 3.1).
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"]["code"] == "unauthorized"
 
 
 def test_a_valid_token_passes_and_sub_is_the_owner(jwt_server: AppServer) -> None:

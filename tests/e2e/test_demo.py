@@ -21,15 +21,19 @@ def test_serve_with_no_upstream_configured_streams_the_demo(tmp_path: Path) -> N
         server.wait_ready()
         assert "offline demo upstream" in server.log_text()
         with httpx.Client(base_url=server.base_url, timeout=30) as client:
-            assert client.get("/api/models").json()["demo"] is True
+            models = client.get("/api/models").json()
+            # The demo says what it is, under its own name, not a real model's.
+            assert models == {"default": "demo", "demo": True, "items": [{"id": "demo"}]}
             with client.stream("POST", "/api/chat/stream", json={"message": "hello"}) as response:
                 stream = read_stream(response)
+            assert stream.events[0].data["model"] == "demo"
             assert stream.done["status"] == "complete"
             assert stream.types.count("delta") > 20
             assert "demo" in stream.text
             session_id = stream.events[0].data["session_id"]
             stored = client.get(f"/api/sessions/{session_id}/messages").json()["items"]
             assert stored[-1]["content"] == stream.text
+            assert stored[-1]["model"] == "demo"
             # The demo takes no orders from what its user types ([[fake …]] is for tests).
             with client.stream(
                 "POST",

@@ -85,7 +85,7 @@ def test_a_repeat_over_another_transport_follows_the_same_run(
             {
                 "type": "chat",
                 "request_id": "again",
-                "message": "whatever",
+                "message": "[[fake tokens=5]] hi",
                 "client_message_id": "k-3",
             },
         )

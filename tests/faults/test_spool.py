@@ -107,6 +107,7 @@ def test_a_second_process_on_the_same_spool_refuses_to_start(
     second.stop()
     assert code != 0
     assert "is in use by another chatstream process" in second.log_text()
+    assert "Traceback" not in second.log_text()  # one line says why
     assert f"pid {first.process.pid}" in second.log_text()
     # The first one never noticed.
     answer = httpx.post(f"{first.base_url}/api/chat", json={"message": "[[fake tokens=2]] hi"})

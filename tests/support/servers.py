@@ -64,6 +64,7 @@ class AppServer:
     def start(self) -> AppServer:
         self._thread.start()
         if not self._server.ready.wait(START_TIMEOUT_S) or self._server.should_exit:
+            self.stop()
             raise RuntimeError("chatstream did not start")
         return self
 

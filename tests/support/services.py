@@ -7,9 +7,15 @@ that need them are skipped, saying why. With `CHATSTREAM_TEST_REQUIRE_SERVICES=1
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import uuid
+from collections.abc import Iterator
 
+import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 
 def service_url(variable: str) -> str:
@@ -19,3 +25,24 @@ def service_url(variable: str) -> str:
     if os.environ.get("CHATSTREAM_TEST_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{variable} is not set, and this run requires the real service")
     pytest.skip(f"{variable} is not set: no real service to test against")
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(base_url: str, prefix: str = "chatstream_t") -> Iterator[str]:
+    """A new, empty database on the PostgreSQL of `base_url` (dropped afterwards); its URL."""
+    url = make_url(base_url)
+    plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+    async def sql(statement: str) -> None:
+        connection = await asyncpg.connect(plain, timeout=10)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(sql(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -22,6 +22,10 @@ class BodyLimit:
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.message = (
+            f"The request body is over the limit of {max_body_bytes} bytes "
+            "(CHATSTREAM_MAX_BODY_BYTES)."
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -30,9 +34,7 @@ class BodyLimit:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if value.isdigit() and int(value) > self.max_body_bytes:
-                    response = error_response(
-                        413, "payload_too_large", "The request body is too large."
-                    )
+                    response = error_response(413, "payload_too_large", self.message)
                     await response(scope, receive, send)
                     return
                 break
@@ -48,7 +50,7 @@ class BodyLimit:
                 if received > limit:
                     # An HTTPException passes FastAPI's body reading untouched and
                     # reaches our handler, which renders the JSON 413.
-                    raise HTTPException(413)
+                    raise HTTPException(413, self.message)
             return message
 
         await self.app(scope, counted_receive, send)

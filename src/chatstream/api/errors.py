@@ -55,7 +55,7 @@ def chatstream_error_response(exc: ChatstreamError) -> JSONResponse:
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     if exc.status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
+        headers.setdefault("WWW-Authenticate", "Bearer")
     return error_response(exc.status, exc.code, exc.message, details=exc.details, headers=headers)
 
 
@@ -66,23 +66,74 @@ async def _on_chatstream_error(request: Request, exc: Exception) -> Response:
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    body_problem = _body_problem(request, errors)
+    if body_problem is not None:
+        return error_response(422, "invalid_request", body_problem)
     details = [
         {
             "loc": list(error.get("loc", ())),
-            "msg": error.get("msg", ""),
+            "msg": _readable(error),
             "type": error.get("type", ""),
         }
-        for error in exc.errors()
+        for error in errors
     ]
-    return error_response(422, "invalid_request", "The request is not valid.", details=details)
+    said = "; ".join(f"{_field(d['loc'])} {d['msg']}" for d in details[:3])
+    more = f" (and {len(details) - 3} more)" if len(details) > 3 else ""
+    return error_response(
+        422, "invalid_request", f"The request is not valid: {said}{more}.", details=details
+    )
+
+
+def _body_problem(request: Request, errors: list[Any]) -> str | None:
+    """What is wrong with the body as a whole (not JSON, no JSON object), if that is it."""
+    whole = [e for e in errors if tuple(e.get("loc", ()))[:1] == ("body",)]
+    if not whole or any(
+        len(e.get("loc", ())) > 1 and e.get("type") != "json_invalid" for e in whole
+    ):
+        return None
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        sent = f"'{content_type[:80]}'" if content_type else "none"
+        return (
+            "The body must be JSON, sent with the header `Content-Type: application/json` "
+            f"(this request's Content-Type: {sent})."
+        )
+    kinds = {e.get("type") for e in whole}
+    if "json_invalid" in kinds:
+        position = next(
+            (e["loc"][1] for e in whole if len(e["loc"]) > 1 and isinstance(e["loc"][1], int)), None
+        )
+        where = f" (at character {position})" if position is not None else ""
+        return f"The body is not valid JSON{where}."
+    if "missing" in kinds:
+        return "The request needs a JSON body."
+    return "The body must be a JSON object."
+
+
+def _readable(error: Any) -> str:
+    """pydantic's message, without regular expressions a person cannot act on."""
+    kind, loc = error.get("type", ""), tuple(error.get("loc", ()))
+    if kind == "string_pattern_mismatch":
+        if loc[-1:] == ("message",):
+            return "must contain some non-whitespace text"
+        if loc[-1:] == ("cursor",):
+            return "is not a cursor this server issued (pass back `next_cursor`)"
+        return "is not in the expected format"
+    if kind == "extra_forbidden":
+        return "is not a field of this request"
+    return str(error.get("msg", "")).replace("Input should be", "should be")
+
+
+def _field(loc: list[Any]) -> str:
+    parts = [str(part) for part in loc if part not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "the request"
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else "Request failed."
-    if exc.status_code == 413:
-        message = "The request body is too large."
     return error_response(exc.status_code, code, message, headers=exc.headers)
 
 

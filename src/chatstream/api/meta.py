@@ -8,8 +8,9 @@ import anyio
 from fastapi import APIRouter
 from starlette.responses import JSONResponse
 
-from chatstream.api.deps import SettingsDep, State
+from chatstream.api.deps import AppState, SettingsDep, State
 from chatstream.api.schemas import Health, ModelItem, ModelList
+from chatstream.storage.migrations import SchemaOutdated
 
 router = APIRouter()  # health: open to anyone
 api_router = APIRouter()  # under /api: behind auth like the rest of /api
@@ -44,10 +45,13 @@ async def healthz() -> Health:
     response_model=Health,
     responses={503: {"model": Health, "description": "A dependency is unreachable."}},
     tags=["health"],
-    summary="Readiness: the database (and Redis, when used) answer; not shutting down",
+    summary="Readiness: the database answers at the current schema (and Redis, when used); "
+    "not shutting down",
 )
 async def readyz(state: State) -> JSONResponse:
     database = await _probe(state.database.ping)
+    if database == "ok":
+        database = await _schema(state)
     redis = await _probe(state.limits.ping) if state.limits.uses_redis else None
     accepting = state.registry.accepting
     ready = database == "ok" and redis in (None, "ok") and accepting
@@ -59,6 +63,18 @@ async def readyz(state: State) -> JSONResponse:
         spooled_runs=await state.journal.spooled_count(),
     )
     return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ready else 503)
+
+
+async def _schema(state: AppState) -> str:
+    """`ok`, or `outdated` when the schema is not this release's (`chatstream migrate`)."""
+    try:
+        with anyio.fail_after(READY_TIMEOUT_S):
+            await state.database.check_schema()
+    except SchemaOutdated:
+        return "outdated"
+    except Exception:
+        return "unreachable"
+    return "ok"
 
 
 async def _probe(ping: Callable[[], Awaitable[object]]) -> str:

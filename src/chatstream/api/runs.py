@@ -26,6 +26,11 @@ _NOT_FOUND: dict[int | str, dict[str, object]] = {
     status_code=200,
     responses={
         **sse_responses(),
+        204: {
+            "description": "The run has ended and has no event after `Last-Event-ID` "
+            "(or `after`): nothing more will come, so stop reconnecting (a browser "
+            "`EventSource` does, on any answer but 200)."
+        },
         **json_errors(
             {
                 401: "Auth is on and the bearer token is missing or not valid.",
@@ -60,6 +65,10 @@ async def follow_run(
             raise InvalidRequest("Last-Event-ID must be an event id (an integer).") from None
         if position < 0:
             raise InvalidRequest("Last-Event-ID must not be negative.")
+    if not run.live and position >= run.last_seq:
+        # An EventSource reconnects after every stream that ends, `done` or not;
+        # any answer but 200 is what makes it stop.
+        return Response(status_code=204)
     return RunEventStream(
         run,
         after=position,

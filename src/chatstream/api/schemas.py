@@ -117,8 +117,12 @@ class ModelList(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
-    database: str | None = None
+    status: str = Field(description="ok (liveness); ready, unavailable or shutting_down.")
+    database: str | None = Field(
+        default=None,
+        description="ok; unreachable; or outdated (its schema is not this release's: "
+        "run `chatstream migrate`).",
+    )
     redis: str | None = Field(default=None, description="Only when Redis is configured.")
     live_runs: int | None = None
     spooled_runs: int | None = Field(
@@ -187,3 +191,40 @@ def event_schemas() -> dict[str, Any]:
     definitions: dict[str, Any] = schema.pop("$defs", {})
     definitions["StreamEvent"] = schema
     return definitions
+
+
+# --- error responses, as they really are ---------------------------------------------------
+
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+UNAUTHORIZED_DESCRIPTION = (
+    "With CHATSTREAM_AUTH=jwt: the bearer token is missing or not valid (`unauthorized`), "
+    'or has expired (`token_expired`, with `WWW-Authenticate: Bearer error="invalid_token"`).'
+)
+INVALID_DESCRIPTION = "The request breaks a validation rule; `details` names each field."
+
+
+def document_errors(schema: dict[str, Any]) -> None:
+    """Every error response documented with the body it really has: `{"error": {…}}`.
+
+    FastAPI documents validation failures with its own `{"detail": […]}`
+    schema, which chatstream never sends (see `api.errors`); and a route's 401
+    comes from the auth dependency, which FastAPI does not document.
+    """
+    for operation in (op for ops in schema.get("paths", {}).values() for op in ops.values()):
+        responses = operation.setdefault("responses", {})
+        if operation.get("security") is not None:
+            responses.setdefault("401", {"description": UNAUTHORIZED_DESCRIPTION})
+        for status, response in responses.items():
+            if not status.startswith("4") and not status.startswith("5"):
+                continue
+            if status == "503" and "Health" in str(response):
+                continue  # /readyz answers its health body either way
+            if status == "422":
+                response["description"] = INVALID_DESCRIPTION
+            response["content"] = {"application/json": {"schema": dict(_ERROR_REF)}}
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    components.setdefault(
+        "ErrorBody", ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    )

@@ -59,7 +59,10 @@ async def create_session(
 
 
 @router.get(
-    "", response_model=SessionPage, responses=_INVALID, summary="Your sessions, newest first"
+    "",
+    response_model=SessionPage,
+    responses=_INVALID,
+    summary="Your sessions, most recently active first",
 )
 async def list_sessions(
     owner: Owner,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatstream.auth import Principal
 from chatstream.config import Settings
-from chatstream.errors import ChatstreamError, Conflict, InvalidRequest
+from chatstream.errors import ChatstreamError, Conflict, IdempotencyConflict, InvalidRequest
 from chatstream.ratelimit import ChatLimits, RateWindow
 from chatstream.runs.context import build_context
 from chatstream.runs.handle import RunHandle
@@ -150,7 +150,7 @@ class ChatService:
         if request.client_message_id is not None:
             earlier = await self._store.find_request(owner, request.client_message_id)
             if earlier is not None:
-                return await self._repeat(principal, earlier)
+                return await self._repeat(principal, earlier, request.message)
         run_id = uuid.uuid4()
         try:
             await self._limits.take_slot(key, run_id)
@@ -187,7 +187,7 @@ class ChatService:
             earlier = await self._store.find_request(owner, request.client_message_id)
             if earlier is None:
                 raise Conflict("That client_message_id is in use.") from None
-            return await self._repeat(principal, earlier)
+            return await self._repeat(principal, earlier, request.message)
         return StartedRun(run, await self._limits.charge_window(key))
 
     async def _begin(self, principal: Principal, request: ChatRequest, run_id: uuid.UUID) -> Run:
@@ -232,13 +232,17 @@ class ChatService:
             on_end=partial(self._limits.give_back_slot, key, run_id),
         )
 
-    async def _repeat(self, principal: Principal, earlier: EarlierRequest) -> StartedRun:
+    async def _repeat(
+        self, principal: Principal, earlier: EarlierRequest, message: str
+    ) -> StartedRun:
         """The run an earlier request with the same key started: live, retained, or saved.
 
         A reply that was never launched (its request was cut off between the
         commit and the launch, before that could not happen) is finished now,
         as `interrupted`, so that the key is answered rather than stuck.
         """
+        if message != earlier.message:
+            raise IdempotencyConflict()
         window = await self._limits.peek_window(principal.limit_key)
         run: RunHandle | None = None
         with anyio.move_on_after(REPEAT_WAIT_S):

@@ -21,6 +21,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from chatstream.config import Settings
+from chatstream.storage.migrations import check_schema
 
 
 class Database:
@@ -67,6 +68,10 @@ class Database:
     async def ping(self) -> None:
         async with self.read_engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
+
+    async def check_schema(self) -> None:
+        """Raise `SchemaOutdated` unless the schema is at this release's revision."""
+        await check_schema(self.read_engine)
 
     async def aclose(self) -> None:
         for engine in self.engines:

@@ -67,7 +67,8 @@ class SessionRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
-    __table_args__ = (Index("ix_sessions_owner_pk", "owner", "pk"),)
+    # Listed most recently active first (GET /api/sessions).
+    __table_args__ = (Index("ix_sessions_owner_updated", "owner", "updated_at", "pk"),)
 
 
 class MessageRow(Base):

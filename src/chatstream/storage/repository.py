@@ -15,11 +15,11 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from sqlalchemy import Select, delete, exists, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy import Select, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import aliased
 
@@ -65,6 +65,7 @@ class EarlierRequest:
     session_id: uuid.UUID
     user_message_id: uuid.UUID
     reply_id: uuid.UUID
+    message: str = ""  # what the user sent with that key
 
 
 T = TypeVar("T")
@@ -86,17 +87,46 @@ class TurnStart:
 
 
 def _outage_is_unavailable(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """A database that cannot be reached (or stays locked) is a 503, not a 500."""
+    """A database that cannot be reached, stays locked or lacks a table is a 503, not a 500."""
 
     @functools.wraps(method)
     async def translated(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await method(*args, **kwargs)
-        except (OperationalError, InterfaceError, SQLAlchemyTimeoutError, OSError) as exc:
+        except (
+            OperationalError,
+            InterfaceError,
+            ProgrammingError,
+            SQLAlchemyTimeoutError,
+            OSError,
+        ) as exc:
+            if _schema_is_missing(exc):
+                logger.warning(
+                    "database schema is not current (%s): run `chatstream migrate`",
+                    type(getattr(exc, "orig", exc)).__name__,
+                )
+                raise DatabaseUnavailable(SCHEMA_MISSING_MESSAGE) from None
+            if isinstance(exc, ProgrammingError):
+                raise  # a bug of ours, not an outage
             logger.warning("database unavailable (%s)", type(exc).__name__)
             raise DatabaseUnavailable() from None
 
     return translated
+
+
+SCHEMA_MISSING_MESSAGE = (
+    "The database is not at this server's schema; the operator must run `chatstream migrate`."
+)
+# PostgreSQL: undefined table, undefined column. SQLite says it in words.
+_SCHEMA_SQLSTATES = frozenset({"42P01", "42703"})
+_SCHEMA_WORDS = ("no such table", "no such column", "has no column named")
+
+
+def _schema_is_missing(exc: Exception) -> bool:
+    orig = getattr(exc, "orig", None)
+    if str(getattr(orig, "sqlstate", "")) in _SCHEMA_SQLSTATES:
+        return True
+    return any(words in str(orig or "") for words in _SCHEMA_WORDS)
 
 
 class Store:
@@ -142,15 +172,23 @@ class Store:
     async def list_sessions(
         self, owner: str, *, limit: int, cursor: str | None
     ) -> Page[SessionRow]:
+        """Most recently active first (`updated_at`: a new message, or a change)."""
         query = select(SessionRow).where(SessionRow.owner == owner)
         if cursor is not None:
-            query = query.where(SessionRow.pk < _decode_cursor(cursor))
-        query = query.order_by(SessionRow.pk.desc()).limit(limit + 1)
+            active, pk = _decode_cursor(cursor)
+            query = query.where(
+                or_(
+                    SessionRow.updated_at < active,
+                    and_(SessionRow.updated_at == active, SessionRow.pk < pk),
+                )
+            )
+        query = query.order_by(SessionRow.updated_at.desc(), SessionRow.pk.desc()).limit(limit + 1)
         async with self._db.reader() as db:
             rows = list(await db.scalars(query))
         more = len(rows) > limit
         rows = rows[:limit]
-        return Page(rows, _encode_cursor(rows[-1].pk) if more else None)
+        last = rows[-1] if rows else None
+        return Page(rows, _encode_cursor(last.updated_at, last.pk) if more and last else None)
 
     @_outage_is_unavailable
     async def update_session(
@@ -330,7 +368,12 @@ class Store:
         async with self._db.reader() as db:
             row = (
                 await db.execute(
-                    select(MessageRow.session_id, MessageRow.id, MessageRow.reply_id).where(
+                    select(
+                        MessageRow.session_id,
+                        MessageRow.id,
+                        MessageRow.reply_id,
+                        MessageRow.content,
+                    ).where(
                         MessageRow.owner == owner, MessageRow.client_message_id == client_message_id
                     )
                 )
@@ -338,7 +381,10 @@ class Store:
         if row is None or row.reply_id is None:
             return None
         return EarlierRequest(
-            session_id=row.session_id, user_message_id=row.id, reply_id=row.reply_id
+            session_id=row.session_id,
+            user_message_id=row.id,
+            reply_id=row.reply_id,
+            message=row.content,
         )
 
     async def orphaned_replies(self, runner: str, *, before: float) -> list[OrphanedReply]:
@@ -436,19 +482,31 @@ def _title_from(message: str) -> str:
     return first_line if len(first_line) <= TITLE_CHARS else first_line[: TITLE_CHARS - 1] + "…"
 
 
-# A cursor is a position (the last row's pk), as 8 bytes in base64url: always
-# 11 characters, and every such string is a position, so none can be invalid.
-CURSOR_PATTERN = r"^[A-Za-z0-9_-]{11}$"
-_LARGEST_PK = 2**63 - 1
+# A cursor is a position in the list: the last row's activity time (microseconds
+# since the epoch) and pk, as 16 bytes in base64url: always 22 characters, and
+# every such string is a position, so none can be invalid.
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{22}$"
+_LARGEST = 2**63 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _encode_cursor(pk: int) -> str:
-    return base64.urlsafe_b64encode(pk.to_bytes(8, "big")).decode().rstrip("=")
+def _encode_cursor(active: datetime, pk: int) -> str:
+    micros = (active.astimezone(UTC) - _EPOCH) // timedelta(microseconds=1)
+    raw = max(micros, 0).to_bytes(8, "big") + pk.to_bytes(8, "big")
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> int:
+def _decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
-        position = int.from_bytes(base64.urlsafe_b64decode(cursor + "="), "big")
+        raw = base64.urlsafe_b64decode(cursor + "==")
     except (binascii.Error, ValueError):
         raise InvalidRequest("`cursor` is not a cursor this server issued.") from None
-    return min(position, _LARGEST_PK)
+    if len(raw) != 16:
+        raise InvalidRequest("`cursor` is not a cursor this server issued.")
+    micros = min(int.from_bytes(raw[:8], "big"), _LARGEST_MICROS)
+    pk = min(int.from_bytes(raw[8:], "big"), _LARGEST)
+    return _EPOCH + timedelta(microseconds=micros), pk
+
+
+# Up to the year 9999, the largest a datetime holds.
+_LARGEST_MICROS = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)

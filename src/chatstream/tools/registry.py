@@ -28,12 +28,15 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from difflib import get_close_matches
 from importlib.metadata import entry_points
 from typing import Any, get_type_hints, overload
 
 import anyio
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from chatstream.config import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
@@ -183,9 +186,11 @@ class ToolRegistry:
         for wanted in names:
             found = self._tools.get(wanted)
             if found is None:
-                raise ValueError(
-                    f"CHATSTREAM_TOOLS names {wanted!r}, which is not a registered tool "
-                    f"(registered: {', '.join(self.names) or 'none'})"
+                close = get_close_matches(wanted, self.names, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ConfigurationError(
+                    f"CHATSTREAM_TOOLS names {wanted!r}, which is not a registered tool; "
+                    f"{hint}registered: {', '.join(self.names) or 'none'}"
                 )
             chosen.append(found)
         return ToolSet(chosen)

@@ -15,6 +15,7 @@ The response is closed on every path out of the `async with`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,8 +27,10 @@ import openai
 import orjson
 
 from chatstream.errors import UpstreamError
-from chatstream.upstream.errors import from_sdk_error, from_transport_error
+from chatstream.upstream.errors import Redact, explain, from_transport_error
 from chatstream.upstream.sse import EventTooLarge, SSEDecoder
+
+logger = logging.getLogger(__name__)
 
 _DONE = b"[DONE]"
 
@@ -65,8 +68,11 @@ class UpstreamRequest:
 
 
 class ChatUpstream:
-    def __init__(self, client: openai.AsyncOpenAI) -> None:
+    """`redact` cleans what the model server says before anyone reads it."""
+
+    def __init__(self, client: openai.AsyncOpenAI, redact: Redact = str) -> None:
         self._client = client
+        self._redact = redact
 
     @asynccontextmanager
     async def stream(self, request: UpstreamRequest) -> AsyncIterator[AsyncIterator[list[Any]]]:
@@ -74,7 +80,11 @@ class ChatUpstream:
         try:
             response = await create(**request.as_kwargs()).__aenter__()
         except openai.OpenAIError as exc:
-            raise from_sdk_error(exc) from None
+            explained = explain(exc, self._redact)
+            # Once per failed call (the SDK has already retried), with the model
+            # server's own words; the run's `error` event carries the same facts.
+            logger.warning("model %s: %s", request.model, explained.log)
+            raise explained.error from None
         except httpx2.HTTPError as exc:
             raise from_transport_error(exc) from None
         http_response = response.http_response
