@@ -20,7 +20,7 @@ import pytest
 from tests.support.process import clean_env
 from tests.support.sentinels import SENTINEL_JWT_SECRET, TOKEN_ALICE
 from tests.support.servers import AppServer, FakeUpstreamThread
-from tests.support.waiting import wait_until
+from tests.support.wait import wait_until
 
 CHAT = [sys.executable, "-m", "chatstream", "chat"]
 

@@ -11,7 +11,7 @@ from chatstream.config import Settings
 from chatstream.errors import TooManyRuns
 from chatstream.ratelimit import ChatLimits
 from tests.support.services import service_url
-from tests.support.waiting import wait_until_async
+from tests.support.wait import wait_until_async
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
 

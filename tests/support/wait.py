@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+import anyio
 
 T = TypeVar("T")
 
@@ -21,3 +23,12 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout} s: {what or predicate}")
         time.sleep(interval)
+
+
+async def wait_until_async(
+    condition: Callable[[], Awaitable[object]], timeout: float = 10.0, what: str = ""
+) -> None:
+    """The same, on an event loop: await `condition` until it is truthy."""
+    with anyio.fail_after(timeout):
+        while not await condition():
+            await anyio.sleep(0.01)
