@@ -291,8 +291,7 @@ function scrollToEnd() {
 }
 
 function showNotice(error) {
-  const retry = error.retryAfter ? ` (try again in ${error.retryAfter} s)` : "";
-  ui.notice.textContent = `${error.code ?? "error"}: ${error.message}${retry}`;
+  ui.notice.textContent = `${error.code ?? "error"}: ${error.message}`;
   ui.notice.hidden = false;
 }
 

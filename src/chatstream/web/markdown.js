@@ -166,8 +166,11 @@ function renderList(lines, start, depth, parent, doc) {
     }
     const item = doc.createElement("li");
     renderBlocks(content, depth + 1, item, doc);
-    if (item.childNodes.length === 1 && item.firstChild.nodeName === "P") {
-      item.replaceChildren(...item.firstChild.childNodes); // a tight item: no paragraph
+    if (!content.some(isBlank)) {
+      // A tight item: its text is not a paragraph (a nested list stays a list).
+      for (const p of [...item.children].filter((child) => child.nodeName === "P")) {
+        p.replaceWith(...p.childNodes);
+      }
     }
     list.append(item);
     while (i < lines.length && isBlank(lines[i])) {

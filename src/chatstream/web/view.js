@@ -80,7 +80,6 @@ export class AssistantTurn {
 
   #add(part) {
     const node = part.kind === "text" ? element("div", "markdown") : element("details", "tool-card");
-    if (part.kind === "tool") node.open = true;
     const drawn = { node, length: -1, result: undefined };
     this.drawn.push(drawn);
     this.parts.append(node);
@@ -116,7 +115,10 @@ export function describeEnd(run) {
   const metrics = run.metrics ?? {};
   if (metrics.ttft_ms != null) pieces.push(`TTFT ${Math.round(metrics.ttft_ms)} ms`);
   if (metrics.tokens_per_second != null) pieces.push(`${Math.round(metrics.tokens_per_second)} tok/s`);
-  if (metrics.duration_ms != null) pieces.push(`${(metrics.duration_ms / 1000).toFixed(1)} s`);
+  if (metrics.duration_ms != null) {
+    const ms = metrics.duration_ms;
+    pieces.push(ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`);
+  }
   if (metrics.cached) pieces.push("cached");
   return pieces.join(" · ");
 }
