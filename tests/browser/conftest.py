@@ -49,8 +49,8 @@ def chromium_path() -> str:
     if found and Path(found).exists():
         return found
     if os.environ.get("CHATSTREAM_TEST_REQUIRE_SERVICES") == "1":
-        pytest.fail("chromium is not installed, and this run requires the browser tests")
-    pytest.skip("chromium is not installed: `apt-get install chromium` to run the browser tests")
+        pytest.fail(f"no chromium ({found or 'not on PATH'}), and this run requires the browser tests")
+    pytest.skip("no chromium: `apt-get install chromium` to run the browser tests")
 
 
 @pytest.fixture(scope="package")
