@@ -49,7 +49,9 @@ def chromium_path() -> str:
     if found and Path(found).exists():
         return found
     if os.environ.get("CHATSTREAM_TEST_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"no chromium ({found or 'not on PATH'}), and this run requires the browser tests")
+        pytest.fail(
+            f"no chromium ({found or 'not on PATH'}), and this run requires the browser tests"
+        )
     pytest.skip("no chromium: `apt-get install chromium` to run the browser tests")
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from tests.browser.conftest import BrowserPage, messages_of
 from tests.support.servers import AppServer
@@ -191,3 +191,38 @@ def test_errors_show_their_code(
     expect(page.get_by_label("Message")).to_have_value("one too many")  # given back to retry
     expect(page.locator("article.user")).to_have_count(2)
     view.shot(f"refused-{transport}")
+
+
+def test_reload_before_the_run_started_sends_it_again_with_the_same_key(
+    server: AppServer, api: httpx.Client, open_page: Callable[..., BrowserPage]
+) -> None:
+    view = open_page()
+    page = view.page
+    sent: list[dict[str, object]] = []
+
+    def hold_the_first(route: Route) -> None:
+        sent.append(route.request.post_data_json)
+        if len(sent) > 1:
+            route.continue_()
+        # The first one never reaches the server: the reload comes while it is in flight.
+
+    page.route("**/api/chat/stream", hold_the_first)
+    view.open(server, transport="sse")
+    with page.expect_request("**/api/chat/stream"):
+        send(page, "[[fake tokens=20 interval_ms=20]] sent just before a reload")
+    page.wait_for_function(
+        "() => (sessionStorage.getItem('chatstream.pending.v2') ?? '').includes('just before')"
+    )
+    page.reload()
+
+    expect(page.locator("body[data-ready]")).to_be_attached()
+    answer = page.locator("article.assistant").last
+    expect(answer).to_have_attribute("data-status", "complete")
+    expect(page.locator("article.user")).to_have_text(
+        ["[[fake tokens=20 interval_ms=20]] sent just before a reload"]
+    )
+    assert len(sent) == 2
+    assert sent[0]["client_message_id"] == sent[1]["client_message_id"]
+    rows = messages_of(api, session_id_of(page))
+    assert [row["role"] for row in rows] == ["user", "assistant"]
+    assert answer.locator(".markdown").inner_text().split() == rows[-1]["content"].split()

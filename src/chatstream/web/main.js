@@ -76,10 +76,19 @@ function askForToken(error) {
 
 function resumePending() {
   for (const snapshot of pending.all()) {
-    if (!snapshot.messageId || state.runs.has(snapshot.messageId)) continue;
+    const { messageId, clientMessageId, body } = snapshot;
+    const known = [...state.runs.values()].some((r) => (messageId && r.messageId === messageId)
+      || (clientMessageId && r.clientMessageId === clientMessageId));
+    if (known) continue;
     const run = new Run(snapshot);
     track(run);
-    follow(run, transport().resume(run));
+    if (messageId) {
+      follow(run, transport().resume(run));
+    } else if (body) {
+      // Sent just before the reload, not started yet: send again, same key, same run.
+      run.reopen = true;
+      follow(run, transport().start(run, body), () => pending.remove(run));
+    }
   }
 }
 
@@ -198,8 +207,10 @@ function send() {
   state.stuck = true;
   scrollToEnd();
   track(run);
+  pending.save(run, body);
   follow(run, transport().start(run, body), (error) => {
     // Refused before it began (a limit, a bad token): nothing was saved, nothing to show.
+    pending.remove(run);
     question.remove();
     turn.node.remove();
     turn.detach();
@@ -220,6 +231,8 @@ function track(run) {
         // A new chat got its session: the URL and the list learn it.
         state.sessionId = run.sessionId;
         window.history.replaceState(null, "", `#/sessions/${run.sessionId}`);
+      } else if (run.reopen && (state.sessionId ?? run.sessionId) === run.sessionId) {
+        setSession(run.sessionId); // sent again after a reload: show it where it belongs
       }
       guard(loadSessions(true));
     }
@@ -238,7 +251,7 @@ async function follow(run, settled, onRefused) {
     if (outcome === "gone" && !run.finished) {
       // It ended while nobody here was following: the saved messages have its end.
       state.runs.delete(run.messageId);
-      pending.remove(run.messageId);
+      pending.remove(run);
       if (state.sessionId === run.sessionId) await openSession(run.sessionId);
     }
   } catch (error) {
@@ -246,7 +259,7 @@ async function follow(run, settled, onRefused) {
       onRefused(error);
     } else {
       run.fail(error);
-      pending.remove(run.messageId);
+      pending.remove(run);
     }
   } finally {
     updateControls();

@@ -124,12 +124,14 @@ export class Run {
  * The runs this tab is following, kept in sessionStorage so that a reload
  * resumes each one after its last seen seq instead of losing it. A snapshot
  * holds the parts drawn so far together with the seq they reach, so the two
- * always agree. Writes are coalesced (a run may yield hundreds of events a
- * second) and flushed when the page goes away.
+ * always agree. A chat sent but not started yet is kept with its request,
+ * to send again with the same client_message_id (the server then answers
+ * with the run the first one started, if it did). Writes are coalesced (a
+ * run may yield hundreds of events a second) and flushed when the page goes.
  */
 export class PendingRuns {
-  static KEY = "chatstream.pending.v1";
-  #dirty = new Map();
+  static KEY = "chatstream.pending.v2";
+  #dirty = new Set();
   #timer = null;
 
   constructor(storage = window.sessionStorage, intervalMs = 250) {
@@ -139,49 +141,49 @@ export class PendingRuns {
   }
 
   all() {
-    try {
-      return Object.values(JSON.parse(this.storage.getItem(PendingRuns.KEY) ?? "{}"));
-    } catch {
-      return [];
-    }
+    return Object.values(this.#read());
   }
 
-  save(run) {
-    if (!run.messageId) return;
-    this.#dirty.set(run.messageId, run);
+  /** Remember `run` as it is now (`body`: its request, until the server names the run). */
+  save(run, body) {
+    if (body) run.body = body;
+    this.#dirty.add(run);
     this.#timer ??= setTimeout(() => this.flush(), this.intervalMs);
   }
 
-  remove(messageId) {
-    this.#dirty.delete(messageId);
-    this.#write((pending) => delete pending[messageId]);
+  /** Forget `run`: it ended, or the server refused it. */
+  remove(run) {
+    run.forgotten = true;
+    this.save(run);
+    this.flush();
   }
 
   flush() {
     clearTimeout(this.#timer);
     this.#timer = null;
-    const dirty = [...this.#dirty.values()];
+    const dirty = [...this.#dirty];
     this.#dirty.clear();
-    this.#write((pending) => {
-      for (const run of dirty) {
-        if (run.finished) delete pending[run.messageId];
-        else pending[run.messageId] = run.snapshot();
-      }
-    });
-  }
-
-  #write(change) {
-    let pending;
-    try {
-      pending = JSON.parse(this.storage.getItem(PendingRuns.KEY) ?? "{}");
-    } catch {
-      pending = {};
+    const pending = this.#read();
+    for (const run of dirty) {
+      delete pending[run.clientMessageId];
+      delete pending[run.messageId];
+      if (run.finished || run.forgotten) continue;
+      const snapshot = run.snapshot();
+      if (!run.messageId) snapshot.body = run.body;
+      pending[run.messageId ?? run.clientMessageId] = snapshot;
     }
-    change(pending);
     try {
       this.storage.setItem(PendingRuns.KEY, JSON.stringify(pending));
     } catch {
       // storage full or disabled: a reload then shows the saved answer once it ends
+    }
+  }
+
+  #read() {
+    try {
+      return JSON.parse(this.storage.getItem(PendingRuns.KEY) ?? "{}");
+    } catch {
+      return {};
     }
   }
 }
