@@ -140,3 +140,17 @@ def test_token_field_when_auth_is_on(
     assert not [url for url in urls if TOKEN_ALICE in url], "a token went into a URL"
     if transport == "ws":
         assert any(url.endswith("/ws/chat") for url in urls)
+
+
+def test_model_picker_chooses_the_model(
+    server: AppServer, api: httpx.Client, open_page: Callable[..., BrowserPage]
+) -> None:
+    view = open_page()
+    page = view.open(server)
+    page.get_by_label("Model").select_option("other-model")
+    send(page, "[[fake tokens=3]] which model?")
+    expect(page.locator("article.assistant").last).to_have_attribute("data-status", "complete")
+    assert messages_of(api, session_id_of(page))[-1]["model"] == "other-model"
+    page.reload()
+    expect(page.locator("body[data-ready]")).to_be_attached()
+    expect(page.get_by_label("Model")).to_have_value("other-model")  # remembered

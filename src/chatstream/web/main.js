@@ -14,6 +14,7 @@ const SESSION_PAGE = 20;
 const MESSAGE_PAGE = 50;
 const TOKEN_KEY = "chatstream.token"; // sessionStorage: gone when the tab closes
 const TRANSPORT_KEY = "chatstream.transport";
+const MODEL_KEY = "chatstream.model";
 const HASH = /^#\/sessions\/([0-9a-fA-F-]{36})$/;
 
 const $ = (id) => document.getElementById(id);
@@ -55,7 +56,9 @@ async function start() {
     return;
   }
   ui.tokenForm.hidden = true;
-  ui.model.replaceChildren(...models.items.map(({ id }) => new Option(id, id, false, id === models.default)));
+  const chosen = localStorage.getItem(MODEL_KEY);
+  const selected = models.items.some(({ id }) => id === chosen) ? chosen : models.default;
+  ui.model.replaceChildren(...models.items.map(({ id }) => new Option(id, id, false, id === selected)));
   ui.model.disabled = false;
   ui.demo.hidden = !models.demo;
   await guard(loadSessions(true));
@@ -340,6 +343,7 @@ function uuid4() {
 
 ui.transport.value = localStorage.getItem(TRANSPORT_KEY) === "ws" ? "ws" : "sse";
 ui.transport.addEventListener("change", () => localStorage.setItem(TRANSPORT_KEY, ui.transport.value));
+ui.model.addEventListener("change", () => localStorage.setItem(MODEL_KEY, ui.model.value));
 ui.composer.addEventListener("submit", (event) => {
   event.preventDefault();
   send();

@@ -200,11 +200,13 @@ export class WsTransport {
   async #closed(event) {
     if (this.#followers.size === 0) return;
     const followers = [...this.#followers.entries()];
-    if (event.code === 1008 || this.#reconnects >= RETRIES) {
-      const error = event.code === 1008
+    // 1008 is also "you stopped reading": only a failed auth is worth giving up for.
+    const refused = event.code === 1008 && /auth/i.test(event.reason);
+    if (refused || this.#reconnects >= RETRIES) {
+      const error = refused
         ? new ApiError(401, "unauthorized", "The server refused this token on the WebSocket.")
         : new ApiError(0, "network_error", "The WebSocket keeps closing.");
-      if (event.code === 1008) this.api.onUnauthorized(error);
+      if (refused) this.api.onUnauthorized(error);
       this.#followers.clear();
       for (const [, follower] of followers) follower.reject(error);
       return;
