@@ -18,7 +18,7 @@ from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from chatstream import __version__
-from chatstream.api import chat, meta, runs, sessions, ws
+from chatstream.api import chat, meta, playground, runs, sessions, ws
 from chatstream.api.body_limit import BodyLimit
 from chatstream.api.deps import AppState, get_principal
 from chatstream.api.docs import install_docs
@@ -179,7 +179,7 @@ def create_app(
     install_docs(app)
     for router in (chat.router, runs.router, sessions.router, meta.api_router):
         app.include_router(router, dependencies=[Depends(get_principal)])
-    for router in (ws.router, meta.router):
+    for router in (ws.router, meta.router, playground.router()):
         app.include_router(router)
     if settings.cors_origins:
         app.add_middleware(
