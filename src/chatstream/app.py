@@ -19,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from chatstream import __version__
 from chatstream.api import chat, meta, runs, sessions, ws
+from chatstream.api import metrics as metrics_api
 from chatstream.api.body_limit import BodyLimit
 from chatstream.api.deps import AppState, get_principal
 from chatstream.api.errors import install_error_handlers
@@ -26,6 +27,7 @@ from chatstream.api.schemas import event_schemas
 from chatstream.auth import Authenticator, ClientAddress
 from chatstream.config import Settings
 from chatstream.logs import RequestIdMiddleware
+from chatstream.metrics import HttpMetrics, Metrics
 from chatstream.ratelimit import ChatLimits
 from chatstream.runs.journal import RunJournal
 from chatstream.runs.lifecycle import RunListener, RunListeners
@@ -84,12 +86,18 @@ def create_app(
     offered = (tools or ToolRegistry.default()).select(settings.tools)
     # Metrics, post-run hooks and tracing hear about runs through these.
     run_listeners = RunListeners(listeners)
+    metrics = Metrics(settings) if settings.metrics else None
+    if metrics is not None:
+        run_listeners.add(metrics.listener)
     authenticator = Authenticator(settings)
     client_address = ClientAddress(settings.trusted_proxies)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
+            # Closed after the runs have ended, so that their last figures count.
+            if metrics is not None:
+                stack.callback(metrics.close)
             database = await stack.enter_async_context(Database.from_settings(settings))
             client = await stack.enter_async_context(open_client(settings))
             limits = await stack.enter_async_context(ChatLimits(settings))
@@ -104,6 +112,8 @@ def create_app(
             store = Store(database)
             spool = await anyio.to_thread.run_sync(Spool, settings.spool_dir)
             stack.callback(spool.close)
+            if metrics is not None:
+                metrics.watch_spool(spool.pending_count)
             journal = await stack.enter_async_context(
                 RunJournal(
                     store,
@@ -152,11 +162,14 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     install_error_handlers(app)
     for router in (chat.router, runs.router, sessions.router, meta.api_router):
         app.include_router(router, dependencies=[Depends(get_principal)])
     for router in (ws.router, meta.router):
         app.include_router(router)
+    if metrics is not None:
+        app.include_router(metrics_api.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -167,6 +180,9 @@ def create_app(
         )
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
+    if metrics is not None:
+        # Outermost: every answer counts, the 413s and 500s of the layers inside too.
+        app.add_middleware(HttpMetrics, collectors=metrics.collectors)
     _document(app, settings)
     return app
 
