@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI
@@ -39,6 +39,9 @@ from chatstream.storage.spool import Spool
 from chatstream.tools import ToolRegistry
 from chatstream.upstream.client import open_client
 from chatstream.upstream.stream import ChatUpstream
+
+if TYPE_CHECKING:
+    from chatstream.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,9 @@ def create_app(
     metrics = Metrics(settings) if settings.metrics else None
     if metrics is not None:
         run_listeners.add(metrics.listener)
+    tracing = _tracing(settings)
+    if tracing is not None:
+        run_listeners.add(tracing.listener)
     authenticator = Authenticator(settings)
     client_address = ClientAddress(settings.trusted_proxies)
 
@@ -98,6 +104,8 @@ def create_app(
             # Closed after the runs have ended, so that their last figures count.
             if metrics is not None:
                 stack.callback(metrics.close)
+            if tracing is not None:
+                stack.push_async_callback(tracing.aclose)
             database = await stack.enter_async_context(Database.from_settings(settings))
             client = await stack.enter_async_context(open_client(settings))
             limits = await stack.enter_async_context(ChatLimits(settings))
@@ -185,6 +193,20 @@ def create_app(
         app.add_middleware(HttpMetrics, collectors=metrics.collectors)
     _document(app, settings)
     return app
+
+
+def _tracing(settings: Settings) -> Tracing | None:
+    """OpenTelemetry, when its endpoint is set; otherwise not even imported."""
+    if not settings.otel_exporter_otlp_endpoint:
+        return None
+    try:
+        from chatstream.tracing import Tracing
+    except ImportError:
+        raise RuntimeError(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set, but tracing needs the OpenTelemetry SDK: "
+            "pip install 'chatstream[otel]' (or unset the variable)"
+        ) from None
+    return Tracing.from_settings(settings)
 
 
 def from_environment() -> FastAPI:
