@@ -135,38 +135,47 @@ class ChatstreamCollectors:
 
 
 class RunMetrics:
-    """A run listener (`chatstream.runs.lifecycle`): each call is a handful of increments."""
+    """A run listener (`chatstream.runs.lifecycle`): each call is a handful of increments.
 
-    __slots__ = ("_c",)
+    The labelled series are looked up once, here, not at every run.
+    """
 
     def __init__(self, collectors: ChatstreamCollectors) -> None:
-        self._c = collectors
+        c = self._c = collectors
+        models = [*sorted(c.models), OTHER]
+        self._runs = {(m, s): c.runs_total.labels(m, s) for m in models for s in RUN_STATUSES}
+        self._ttft = {m: c.ttft.labels(m) for m in models}
+        self._duration = {m: c.run_duration.labels(m) for m in models}
+        self._tokens = {(m, t): c.tokens.labels(m, t) for m in models for t in TOKEN_TYPES}
+        self._upstream_errors = {
+            code: c.upstream_errors.labels(code) for code in UPSTREAM_ERROR_CODES
+        }
+        self._rejected = {code: c.rejected.labels(code) for code in (*REJECTION_CODES, OTHER)}
 
     def run_started(self, run: RunStarted) -> None:
         self._c.runs_active.inc()
 
     def run_finished(self, record: RunRecord) -> None:
-        c = self._c
-        c.runs_active.dec()
-        model = c.model_label(record.model)
-        c.runs_total.labels(model, record.status).inc()
+        self._c.runs_active.dec()
+        model = self._c.model_label(record.model)
+        self._runs[model, record.status].inc()
         metrics = record.metrics
         # The figures `done` reported, so that the scrape and the clients agree.
         if metrics["ttft_ms"] is not None:
-            c.ttft.labels(model).observe(metrics["ttft_ms"] / 1000)
-        c.run_duration.labels(model).observe(metrics["duration_ms"] / 1000)
+            self._ttft[model].observe(metrics["ttft_ms"] / 1000)
+        self._duration[model].observe(metrics["duration_ms"] / 1000)
         usage = record.usage
         if usage is not None:
             if usage["prompt_tokens"]:
-                c.tokens.labels(model, "prompt").inc(usage["prompt_tokens"])
+                self._tokens[model, "prompt"].inc(usage["prompt_tokens"])
             if usage["completion_tokens"]:
-                c.tokens.labels(model, "completion").inc(usage["completion_tokens"])
+                self._tokens[model, "completion"].inc(usage["completion_tokens"])
         error = record.error
-        if error is not None and error["code"] in UPSTREAM_ERROR_CODES:
-            c.upstream_errors.labels(error["code"]).inc()
+        if error is not None and error["code"] in self._upstream_errors:
+            self._upstream_errors[error["code"]].inc()
 
     def chat_rejected(self, code: str) -> None:
-        self._c.rejected.labels(code if code in REJECTION_CODES else OTHER).inc()
+        self._rejected[code if code in self._rejected else OTHER].inc()
 
 
 def http_method_label(method: str) -> str:

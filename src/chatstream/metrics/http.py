@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,6 +31,8 @@ class HttpMetrics:
         self.app = app
         self._requests = collectors.http_requests
         self._duration = collectors.http_duration
+        # (method, route, status) → its two series; as bounded as the labels.
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,10 +56,16 @@ class HttpMetrics:
             status = status or CLIENT_CLOSED  # cancelled: the client is gone
             raise
         finally:
-            method = http_method_label(scope["method"])
-            route = route_template(scope)
-            self._requests.labels(method, route, status or "500").inc()
-            self._duration.labels(method, route).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            key = (http_method_label(scope["method"]), route_template(scope), status or "500")
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = (
+                    self._requests.labels(*key),
+                    self._duration.labels(key[0], key[1]),
+                )
+            series[0].inc()
+            series[1].observe(elapsed)
 
 
 def route_template(scope: Scope) -> str:
