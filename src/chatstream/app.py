@@ -121,7 +121,11 @@ def create_app(
             spool = await anyio.to_thread.run_sync(Spool, settings.spool_dir)
             stack.callback(spool.close)
             if metrics is not None:
-                metrics.watch_spool(spool.pending_count)
+                await stack.enter_async_context(
+                    metrics.watching(
+                        live_runs=lambda: registry.live_count, spool_pending=spool.pending_count
+                    )
+                )
             journal = await stack.enter_async_context(
                 RunJournal(
                     store,

@@ -7,6 +7,7 @@ their own ports, sharing one SQLite database and one CHATSTREAM_METRICS_DIR.
 from __future__ import annotations
 
 import signal
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from tests.support.process import ServeProcess
 from tests.support.prometheus import Scrape, scrape
 from tests.support.servers import FakeUpstreamThread
 from tests.support.sse import SSEEvent, Stream, iter_sse, read_stream
+from tests.support.wait import wait_until
 
 MODEL = "test-model"
 
@@ -55,11 +57,13 @@ def runs(metrics: Scrape, status: str) -> float:
 
 
 def test_a_scrape_of_either_process_covers_both(
-    serve: ServeFactory, fake: FakeUpstreamThread, tmp_path: Path
+    serve: ServeFactory, fake: FakeUpstreamThread, tmp_path: Path, database_file: Path
 ) -> None:
     shared = str(tmp_path / "metrics")
     a = serve(metrics_dir=shared)
-    b = serve(metrics_dir=shared, spool_dir=str(tmp_path / "spool-b"))
+    b = serve(
+        metrics_dir=shared, spool_dir=str(tmp_path / "spool-b"), database_busy_timeout_s="0.3"
+    )
     dones = [chat(a, "[[fake tokens=3]] a1"), chat(a, "[[fake tokens=5]] a2")]
     dones.append(chat(b, "[[fake tokens=4]] b1"))
     dones.append(chat(b, "[[fake status=500]] b2"))
@@ -98,11 +102,26 @@ def test_a_scrape_of_either_process_covers_both(
     assert scrape(b.base_url).value("chatstream_runs_active") == 0
     assert runs(scrape(a.base_url), "complete") == 5
 
+    # The spool: an answer B could not write (the database is locked), seen from A.
+    spooled = OpenStream(b, "[[fake tokens=6 stall_after=2]] spooled")
+    lock = sqlite3.connect(database_file, timeout=10, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        fake.fake.release(wait_for=1)
+        assert spooled.finish().done["persisted"] is False
+        assert scrape(b.base_url).value("chatstream_spool_pending") == 1  # B counts its own
+        assert scrape(a.base_url).value("chatstream_spool_pending") == 1
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    wait_until(lambda: scrape(b.base_url).value("chatstream_spool_pending") == 0, timeout=30)
+    assert scrape(a.base_url).value("chatstream_spool_pending") == 0
+
     # A clean stop: the process's live figures go, its counts stay.
     assert b.stop() in (0, -signal.SIGTERM)
     assert not list(Path(shared).glob(f"gauge_live*_{b.process.pid}.db"))
     metrics = scrape(a.base_url)
-    assert runs(metrics, "complete") == 5 and runs(metrics, "error") == 1
+    assert runs(metrics, "complete") == 6 and runs(metrics, "error") == 1
 
 
 def test_a_process_that_died_stops_counting_as_live(

@@ -2,7 +2,7 @@
 
     runs ─── RunMetrics (a run listener) ─┐
     HTTP ─── HttpMetrics (ASGI middleware) ┼──▶ collectors ──▶ registry ──▶ GET /metrics
-    spool ── counted when scraped ─────────┘
+    registry, spool ── read at the source ─┘
 
 One `Metrics` per app, built by `create_app` on a registry of its own (tests
 build many apps in one process; no global registry is used). With
@@ -13,13 +13,16 @@ them all.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from chatstream.config import Settings
@@ -28,6 +31,9 @@ from chatstream.metrics.collectors import ChatstreamCollectors, RunMetrics
 from chatstream.metrics.http import HttpMetrics
 
 __all__ = ["HttpMetrics", "Metrics"]
+
+# With several processes: how often each writes its live runs and spool count.
+REFRESH_S = 5.0
 
 
 class Metrics:
@@ -45,15 +51,48 @@ class Metrics:
             # CPU, memory, open files: per process, so only when there is one.
             ProcessCollector(registry=self.registry)
         self.listener = RunMetrics(self.collectors)
-        self._spool = SpoolCollector()
-        self.registry.register(self._spool)
+        self._spool_pending: Callable[[], int] | None = None
 
-    def watch_spool(self, pending_count: Callable[[], int]) -> None:
-        """Report `pending_count()` (blocking file I/O: scrapes run in a thread)."""
-        self._spool.pending_count = pending_count
+    @asynccontextmanager
+    async def watching(
+        self, *, live_runs: Callable[[], int], spool_pending: Callable[[], int]
+    ) -> AsyncIterator[None]:
+        """Read live runs and the spool from their sources while the app serves.
+
+        `live_runs` is read on the event loop (at each run's start and end);
+        `spool_pending` is blocking file I/O, read in a worker thread: at each
+        scrape and, with several processes, every few seconds, so that a scrape
+        of another process sees this one's spool too.
+        """
+        self.listener.live_runs = live_runs
+        self._spool_pending = spool_pending
+        if self.directory is None:
+            yield
+            return
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._refresh_every, REFRESH_S)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
+
+    async def _refresh_every(self, interval_s: float) -> None:
+        while True:
+            self.listener.count_live_runs()
+            await anyio.to_thread.run_sync(self._count_spool)
+            await anyio.sleep(interval_s)
+
+    def _count_spool(self) -> None:
+        if self._spool_pending is None:
+            return
+        # An unreadable directory keeps the last figure rather than report a wrong one.
+        with contextlib.suppress(OSError):
+            self.collectors.spool_pending.set(self._spool_pending())
 
     def scrape(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition for an `Accept` header, and its content type (blocking)."""
+        self._count_spool()
+        self.listener.count_live_runs()
         encode, content_type = choose_encoder(accept)
         return encode(self.registry), content_type
 
@@ -61,29 +100,3 @@ class Metrics:
         """This process stops serving: its live figures stop counting."""
         if self.directory is not None:
             multiprocess.process_exited(self.directory, os.getpid())
-
-
-class SpoolCollector:
-    """`chatstream_spool_pending`, counted in the spool directory at scrape time.
-
-    With several processes, each reports the spool directory it uses (the same
-    number from each when they share one).
-    """
-
-    NAME = "chatstream_spool_pending"
-    HELP = "Runs' answers the database could not take yet, kept in the local spool."
-
-    def __init__(self) -> None:
-        self.pending_count: Callable[[], int] | None = None
-
-    def describe(self) -> Iterable[Metric]:
-        return [GaugeMetricFamily(self.NAME, self.HELP)]
-
-    def collect(self) -> Iterable[Metric]:
-        if self.pending_count is None:  # the lifespan has not opened the spool yet
-            return []
-        try:
-            pending = self.pending_count()
-        except OSError:
-            return []  # no figure rather than a wrong one
-        return [GaugeMetricFamily(self.NAME, self.HELP, value=pending)]

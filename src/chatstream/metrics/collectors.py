@@ -12,7 +12,7 @@ owner, a session or a message id.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -62,10 +62,18 @@ class ChatstreamCollectors:
             ["model", "status"],
             registry=registry,
         )
-        # livesum: with several processes, the live runs of every live process.
+        # Both gauges are set from their source (the run registry, the spool
+        # directory), never counted up and down; livesum: with several processes,
+        # the sum over the live ones.
         self.runs_active = Gauge(
             "chatstream_runs_active",
             "Runs being generated right now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.spool_pending = Gauge(
+            "chatstream_spool_pending",
+            "Runs' answers the database could not take yet, kept in the local spool.",
             registry=registry,
             multiprocess_mode="livesum",
         )
@@ -142,6 +150,8 @@ class RunMetrics:
 
     def __init__(self, collectors: ChatstreamCollectors) -> None:
         c = self._c = collectors
+        # The registry's count of live runs, once the lifespan has opened it.
+        self.live_runs: Callable[[], int] | None = None
         models = [*sorted(c.models), OTHER]
         self._runs = {(m, s): c.runs_total.labels(m, s) for m in models for s in RUN_STATUSES}
         self._ttft = {m: c.ttft.labels(m) for m in models}
@@ -153,10 +163,14 @@ class RunMetrics:
         self._rejected = {code: c.rejected.labels(code) for code in (*REJECTION_CODES, OTHER)}
 
     def run_started(self, run: RunStarted) -> None:
-        self._c.runs_active.inc()
+        self.count_live_runs()
+
+    def count_live_runs(self) -> None:
+        if self.live_runs is not None:
+            self._c.runs_active.set(self.live_runs())
 
     def run_finished(self, record: RunRecord) -> None:
-        self._c.runs_active.dec()
+        self.count_live_runs()
         model = self._c.model_label(record.model)
         self._runs[model, record.status].inc()
         metrics = record.metrics

@@ -3,8 +3,9 @@
 With `CHATSTREAM_METRICS_DIR` set, every process writes its figures to
 memory-mapped files in that directory (one set per process id) and a scrape
 of any process merges every file: counters and histograms are summed over
-all processes that ever wrote there, `chatstream_runs_active` over the live
-ones (`livesum`).
+all processes that ever wrote there; `chatstream_runs_active` and
+`chatstream_spool_pending` over the live ones (`livesum`), each process
+setting its own (`Metrics.watching`).
 
 The mode is per process, not per app (prometheus_client picks how values are
 stored when a metric is made, and names the files by process id), so
