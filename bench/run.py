@@ -8,12 +8,17 @@ concurrent streams it measures, in the same run:
   chatstream  the same load through `chatstream serve` (SQLite, full persistence), SSE
   websocket   the same, over `WS /ws/chat`: one socket per user, its chats in turn
   relay       the same load through a tutorial-style FastAPI + AsyncOpenAI relay
+  nometrics   (only when asked for) like chatstream, on a second server started with
+              CHATSTREAM_METRICS=false: the cost of metrics is the CPU-s/1k difference
+              between the two rows (the chatstream row is scraped every
+              --scrape-interval seconds meanwhile, as Prometheus would)
 
 and prints tokens/s, time to first token added over direct, and CPU-seconds
 per 1,000 tokens of each server, as ratios against the upstream's own figures
 from the same run (absolute times on shared machines are noise).
 
     python bench/run.py [--levels 50,200,1000] [--tokens 100] [--interval-ms 20]
+    python bench/run.py --levels 200 --targets chatstream,nometrics   # metrics on vs off
 """
 
 from __future__ import annotations
@@ -119,6 +124,26 @@ class Servers:
         )
         wait_http(f"http://127.0.0.1:{self.chatstream_port}/healthz")
 
+        self.nometrics: subprocess.Popen[bytes] | None = None
+        self.nometrics_port = 0
+        if "nometrics" in args.targets.split(","):
+            # The same server with metrics off, on a database of its own.
+            self.nometrics_port = free_port()
+            nm_env = {
+                **cs_env,
+                "CHATSTREAM_METRICS": "false",
+                "CHATSTREAM_PORT": str(self.nometrics_port),
+                "CHATSTREAM_DATABASE_URL": f"sqlite+aiosqlite:///{self.tmp.name}/nometrics.db",
+                "CHATSTREAM_SPOOL_DIR": f"{self.tmp.name}/nometrics-spool",
+            }
+            subprocess.run(
+                [sys.executable, "-m", "chatstream", "migrate"], env=nm_env, check=True, cwd=ROOT
+            )
+            self.nometrics = self._start(
+                [sys.executable, "-m", "chatstream", "serve"], nm_env, server_core
+            )
+            wait_http(f"http://127.0.0.1:{self.nometrics_port}/healthz")
+
         self.relay_port = free_port()
         self.relay = self._start(
             [sys.executable, "-m", "uvicorn", "tutorial_relay:create_app", "--factory",
@@ -156,10 +181,17 @@ async def measure(
 
     loop.call_later(args.warmup, sample)
     loop.call_later(args.warmup + args.window, sample)
-    if isinstance(target, SocketTarget):
-        result: LevelResult = await run_socket_level(target, users, args.warmup, args.window)
-    else:
-        result = await run_level(target, users, args.warmup, args.window)
+    scraper = None
+    if target.name in ("chatstream", "websocket") and args.scrape_interval > 0:
+        scraper = asyncio.create_task(scrape_metrics(target.port, args.scrape_interval))
+    try:
+        if isinstance(target, SocketTarget):
+            result: LevelResult = await run_socket_level(target, users, args.warmup, args.window)
+        else:
+            result = await run_level(target, users, args.warmup, args.window)
+    finally:
+        if scraper is not None:
+            scraper.cancel()
     summary = result.summary()
     for name, (before, after) in cpu.items():
         used = after - before
@@ -170,6 +202,19 @@ async def measure(
     for name, pid in pids.items():
         summary[f"{name}_rss_mb"] = rss_mb(pid)
     return summary
+
+
+async def scrape_metrics(port: int, interval_s: float) -> None:
+    """What Prometheus does to a server with metrics on: `GET /metrics` every so often."""
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def get() -> None:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            answer.read()
+
+    while True:
+        await asyncio.to_thread(get)
+        await asyncio.sleep(interval_s)
 
 
 def targets(servers: Servers) -> dict[str, Target | SocketTarget]:
@@ -185,6 +230,8 @@ def targets(servers: Servers) -> dict[str, Target | SocketTarget]:
                                   b'{"type":"chat","request_id":"b","message":"bench"}'),
         "relay": Target("relay", "127.0.0.1", servers.relay_port, "/relay",
                         b'{"message":"bench"}', b'{"text"'),
+        "nometrics": Target("nometrics", "127.0.0.1", servers.nometrics_port,
+                            "/api/chat/stream", b'{"message":"bench"}', b"event: delta"),
     }  # fmt: skip
 
 
@@ -239,7 +286,7 @@ def report(results: dict[int, dict[str, dict[str, Any]]], args: argparse.Namespa
             _row(users, "upstream", direct["tokens_per_s"], "1.00", "0", "0", upstream_cpu, "1.00",
                  direct["upstream_rss_mb"], direct["failures"])
         )  # fmt: skip
-        for name in ("chatstream", "websocket", "relay"):
+        for name in ("chatstream", "nometrics", "websocket", "relay"):
             row = by_target.get(name)
             if row is None:
                 continue
@@ -252,6 +299,10 @@ def report(results: dict[int, dict[str, dict[str, Any]]], args: argparse.Namespa
                      server_cpu, f"{server_cpu / upstream_cpu:.2f}", row[f"{name}_rss_mb"],
                      row["failures"])
             )  # fmt: skip
+        on, off = by_target.get("chatstream"), by_target.get("nometrics")
+        if on is not None and off is not None:
+            cost = on["chatstream_cpu_per_1k_tokens"] / off["nometrics_cpu_per_1k_tokens"] - 1
+            lines.append(f"{'':>7}  metrics cost at {users} streams: {cost:+.1%} CPU per token")
     return "\n".join(lines) + "\n" + LEGEND
 
 
@@ -264,7 +315,12 @@ def main() -> int:
     parser.add_argument("--interval-ms", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=10.0)
-    parser.add_argument("--targets", default="chatstream,websocket,relay")
+    parser.add_argument(
+        "--targets", default="chatstream,websocket,relay", help="add nometrics: metrics on vs off"
+    )
+    parser.add_argument(
+        "--scrape-interval", type=float, default=5.0, help="GET /metrics every N s (0: never)"
+    )
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
 
@@ -288,6 +344,8 @@ def main() -> int:
             "websocket": servers.chatstream.pid,
             "relay": servers.relay.pid,
         }
+        if servers.nometrics is not None:
+            pids["nometrics"] = servers.nometrics.pid
         results: dict[int, dict[str, dict[str, Any]]] = {}
         for users in (int(level) for level in args.levels.split(",")):
             results[users] = {}

@@ -31,7 +31,7 @@ def _clean_environment() -> Iterator[None]:
         key: os.environ.pop(key)
         for key in list(os.environ)
         if (key.startswith("CHATSTREAM_") and not key.startswith("CHATSTREAM_TEST_"))
-        or key.startswith("OPENAI_")
+        or key.startswith(("OPENAI_", "OTEL_"))
     }
     yield
     os.environ.update(saved)

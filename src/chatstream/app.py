@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI
@@ -19,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from chatstream import __version__
 from chatstream.api import chat, meta, playground, runs, sessions, ws
+from chatstream.api import metrics as metrics_api
 from chatstream.api.body_limit import BodyLimit
 from chatstream.api.deps import AppState, get_principal
 from chatstream.api.docs import install_docs
@@ -28,6 +29,7 @@ from chatstream.auth import Authenticator, ClientAddress
 from chatstream.config import Settings
 from chatstream.errors import StartupError
 from chatstream.logs import Redactor, RequestIdMiddleware, secrets_of
+from chatstream.metrics import HttpMetrics, Metrics
 from chatstream.ratelimit import ChatLimits
 from chatstream.runs.journal import RunJournal
 from chatstream.runs.lifecycle import RunListener, RunListeners
@@ -40,6 +42,9 @@ from chatstream.storage.spool import Spool, SpoolInUse
 from chatstream.tools import ToolRegistry
 from chatstream.upstream.client import open_client
 from chatstream.upstream.stream import ChatUpstream
+
+if TYPE_CHECKING:
+    from chatstream.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +94,12 @@ def create_app(
     offered = (tools or ToolRegistry.default()).select(settings.tools)
     # Metrics, post-run hooks and tracing hear about runs through these.
     run_listeners = RunListeners(listeners)
+    metrics = Metrics(settings) if settings.metrics else None
+    if metrics is not None:
+        run_listeners.add(metrics.listener)
+    tracing = _tracing(settings)
+    if tracing is not None:
+        run_listeners.add(tracing.listener)
     authenticator = Authenticator(settings)
     client_address = ClientAddress(settings.trusted_proxies)
     redactor = Redactor(secrets_of(settings))
@@ -96,6 +107,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
+            # Closed after the runs have ended, so that their last figures count.
+            if metrics is not None:
+                stack.callback(metrics.close)
+            if tracing is not None:
+                stack.push_async_callback(tracing.aclose)
             database = await stack.enter_async_context(Database.from_settings(settings))
             try:
                 await prepare_database(
@@ -122,6 +138,12 @@ def create_app(
                 logger.error("chatstream cannot start: %s", exc)
                 raise StartupError(str(exc)) from None
             stack.callback(spool.close)
+            if metrics is not None:
+                await stack.enter_async_context(
+                    metrics.watching(
+                        live_runs=lambda: registry.live_count, spool_pending=spool.pending_count
+                    )
+                )
             journal = await stack.enter_async_context(
                 RunJournal(
                     store,
@@ -175,12 +197,15 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     install_error_handlers(app)
     install_docs(app)
     for router in (chat.router, runs.router, sessions.router, meta.api_router):
         app.include_router(router, dependencies=[Depends(get_principal)])
     for router in (ws.router, meta.router, playground.router()):
         app.include_router(router)
+    if metrics is not None:
+        app.include_router(metrics_api.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -191,9 +216,26 @@ def create_app(
         )
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(StartupReport)
+    if metrics is not None:
+        # Outside the other layers: every answer counts, their 413s and 500s too.
+        app.add_middleware(HttpMetrics, collectors=metrics.collectors)
+    app.add_middleware(StartupReport)  # outermost: it watches the lifespan only
     _document(app, settings)
     return app
+
+
+def _tracing(settings: Settings) -> Tracing | None:
+    """OpenTelemetry, when its endpoint is set; otherwise not even imported."""
+    if not settings.otel_exporter_otlp_endpoint:
+        return None
+    try:
+        from chatstream.tracing import Tracing
+    except ImportError:
+        raise RuntimeError(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set, but tracing needs the OpenTelemetry SDK: "
+            "pip install 'chatstream[otel]' (or unset the variable)"
+        ) from None
+    return Tracing.from_settings(settings)
 
 
 def from_environment() -> FastAPI:

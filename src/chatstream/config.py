@@ -128,6 +128,19 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # --- observability: metrics and tracing (chatstream.metrics, chatstream.tracing) ---
+    metrics: bool = True  # `GET /metrics` and the collectors behind it
+    # Set when several processes serve as one (`serve --workers N`): each writes its
+    # figures here and a scrape of any of them reads them all (prometheus_client's
+    # multiprocess mode). Unset: each process counts in memory.
+    metrics_dir: Path | None = None
+    # OpenTelemetry tracing is on when this standard variable is set (OTLP over
+    # HTTP, e.g. http://collector:4318; needs `pip install chatstream[otel]`).
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "otel_exporter_otlp_endpoint"),
+    )
+
     _split = field_validator("models", "tools", "cors_origins", "trusted_proxies", mode="before")(
         _split_commas
     )

@@ -25,6 +25,7 @@ import anyio.lowlevel
 from chatstream.errors import UpstreamError
 from chatstream.runs.accumulator import ChunkAccumulator, ToolCall
 from chatstream.runs.events import EventPayload, MessageStatus, Usage
+from chatstream.runs.lifecycle import RunSteps
 from chatstream.runs.spec import RunLimits, RunSpec
 from chatstream.runs.usage import round_usage
 from chatstream.storage.records import OutputRow
@@ -63,6 +64,7 @@ class Generation:
         # Rows of the finished tool rounds, and every round's usage.
         self.tool_rows: list[OutputRow] = []
         self.usages: list[Usage] = []
+        self.steps = RunSteps()  # upstream calls and tools, timed for traces
 
     async def run(self) -> None:
         """Stream the answer; while the model calls tools, run them and ask again."""
@@ -82,7 +84,9 @@ class Generation:
                 # refers to them) but the model is told not to call them.
                 tool_choice=None if offer_tools or not tools else "none",
             )
-            await self._stream_round(request)
+            with self.steps.upstream() as step:
+                await self._stream_round(request)
+                step.finish_reason, step.usage = self.round.finish_reason, self.round.usage
             calls = self.round.tool_calls
             if not calls:
                 return
@@ -101,6 +105,7 @@ class Generation:
         self.text_in_round = False
         feed = accumulator.feed
         clock = self._clock
+        batch: list[Any] = []
         try:
             async with self._upstream.stream(request) as batches:
                 async for batch in batches:
@@ -116,6 +121,7 @@ class Generation:
             logger.info(
                 "run %s: upstream failed after finish_reason; answer kept", self._spec.message_id
             )
+        self.steps.note_response(batch)  # the round's last chunks name the model that answered
         self.flush_text()
         if accumulator.finish_reason is None:
             raise UpstreamError("The model server's answer was cut short.")
@@ -157,9 +163,10 @@ class Generation:
         await anyio.lowlevel.checkpoint()
 
         async def run_one(index: int, call: ToolCall) -> None:
-            result = await self._spec.tools.run(
-                call.name, call.arguments, self._limits.tool_timeout_s
-            )
+            with self.steps.tool(call.name, call.call_id):
+                result = await self._spec.tools.run(
+                    call.name, call.arguments, self._limits.tool_timeout_s
+                )
             # PostgreSQL text cannot hold NUL; the event and the row must agree.
             result = result.replace("\x00", "\ufffd")
             results[index] = result

@@ -192,6 +192,7 @@ class Run:
         generation = self.generation
         assert generation is not None
         generation.round_started_at = generation.last_activity = self._started_at
+        generation.steps.begin(self._clock)
         error: ChatstreamError | None = None
         try:
             with self._cancel_scope:
@@ -257,6 +258,9 @@ class Run:
             error=self.error,
             rows=rows,
             messages=spec.messages,
+            started_at=generation.steps.wall(self._started_at),
+            ended_at=generation.steps.now(),
+            steps=generation.steps.steps,
         )
 
     async def _generate(self, generation: Generation) -> None:
