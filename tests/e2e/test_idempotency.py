@@ -223,3 +223,25 @@ def test_a_repeat_finishes_a_reply_that_was_never_launched(
     with sqlite3.connect(database_path) as db:
         answers = db.execute("select status from messages where id = ?", (reply_id.hex,)).fetchall()
     assert answers == [("interrupted",)]
+
+
+def test_a_reused_key_with_another_message_is_idempotency_conflict_on_a_socket(
+    server: AppServer,
+) -> None:
+    stream(server, {"message": "[[fake tokens=2]] first", "client_message_id": "k-ws"})
+    with open_socket(server) as ws:
+        send(
+            ws,
+            {
+                "type": "chat",
+                "request_id": "again",
+                "message": "another",
+                "client_message_id": "k-ws",
+            },
+        )
+        error = recv_until(ws, lambda fs: bool(fs))[-1]
+    assert (error["type"], error["code"], error["request_id"]) == (
+        "error",
+        "idempotency_conflict",
+        "again",
+    )

@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from tests.support.servers import AppServer
 from tests.support.services import service_url
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.ws import dones, open_socket, recv, recv_until, send
 
 QUICK = "[[fake tokens=2]] hi"
 pytestmark = pytest.mark.redis
@@ -92,3 +93,23 @@ def test_fail_open_lets_chats_through_while_the_limiter_is_down(
         assert "x-ratelimit-limit" not in answered.headers  # no window to report
     (warning,) = outage_warnings(caplog)
     assert "letting chats through unlimited" in warning
+
+
+def test_a_limiter_outage_is_an_error_frame_with_its_code_on_a_socket(
+    make_server: Callable[..., AppServer], redis_proxy: tuple[str, TcpProxy]
+) -> None:
+    url, proxy = redis_proxy
+    server = limited_server(make_server, url)
+    with open_socket(server) as ws:
+        proxy.cut()
+        send(ws, {"type": "chat", "request_id": "down", "message": QUICK})
+        error = recv(ws)
+        assert (error["type"], error["code"], error["request_id"]) == (
+            "error",
+            "rate_limiter_unavailable",
+            "down",
+        )
+        assert error["retryable"] is True
+        proxy.restore()
+        send(ws, {"type": "chat", "request_id": "back", "message": QUICK})
+        assert recv_until(ws, lambda fs: dones(fs) == 1)[-1]["status"] == "complete"

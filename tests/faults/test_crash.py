@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import httpx
+import orjson
 
 from tests.faults.conftest import ServeFactory
 from tests.support.servers import FakeUpstreamThread
 from tests.support.sse import Stream, iter_sse, read_stream
+from tests.support.wait import wait_until
 
 
 def test_kill_9_then_restart(
@@ -38,10 +39,17 @@ def test_kill_9_then_restart(
     contexts.append(context)
     seen.append(read_stream(iter_sse(context.__enter__()), stop_after=1))
 
-    # Wait for the four with text to have a checkpoint on disk.
-    deadline = time.monotonic() + 10
-    while len(list((spool_path / "live").glob("*.json"))) < 4:
-        assert time.monotonic() < deadline
+    # Wait for the four with text to have a checkpoint on disk holding what
+    # their clients saw (checkpoints trail the stream by up to an interval).
+    def checkpointed(stream: Stream) -> bool:
+        path = spool_path / "live" / f"{stream.events[0].data['message_id']}.json"
+        try:
+            rows = orjson.loads(path.read_bytes())["rows"]
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return False
+        return str(rows[-1]["content"]).startswith(stream.text)
+
+    wait_until(lambda: all(checkpointed(stream) for stream in seen[:4]), timeout=10)
 
     server.process.send_signal(signal.SIGKILL)
     server.process.wait(10)

@@ -25,8 +25,10 @@ from chatstream.runs.journal import RunJournal
 from chatstream.storage.records import RunOutput
 from chatstream.tools.registry import ToolSet
 from chatstream.upstream.stream import ChatUpstream, UpstreamRequest
+from tests.e2e.test_lifecycle import Recorder
 from tests.support.servers import AppServer
 from tests.support.sse import Stream, read_stream
+from tests.support.wait import wait_until
 
 HEALTHY = "[[fake tokens=30 interval_ms=15]] a healthy question"
 MALFORMED_KINDS = [
@@ -199,7 +201,8 @@ def test_a_fault_at_any_stage_ends_that_run_alone(
 ) -> None:
     inject, body = STAGES[stage]
     inject(monkeypatch)
-    server = make_server()
+    recorder = Recorder()
+    server = make_server(listeners=[recorder])
     with ThreadPoolExecutor(max_workers=4) as pool:
         healthy = [
             pool.submit(stream_chat, server.base_url, {"message": HEALTHY}) for _ in range(3)
@@ -229,6 +232,14 @@ def test_a_fault_at_any_stage_ends_that_run_alone(
     if isinstance(raised, BaseExceptionGroup):  # from a task group (the tool round)
         raised = raised.exceptions[0]
     assert isinstance(raised, Boom)
+
+    # Listeners (metrics, hooks) hear of the faulty run like any other.
+    finished = wait_until(
+        lambda: [r for r in recorder.finished if str(r.message_id) == message_id],
+        what="the faulty run reported to listeners",
+    )
+    assert finished[0].status == "error" and finished[0].error is not None
+    assert finished[0].error["code"] == "internal"
 
     after = stream_chat(server.base_url, {"message": "[[fake tokens=3]] still serving?"})
     assert after.done["status"] == "complete"

@@ -26,7 +26,8 @@ _ERROR_TEXTS = {
     422: "The request breaks a validation rule.",
     429: "`rate_limited` (CHATSTREAM_RATE_LIMIT) or `too_many_runs` "
     "(CHATSTREAM_MAX_CONCURRENT_RUNS); with Retry-After and X-RateLimit-* headers.",
-    503: "The server is at capacity or shutting down.",
+    503: "`unavailable` (this process is at CHATSTREAM_MAX_LIVE_RUNS), `server_shutdown`, "
+    "`database_unavailable` or `rate_limiter_unavailable`; retry after Retry-After.",
 }
 _ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorBody, "description": text} for status, text in _ERROR_TEXTS.items()

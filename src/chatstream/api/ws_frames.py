@@ -19,15 +19,7 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from chatstream.errors import (
-    ChatstreamError,
-    DatabaseUnavailable,
-    InvalidRequest,
-    NotFound,
-    RateLimited,
-    ServerShutdown,
-    ServiceUnavailable,
-)
+from chatstream.errors import ChatstreamError, InvalidRequest, NotFound
 from chatstream.runs.events import Event
 from chatstream.runs.service import ChatRequest
 
@@ -91,16 +83,16 @@ def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> 
 
 
 def frame_code(exc: ChatstreamError) -> str:
-    """The contract's error codes for frames (HTTP's are finer grained)."""
-    if isinstance(exc, RateLimited | ServerShutdown):
-        return exc.code  # rate_limited, too_many_runs, server_shutdown
-    if isinstance(exc, DatabaseUnavailable):
-        return "internal"  # retryable, and not the caller's doing
-    if isinstance(exc, ServiceUnavailable):
-        return "rate_limited"  # at capacity: retry shortly, like a rate limit
+    """The code of an error frame: the HTTP answer's own, but validation and missing ids.
+
+    Those two are `invalid_request` on a socket (contract §4: a bad frame);
+    a refusal a client can wait out or act on keeps its precise code
+    (`rate_limited`, `too_many_runs`, `server_shutdown`, `database_unavailable`,
+    `rate_limiter_unavailable`, `unavailable`, `idempotency_conflict`, …).
+    """
     if isinstance(exc, InvalidRequest | NotFound):
         return "invalid_request"
-    return "internal"
+    return exc.code
 
 
 def request_id_of(text: str) -> str | None:

@@ -44,7 +44,7 @@ from chatstream.runs.lifecycle import RunRecord
 from chatstream.runs.log import EventLog, MemoryEventLog
 from chatstream.runs.spec import RunLimits, RunSpec
 from chatstream.runs.usage import run_metrics, total_usage
-from chatstream.storage.records import RunOutput
+from chatstream.storage.records import OutputRow, RunOutput
 from chatstream.upstream.stream import ChatUpstream
 
 logger = logging.getLogger(__name__)
@@ -167,8 +167,7 @@ class Run:
             return await self._execute()
         except Exception:
             log_fault(logger, "run %s failed unexpectedly", self.id)
-            await self._end_after_fault()
-            return None
+            return await self._end_after_fault()
         finally:
             await self._ended()
             self.finished.set()
@@ -305,16 +304,22 @@ class Run:
         logger.error("run %s: keeping its rows timed out", self.id)
         return False, False
 
-    async def _end_after_fault(self) -> None:
-        """Close the log after an unexpected failure: `error`, what streamed saved, `done`."""
+    async def _end_after_fault(self) -> RunRecord | None:
+        """Close the log after an unexpected failure: `error`, what streamed saved, `done`.
+
+        Returns the record of what was kept (listeners count this run too),
+        or None when the log had closed already.
+        """
         if self.log.closed:
-            return
+            return None
         persisted = False
+        rows: list[OutputRow] = []
         try:
             generation = self.generation
             if generation is not None:
                 generation.flush_text()
-                output = RunOutput(self.owner, self.session_id, generation.rows("error"))
+                rows = generation.rows("error")
+                output = RunOutput(self.owner, self.session_id, rows)
                 persisted, _ = await self._persist(output)
         except Exception:
             log_fault(logger, "run %s: its partial answer could not be kept", self.id)
@@ -336,6 +341,24 @@ class Run:
                 "usage": None,
                 "metrics": None,
             }
+        )
+        spec = self.spec
+        return RunRecord(
+            owner=spec.owner,
+            session_id=spec.session_id,
+            message_id=spec.message_id,
+            user_message_id=spec.user_message_id,
+            model=spec.model,
+            status="error",
+            finish_reason=None,
+            persisted=persisted,
+            usage=None,
+            metrics=run_metrics(
+                None, started_at=self._started_at, first_text_at=None, finished_at=self._clock()
+            ),
+            error=self.error,
+            rows=rows,
+            messages=spec.messages,
         )
 
     # --- for checkpoints ------------------------------------------------------------
