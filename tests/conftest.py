@@ -22,6 +22,7 @@ from chatstream.runs.lifecycle import RunListener
 from chatstream.tools import ToolRegistry
 from tests.support.sentinels import SENTINEL_API_KEY, WATCH, WatchingHandler
 from tests.support.servers import AppServer, FakeUpstreamThread
+from tests.support.services import SESSION_REDIS_PREFIX
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -49,6 +50,26 @@ def _no_secret_ever_leaks() -> Iterator[None]:
     root.removeHandler(handler)
     root.setLevel(previous_level)
     assert not WATCH.violations, "secrets leaked:\n" + "\n".join(WATCH.violations)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_keys_expire_and_are_cleaned() -> Iterator[None]:
+    """After the run: no key this run wrote to Redis lacks an expiry; then all are deleted."""
+    yield
+    url = os.environ.get("CHATSTREAM_TEST_REDIS_URL")
+    if not url:
+        return
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{SESSION_REDIS_PREFIX}*", count=1000))
+        forever = [key.decode() for key in keys if client.ttl(key) == -1]
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+    assert not forever, f"Redis keys left without an expiry: {forever[:20]}"
 
 
 @pytest.fixture(scope="session")

@@ -33,8 +33,10 @@ from chatstream.metrics import HttpMetrics, Metrics
 from chatstream.ratelimit import ChatLimits
 from chatstream.runs.journal import RunJournal
 from chatstream.runs.lifecycle import RunListener, RunListeners
+from chatstream.runs.redis_registry import SharedRunRegistry
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.service import ChatService
+from chatstream.runs.shared import SharedRunsLink
 from chatstream.startup import StartupReport, database_location, prepare_database
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
@@ -123,14 +125,6 @@ def create_app(
                 logger.error("chatstream cannot start: %s", exc)
                 raise
             client = await stack.enter_async_context(open_client(settings))
-            registry = await stack.enter_async_context(
-                LocalRunRegistry(
-                    max_live_runs=settings.max_live_runs,
-                    retention_s=settings.run_retention_s,
-                    max_retained=settings.max_retained_runs,
-                    listeners=run_listeners,
-                )
-            )
             store = Store(database)
             try:
                 spool = await anyio.to_thread.run_sync(Spool, settings.spool_dir)
@@ -138,6 +132,7 @@ def create_app(
                 logger.error("chatstream cannot start: %s", exc)
                 raise StartupError(str(exc)) from None
             stack.callback(spool.close)
+            link, registry = await _open_registry(stack, settings, run_listeners, spool.instance_id)
             if metrics is not None:
                 await stack.enter_async_context(
                     metrics.watching(
@@ -153,6 +148,8 @@ def create_app(
                     known=registry.known,
                 )
             )
+            if link is not None:
+                await stack.enter_async_context(link.sweeping(journal))
             chat_service = ChatService(
                 settings,
                 store=store,
@@ -163,6 +160,7 @@ def create_app(
                 journal=journal,
                 runner=spool.instance_id,
                 listeners=run_listeners,
+                log_for=link.log_for if link is not None else None,
             )
             state = AppState(
                 settings=settings,
@@ -182,7 +180,9 @@ def create_app(
                 ",".join(settings.models),
                 " (offline demo upstream)" if settings.demo else "",
                 database_location(settings.database_url),
-                "; limits in Redis" if limits.uses_redis else "",
+                "; runs shared through Redis"
+                if link is not None
+                else ("; limits in Redis" if limits.uses_redis else ""),
             )
             # Also on app.state, for whoever holds the app (operators' tooling, tests).
             app.state.chatstream = state
@@ -222,6 +222,34 @@ def create_app(
     app.add_middleware(StartupReport)  # outermost: it watches the lifespan only
     _document(app, settings)
     return app
+
+
+async def _open_registry(
+    stack: AsyncExitStack, settings: Settings, listeners: RunListeners, instance: str
+) -> tuple[SharedRunsLink | None, LocalRunRegistry]:
+    """This instance's runs: its own only, or shared with every instance through Redis."""
+    if settings.redis_url is None:
+        registry = LocalRunRegistry(
+            max_live_runs=settings.max_live_runs,
+            retention_s=settings.run_retention_s,
+            max_retained=settings.max_retained_runs,
+            listeners=listeners,
+        )
+        return None, await stack.enter_async_context(registry)
+    try:
+        link = await stack.enter_async_context(SharedRunsLink(settings, instance))
+    except StartupError as exc:
+        logger.error("chatstream cannot start: %s", exc)
+        raise
+    shared = SharedRunRegistry(
+        shared=link.shared,
+        max_live_runs=settings.max_live_runs,
+        retention_s=settings.run_retention_s,
+        max_retained=settings.max_retained_runs,
+        listeners=listeners,
+    )
+    link.stop_local = shared.stop_local
+    return link, await stack.enter_async_context(shared)
 
 
 def _tracing(settings: Settings) -> Tracing | None:

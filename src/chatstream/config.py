@@ -74,7 +74,11 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./chatstream.db"
     # Bring an older schema up to this release's at start-up (else refuse to start).
     auto_migrate: bool = True
+    # Shares runs, limits and the run cap between instances (contract §6).
     redis_url: str | None = None
+    # A run's instance renews its lease this often (a third of it); when a lease
+    # lapses, another instance ends the run as interrupted.
+    run_lease_s: float = Field(default=15.0, gt=0)
     spool_dir: Path = Path("./spool")
     database_busy_timeout_s: float = Field(default=5.0, gt=0)  # SQLite: wait this long for a lock
     checkpoint_interval_s: float = Field(default=1.0, gt=0)  # live runs' text to the spool
@@ -188,13 +192,10 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def _no_shared_runs_yet(cls, value: str | None) -> str | None:
-        if value:
-            raise ValueError(
-                "runs shared between instances are not available in this release: leave "
-                "CHATSTREAM_REDIS_URL unset (limits are shared with CHATSTREAM_RATE_LIMIT_STORAGE)"
-            )
-        return value
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "redis+unix://")):
+            raise ValueError("must be a redis:// URL (or rediss://, redis+unix://)")
+        return value or None
 
     @model_validator(mode="after")
     def _demo_model(self) -> Settings:
@@ -226,6 +227,13 @@ class Settings(BaseSettings):
     @property
     def default_model(self) -> str:
         return self.models[0]
+
+    @property
+    def limits_storage(self) -> str:
+        """Where limits live: CHATSTREAM_RATE_LIMIT_STORAGE, else the shared Redis, else memory."""
+        if self.rate_limit_storage.startswith("memory://") and self.redis_url:
+            return self.redis_url
+        return self.rate_limit_storage
 
     @property
     def is_sqlite(self) -> bool:

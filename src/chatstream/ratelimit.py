@@ -96,7 +96,7 @@ class ChatLimits:
         self._fail_open = settings.rate_limit_fail_open
         self._down = False  # in an outage of the shared storage (logged at its start and end)
         self._unslotted: set[uuid.UUID] = set()  # runs let through in an outage (fail open)
-        storage = settings.rate_limit_storage
+        storage = settings.limits_storage
         self._redis_url = None if storage.startswith("memory://") else storage
         self._window = MovingWindowRateLimiter(storage_from_string("async+memory://"))
         self._slots: RunSlots = MemoryRunSlots(self._cap)

@@ -147,7 +147,7 @@ def test_run_state_after_retention_comes_from_the_database(make_server: Any) -> 
             "message"
         ]["id"]
         server.call(_no_op)  # let the retention timer fire on the server's loop
-        assert server.state.registry.get(uuid.UUID(message_id), "anonymous") is None
+        assert server.state.registry.local(uuid.UUID(message_id), "anonymous") is None
         state = client.get(f"/api/runs/{message_id}").json()
         assert (state["status"], state["last_seq"]) == ("complete", None)
         assert client.get(f"/api/runs/{message_id}/events").status_code == 404

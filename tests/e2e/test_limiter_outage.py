@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -11,7 +10,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.support.servers import AppServer
-from tests.support.services import service_url
+from tests.support.services import redis_prefix, service_url
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.ws import dones, open_socket, recv, recv_until, send
 
@@ -33,7 +32,7 @@ def limited_server(make: Callable[..., AppServer], redis_url: str, **values: obj
         rate_limit="100/minute",
         max_concurrent_runs=5,
         rate_limit_storage=redis_url,
-        redis_key_prefix=f"chatstream-test-{uuid.uuid4().hex}",
+        redis_key_prefix=redis_prefix(),
         **values,
     )
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.sentinels import SENTINEL_JWT_SECRET, TOKEN_ALICE
 from tests.support.servers import AppServer, FakeUpstreamThread
-from tests.support.services import service_url
+from tests.support.services import redis_prefix, service_url
 from tests.support.sse import iter_sse, read_stream
 from tests.support.ws import dones, open_socket, recv, recv_until, send
 
@@ -177,7 +177,7 @@ def test_limits_are_shared_by_two_instances_on_one_redis(
     redis_url = service_url("CHATSTREAM_TEST_REDIS_URL")
     shared = {
         "rate_limit_storage": redis_url,
-        "redis_key_prefix": f"chatstream-test-{uuid.uuid4().hex}",
+        "redis_key_prefix": redis_prefix(),
         "auth": "jwt",
         "jwt_secret": SENTINEL_JWT_SECRET,
     }
@@ -212,7 +212,7 @@ def test_limits_are_shared_by_two_instances_on_one_redis(
 @pytest.mark.redis
 def test_readiness_checks_redis_when_it_is_used(make_server: Callable[..., AppServer]) -> None:
     redis_url = service_url("CHATSTREAM_TEST_REDIS_URL")
-    server = make_server(rate_limit_storage=redis_url, redis_key_prefix=f"t-{uuid.uuid4().hex}")
+    server = make_server(rate_limit_storage=redis_url, redis_key_prefix=redis_prefix())
     ready = httpx.get(f"{server.base_url}/readyz", timeout=10).json()
     assert (ready["status"], ready["redis"]) == ("ready", "ok")
     # (Redis unreachable at start-up: the server does not start; tests/faults/test_startup.py.

@@ -109,6 +109,6 @@ def test_every_socket_frame_treats_another_owners_ids_as_unknown(
         error = recv(ws)
         assert (error["code"], error["request_id"]) == ("invalid_request", "steal")
     assert rows_of(database_path, "alice") == before
-    run = server.state.registry.get(uuid.UUID(live_id), "alice")
+    run = server.state.registry.local(uuid.UUID(live_id), "alice")
     assert run is not None and run.live
-    assert server.state.registry.get(uuid.UUID(live_id), "bob") is None
+    assert server.state.registry.local(uuid.UUID(live_id), "bob") is None

@@ -179,7 +179,7 @@ def test_disconnect_policy_cancel_stops_the_run(make_server: Any, fake: FakeUpst
         ) as response:
             head = read_stream(response, stop_after=3)
         message_id = head.events[0].data["message_id"]
-        run = server.state.registry.get(uuid.UUID(message_id), "anonymous")
+        run = server.state.registry.local(uuid.UUID(message_id), "anonymous")
         server.call(run.finished.wait)
         assert run.status == "cancelled"
         answer = messages_of(client, head.events[0].data["session_id"])[-1]

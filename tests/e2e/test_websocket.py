@@ -225,7 +225,7 @@ def test_closing_the_socket_leaves_a_run_that_completes(server: AppServer) -> No
         send(ws, chat("c", "[[fake tokens=40 interval_ms=10]] keep going"))
         head = recv_until(ws, lambda fs: len(fs) == 3)
     message_id = head[0]["message_id"]
-    run = server.state.registry.get(uuid.UUID(message_id), "anonymous")
+    run = server.state.registry.local(uuid.UUID(message_id), "anonymous")
     server.call(run.wait)
     assert run.status == "complete"
     answer = persisted(server, head[0]["session_id"])[-1]
@@ -239,7 +239,7 @@ def test_closing_the_socket_cancels_the_run_with_the_cancel_policy(
     with open_socket(server) as ws:
         send(ws, chat("c", "[[fake tokens=10 stall_after=3]] stop when I go"))
         head = recv_until(ws, lambda fs: len(fs) == 3)
-    run = server.state.registry.get(uuid.UUID(head[0]["message_id"]), "anonymous")
+    run = server.state.registry.local(uuid.UUID(head[0]["message_id"]), "anonymous")
     server.call(run.wait)
     assert run.status == "cancelled"
     answer = persisted(server, head[0]["session_id"])[-1]
@@ -287,7 +287,7 @@ def test_a_socket_that_stops_reading_is_closed_and_its_run_persists(make_server:
             # The other socket was served all along.
             send(watcher, {"type": "ping"})
             assert recv(watcher) == {"type": "pong"}
-            run = registry.get(uuid.UUID(message_id), "anonymous")
+            run = registry.local(uuid.UUID(message_id), "anonymous")
             server.call(run.wait, timeout=60)
             assert run.status == "complete"
             with pytest.raises(ConnectionClosed):

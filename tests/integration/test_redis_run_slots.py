@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from chatstream.config import Settings
 from chatstream.errors import TooManyRuns
 from chatstream.ratelimit import ChatLimits
-from tests.support.services import service_url
+from tests.support.services import redis_prefix, service_url
 from tests.support.wait import wait_until_async
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
@@ -25,7 +25,7 @@ def anyio_backend() -> str:
 
 async def test_a_run_longer_than_the_slot_ttl_still_holds_its_slot() -> None:
     url = service_url("CHATSTREAM_TEST_REDIS_URL")
-    prefix = f"chatstream-test-{uuid.uuid4().hex}"
+    prefix = redis_prefix()
     settings = Settings(
         rate_limit="",
         rate_limit_storage=url,
@@ -65,7 +65,7 @@ async def test_a_run_longer_than_the_slot_ttl_still_holds_its_slot() -> None:
 async def test_a_dead_processs_slot_frees_itself() -> None:
     """Without renewal (its process gone), a slot stops counting after its TTL."""
     url = service_url("CHATSTREAM_TEST_REDIS_URL")
-    prefix = f"chatstream-test-{uuid.uuid4().hex}"
+    prefix = redis_prefix()
     settings = Settings(
         rate_limit="", rate_limit_storage=url, redis_key_prefix=prefix, max_concurrent_runs=1
     )

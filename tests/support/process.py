@@ -50,6 +50,7 @@ class ServeProcess:
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
         self.port = int(env["CHATSTREAM_PORT"])
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self._eof = False

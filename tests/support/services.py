@@ -46,3 +46,13 @@ def fresh_postgres_database(base_url: str, prefix: str = "chatstream_t") -> Iter
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
         asyncio.run(sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# Every Redis key a test run writes starts with this, so the run can find
+# (and clean) exactly its own keys, whatever else shares the server.
+SESSION_REDIS_PREFIX = f"chatstream-test-{uuid.uuid4().hex[:12]}"
+
+
+def redis_prefix() -> str:
+    """A fresh key prefix for one test, under this test run's own prefix."""
+    return f"{SESSION_REDIS_PREFIX}-{uuid.uuid4().hex[:8]}"

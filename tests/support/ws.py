@@ -15,7 +15,12 @@ RECV_TIMEOUT_S = 15.0
 
 
 def open_socket(server: AppServer, **kwargs: Any) -> ClientConnection:
-    return connect(f"{server.ws_url}/ws/chat", open_timeout=10, **kwargs)
+    return open_socket_at(server.ws_url, **kwargs)
+
+
+def open_socket_at(ws_url: str, **kwargs: Any) -> ClientConnection:
+    """A socket to `/ws/chat` of the server at `ws_url` (ws://host:port)."""
+    return connect(f"{ws_url}/ws/chat", open_timeout=10, **kwargs)
 
 
 def send(ws: ClientConnection, frame: dict[str, Any]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import anyio
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -12,7 +14,7 @@ from chatstream.api.errors import error_response
 from chatstream.api.schemas import ChatResponse, ErrorBody, MessageOut, json_errors, sse_responses
 from chatstream.api.sse import RunEventStream
 from chatstream.errors import DatabaseUnavailable
-from chatstream.runs.events import DoneEvent
+from chatstream.runs.events import DoneEvent, ErrorEvent, Event
 from chatstream.runs.handle import RunHandle
 from chatstream.runs.service import ChatRequest
 from chatstream.storage.models import utcnow
@@ -83,15 +85,18 @@ async def chat(
 ) -> Response:
     started = await chat.start(principal, body)
     run = started.run
-    async with run.follow() as _events, anyio.create_task_group() as tasks:
+    outcome = _Outcome()
+    async with anyio.create_task_group() as tasks:
         # Following the run (rather than only awaiting it) makes this request
         # count as the run's reader for the disconnect policy.
         tasks.start_soon(_cancel_scope_on_disconnect, request, tasks.cancel_scope)
-        await run.wait()
+        async with run.follow() as batches:
+            async for batch in batches:
+                outcome.read(batch)
         tasks.cancel_scope.cancel()
-    if run.live:
+    if outcome.done is None:
         return Response(status_code=499)  # the client left; nobody reads this
-    response = await _final_answer(run, principal.owner, store)
+    response = await _final_answer(run, outcome, principal.owner, store)
     if started.window is not None:
         response.headers.update(started.window.headers())
     return response
@@ -103,61 +108,67 @@ async def _cancel_scope_on_disconnect(request: Request, scope: anyio.CancelScope
     scope.cancel()
 
 
-async def _final_answer(run: RunHandle, owner: str, store: StoreDep) -> Response:
+@dataclass(slots=True)
+class _Outcome:
+    """What a run's events say of its answer: the final text (after its last tool), how it ended."""
+
+    model: str | None = None
+    parts: list[str] = field(default_factory=list)
+    error: ErrorEvent | None = None
+    done: DoneEvent | None = None
+
+    def read(self, batch: list[Event]) -> None:
+        for event in batch:
+            data = event.data
+            if data["type"] == "start":
+                self.model = data["model"]
+            elif data["type"] == "delta":
+                self.parts.append(data["text"])
+            elif data["type"] == "tool_result":
+                self.parts.clear()  # that text belongs to the tool round's own row
+            elif data["type"] == "error":
+                self.error = data
+            elif data["type"] == "done":
+                self.done = data
+
+    def message(self, run: RunHandle) -> MessageOut:
+        done = self.done
+        assert done is not None, "read to the end"
+        return MessageOut(
+            id=run.id,
+            session_id=run.session_id,
+            role="assistant",
+            content="".join(self.parts),
+            status=done["status"],
+            model=self.model,
+            finish_reason=done["finish_reason"],
+            tool_calls=None,
+            usage=dict(done["usage"]) if done["usage"] else None,
+            metrics=dict(done["metrics"]) if done["metrics"] else None,
+            created_at=utcnow(),
+        )
+
+
+async def _final_answer(run: RunHandle, outcome: _Outcome, owner: str, store: StoreDep) -> Response:
     try:
         row = await store.get_message(owner, run.id)
     except DatabaseUnavailable:
         row = None
-    if row is not None:
-        message = MessageOut.model_validate(row)
-    else:
-        # Not in the database (it was unreachable; the spool keeps the answer):
-        # answer with what the run streamed, so the client has no reason to send again.
-        message = await _answer_from_events(run)
+    # Not in the database (it was unreachable; the spool keeps the answer):
+    # answer with what the run streamed, so the client has no reason to send again.
+    message = MessageOut.model_validate(row) if row is not None else outcome.message(run)
     persisted = row is not None
-    if run.error is None:
+    error = outcome.error
+    if error is None:
         payload = ChatResponse(session_id=run.session_id, message=message, persisted=persisted)
         return JSONResponse(payload.model_dump(mode="json"))
     return error_response(
-        _FAILED_STATUS.get(run.error["code"], 500),
-        run.error["code"],
-        run.error["message"],
+        _FAILED_STATUS.get(error["code"], 500),
+        error["code"],
+        error["message"],
         details={
             "session_id": str(run.session_id),
             "message": message.model_dump(mode="json"),
             "persisted": persisted,
         },
-    )
-
-
-async def _answer_from_events(run: RunHandle) -> MessageOut:
-    """The final assistant message as the run's events tell it (the text after its last tool)."""
-    model: str | None = None
-    parts: list[str] = []
-    done: DoneEvent | None = None
-    async with run.follow() as batches:
-        async for batch in batches:
-            for event in batch:
-                data = event.data
-                if data["type"] == "start":
-                    model = data["model"]
-                elif data["type"] == "delta":
-                    parts.append(data["text"])
-                elif data["type"] == "tool_result":
-                    parts.clear()  # that text belongs to the tool round's own row
-                elif data["type"] == "done":
-                    done = data
-    assert done is not None, "an ended run's log ends with done"
-    return MessageOut(
-        id=run.id,
-        session_id=run.session_id,
-        role="assistant",
-        content="".join(parts),
-        status=done["status"],
-        model=model,
-        finish_reason=done["finish_reason"],
-        tool_calls=None,
-        usage=dict(done["usage"]) if done["usage"] else None,
-        metrics=dict(done["metrics"]) if done["metrics"] else None,
-        created_at=utcnow(),
     )

@@ -54,7 +54,7 @@ async def follow_run(
         Header(description="Set by EventSource on reconnect; wins over `after`."),
     ] = None,
 ) -> Response:
-    run = registry.get(message_id, owner)
+    run = await registry.get(message_id, owner)
     if run is None:
         raise NotFound("No such run (or it ended more than CHATSTREAM_RUN_RETENTION_S ago).")
     position = after or 0
@@ -65,7 +65,8 @@ async def follow_run(
             raise InvalidRequest("Last-Event-ID must be an event id (an integer).") from None
         if position < 0:
             raise InvalidRequest("Last-Event-ID must not be negative.")
-    if not run.live and position >= run.last_seq:
+    state = await run.state()
+    if not state.live and position >= state.last_seq:
         # An EventSource reconnects after every stream that ends, `done` or not;
         # any answer but 200 is what makes it stop.
         return Response(status_code=204)
@@ -86,13 +87,14 @@ async def follow_run(
 async def run_state(
     message_id: uuid.UUID, owner: Owner, registry: RegistryDep, store: StoreDep
 ) -> RunState:
-    run = registry.get(message_id, owner)
+    run = await registry.get(message_id, owner)
     if run is not None:
+        state = await run.state()
         return RunState(
             message_id=run.id,
             session_id=run.session_id,
-            status=run.status or "running",
-            last_seq=run.last_seq,
+            status=state.status or "running",
+            last_seq=state.last_seq,
         )
     message = await store.get_message(owner, message_id)
     if message is None or message.role != "assistant":
@@ -118,8 +120,8 @@ async def run_state(
 async def cancel_run(
     message_id: uuid.UUID, owner: Owner, registry: RegistryDep, store: StoreDep
 ) -> Response:
-    run = registry.get(message_id, owner)
-    if run is not None and run.cancel():
+    run = await registry.get(message_id, owner)
+    if run is not None and await run.cancel():
         return JSONResponse(
             CancelAccepted(message_id=message_id).model_dump(mode="json"), status_code=202
         )

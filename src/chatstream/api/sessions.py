@@ -116,8 +116,8 @@ async def delete_session(
     await store.delete_session(owner, session_id)
     # Deleted first: its live runs, cancelled now, find nowhere to write
     # (`done`: cancelled, persisted false) and spool nothing.
-    for run in registry.live_in_session(session_id, owner):
-        run.cancel()
+    for run in await registry.live_in_session(session_id, owner):
+        await run.cancel()
     return Response(status_code=204)
 
 

@@ -271,7 +271,7 @@ class ChatSocket:
         self._begin_follow(run, 0, frame.request_id)
 
     async def _cancel(self, frame: CancelFrame) -> None:
-        run = self._registry.get(frame.message_id, self._owner)
+        run = await self._registry.get(frame.message_id, self._owner)
         if run is None:
             await self._error(
                 "invalid_request",
@@ -279,7 +279,7 @@ class ChatSocket:
                 request_id=frame.request_id,
                 message_id=frame.message_id,
             )
-        elif not run.cancel():
+        elif not await run.cancel():
             await self._error(
                 "invalid_request",
                 "The run has already ended.",
@@ -288,7 +288,7 @@ class ChatSocket:
             )
 
     async def _resume(self, frame: ResumeFrame) -> None:
-        run = self._registry.get(frame.message_id, self._owner)
+        run = await self._registry.get(frame.message_id, self._owner)
         if run is None:
             await self._error(
                 "invalid_request",

@@ -114,7 +114,7 @@ class LocalRunRegistry:
         self._tasks.start_soon(self._drive, run, name=f"run {run.id}")
         if self._interrupting:
             # Admitted before shutdown began, launched after the live runs were ended.
-            run.cancel("interrupted")
+            run.stop("interrupted")
 
     async def _drive(self, run: Run) -> None:
         spec = run.spec
@@ -145,8 +145,12 @@ class LocalRunRegistry:
 
     # --- lookup ------------------------------------------------------------------
 
-    def get(self, run_id: uuid.UUID, owner: str) -> Run | None:
+    async def get(self, run_id: uuid.UUID, owner: str) -> Run | None:
         """The run, if it exists and belongs to `owner` (else None, as if missing)."""
+        return self.local(run_id, owner)
+
+    def local(self, run_id: uuid.UUID, owner: str) -> Run | None:
+        """The run, if this process has it and it belongs to `owner`."""
         run = self._runs.get(run_id)
         if run is None or run.owner != owner:
             return None
@@ -158,7 +162,7 @@ class LocalRunRegistry:
         For a request that lost the race to start a run (same idempotency
         key): the winner commits its message, then launches the run.
         """
-        run = self.get(run_id, owner)
+        run = self.local(run_id, owner)
         if run is not None or run_id in self._runs:
             return run
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -171,12 +175,12 @@ class LocalRunRegistry:
                 waiting.remove(waiter)
                 if not waiting:
                     del self._awaited[run_id]
-        return self.get(run_id, owner)
+        return self.local(run_id, owner)
 
     def live_runs(self) -> list[Run]:
         return list(self._live)
 
-    def live_in_session(self, session_id: uuid.UUID, owner: str) -> list[Run]:
+    async def live_in_session(self, session_id: uuid.UUID, owner: str) -> list[Run]:
         """The owner's live runs in one session, oldest first."""
         return [
             run
@@ -219,7 +223,7 @@ class LocalRunRegistry:
             logger.warning("interrupting %d live run(s) at shutdown", len(self._live))
         self._interrupting = True
         for run in list(self._live):
-            run.cancel("interrupted")
+            run.stop("interrupted")
         await self._wait_for_live_runs()
 
     async def _wait_for_live_runs(self) -> None:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 
 from chatstream.runs.events import ErrorEvent, Event, MessageStatus
+from chatstream.runs.handle import RunState
 from chatstream.runs.log import MemoryEventLog
 from chatstream.storage.records import OutputRow
 
@@ -86,15 +87,10 @@ class StoredRun:
             }
         )
 
-    @property
-    def live(self) -> bool:
-        return False
+    async def state(self) -> RunState:
+        return RunState(self.status, self.log.last_seq)
 
-    @property
-    def last_seq(self) -> int:
-        return self.log.last_seq
-
-    def cancel(self, status: MessageStatus = "cancelled") -> bool:
+    async def cancel(self, status: MessageStatus = "cancelled") -> bool:
         return False
 
     @asynccontextmanager
@@ -106,3 +102,60 @@ class StoredRun:
 
     async def wait(self) -> None:
         return None
+
+
+def rows_from_events(
+    run_id: uuid.UUID, events: Sequence[Event], status: MessageStatus
+) -> list[OutputRow]:
+    """The rows a run's events stand for (the inverse of `StoredRun`), the answer last.
+
+    For a run ended from its log alone (its instance died): each tool round's
+    text and calls, its results, then the answer's text, with `status`.
+    """
+    model: str | None = None
+    rows: list[OutputRow] = []
+    text: list[str] = []
+    round_row: OutputRow | None = None  # the assistant row of the round being called
+    for event in events:
+        data = event.data
+        if data["type"] == "start":
+            model = data["model"]
+        elif data["type"] == "delta":
+            text.append(data["text"])
+        elif data["type"] == "tool_call":
+            if round_row is None:
+                round_row = OutputRow(
+                    id=uuid.uuid4(),
+                    role="assistant",
+                    content="".join(text),
+                    status="complete",
+                    model=model,
+                    finish_reason="tool_calls",
+                    tool_calls=[],
+                )
+                rows.append(round_row)
+                text = []
+            assert round_row.tool_calls is not None
+            round_row.tool_calls.append(
+                {
+                    "id": data["call_id"],
+                    "type": "function",
+                    "function": {"name": data["name"], "arguments": data["arguments"]},
+                }
+            )
+        elif data["type"] == "tool_result":
+            round_row = None  # a call after a result opens the next round
+            rows.append(
+                OutputRow(
+                    id=uuid.uuid4(),
+                    role="tool",
+                    content=data["content"],
+                    status="complete",
+                    tool_call_id=data["call_id"],
+                    name=data["name"],
+                )
+            )
+    rows.append(
+        OutputRow(id=run_id, role="assistant", content="".join(text), status=status, model=model)
+    )
+    return rows

@@ -40,6 +40,7 @@ from chatstream.runs.events import (
     MessageStatus,
 )
 from chatstream.runs.generation import Generation
+from chatstream.runs.handle import RunState
 from chatstream.runs.lifecycle import RunRecord
 from chatstream.runs.log import EventLog, MemoryEventLog
 from chatstream.runs.spec import RunLimits, RunSpec
@@ -128,7 +129,13 @@ class Run:
     async def wait(self) -> None:
         await self.finished.wait()
 
-    def cancel(self, status: MessageStatus = "cancelled") -> bool:
+    async def state(self) -> RunState:
+        return RunState(self.status if not self.live else None, self.log.last_seq)
+
+    async def cancel(self, status: MessageStatus = "cancelled") -> bool:
+        return self.stop(status)
+
+    def stop(self, status: MessageStatus = "cancelled") -> bool:
         """Stop generating; the run still persists what it has. False if already ended."""
         if not self.live:
             return False
@@ -152,7 +159,7 @@ class Run:
         finally:
             self.followers -= 1
             if self.followers == 0 and self.live and self._limits.on_disconnect == "cancel":
-                self.cancel()
+                self.stop()
 
     # --- execution -------------------------------------------------------------
 

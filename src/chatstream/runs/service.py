@@ -10,6 +10,7 @@ refused chat leaves no trace.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
@@ -24,6 +25,7 @@ from chatstream.ratelimit import ChatLimits, RateWindow
 from chatstream.runs.context import build_context
 from chatstream.runs.handle import RunHandle
 from chatstream.runs.lifecycle import RunListeners
+from chatstream.runs.log import EventLog, MemoryEventLog
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.replay import StoredRun
 from chatstream.runs.run import Run, RunLimits, RunSpec, RunStore
@@ -97,7 +99,10 @@ class ChatService:
         journal: RunStore,
         runner: str,
         listeners: RunListeners | None = None,
+        log_for: Callable[[RunSpec], EventLog] | None = None,
     ) -> None:
+        # Each run's event log: in memory, or mirrored to Redis for other instances.
+        self._log_for = log_for or (lambda spec: MemoryEventLog())
         self._settings = settings
         self._listeners = listeners or RunListeners()
         self._journal = journal
@@ -230,6 +235,7 @@ class ChatService:
             store=self._journal,
             limits=self._run_limits,
             on_end=partial(self._limits.give_back_slot, key, run_id),
+            log=self._log_for(spec),
         )
 
     async def _repeat(
