@@ -18,13 +18,14 @@ from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from chatstream import __version__
-from chatstream.api import chat, meta, playground, runs, sessions, ws
+from chatstream.api import chat, meta, playground, runs, sessions, ui_stream, ws
 from chatstream.api import metrics as metrics_api
 from chatstream.api.body_limit import BodyLimit
 from chatstream.api.deps import AppState, get_principal
 from chatstream.api.docs import install_docs
 from chatstream.api.errors import install_error_handlers
 from chatstream.api.schemas import document_errors, event_schemas
+from chatstream.api.ui_schemas import ui_chunk_schemas
 from chatstream.auth import Authenticator, ClientAddress
 from chatstream.config import Settings
 from chatstream.errors import StartupError
@@ -200,7 +201,7 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     install_docs(app)
-    for router in (chat.router, runs.router, sessions.router, meta.api_router):
+    for router in (chat.router, runs.router, sessions.router, meta.api_router, ui_stream.router):
         app.include_router(router, dependencies=[Depends(get_principal)])
     for router in (ws.router, meta.router, playground.router()):
         app.include_router(router)
@@ -254,6 +255,7 @@ def _document(app: FastAPI, settings: Settings) -> None:
         document_errors(schema)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(event_schemas())
+        components.update(ui_chunk_schemas())
         for operation in (op for ops in schema["paths"].values() for op in ops.values()):
             content = operation.get("responses", {}).get("200", {}).get("content", {})
             # An event stream is described per event (itemSchema), not as one string.
