@@ -18,12 +18,13 @@ from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from chatstream import __version__
-from chatstream.api import chat, meta, playground, runs, sessions, ui_stream, ws
+from chatstream.api import chat, meta, openai_compat, playground, runs, sessions, ui_stream, ws
 from chatstream.api import metrics as metrics_api
 from chatstream.api.body_limit import BodyLimit
 from chatstream.api.deps import AppState, get_principal
 from chatstream.api.docs import install_docs
 from chatstream.api.errors import install_error_handlers
+from chatstream.api.openai_schemas import openai_stream_schemas
 from chatstream.api.schemas import document_errors, event_schemas
 from chatstream.api.ui_schemas import ui_chunk_schemas
 from chatstream.auth import Authenticator, ClientAddress
@@ -201,7 +202,8 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     install_docs(app)
-    for router in (chat.router, runs.router, sessions.router, meta.api_router, ui_stream.router):
+    protocol_adapters = (ui_stream.router, openai_compat.router)
+    for router in (chat.router, runs.router, sessions.router, meta.api_router, *protocol_adapters):
         app.include_router(router, dependencies=[Depends(get_principal)])
     for router in (ws.router, meta.router, playground.router()):
         app.include_router(router)
@@ -212,8 +214,19 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Last-Event-ID",
+                "X-Request-ID",
+                openai_compat.SESSION_HEADER,
+            ],
+            expose_headers=[
+                "X-Request-ID",
+                "Retry-After",
+                openai_compat.SESSION_HEADER,
+                openai_compat.MESSAGE_HEADER,
+            ],
         )
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
@@ -256,6 +269,7 @@ def _document(app: FastAPI, settings: Settings) -> None:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(event_schemas())
         components.update(ui_chunk_schemas())
+        components.update(openai_stream_schemas())
         for operation in (op for ops in schema["paths"].values() for op in ops.values()):
             content = operation.get("responses", {}).get("200", {}).get("content", {})
             # An event stream is described per event (itemSchema), not as one string.
