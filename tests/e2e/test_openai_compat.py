@@ -8,6 +8,8 @@ the SDK does not document lands in its `model_extra`, which must stay empty.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 from tests.support.node import node_executable, run_script
+from tests.support.readme import SHOWN_URL, readme_block
 from tests.support.sentinels import SENTINEL_JWT_SECRET, TOKEN_ALICE
 from tests.support.servers import AppServer, FakeUpstreamThread
 from tests.support.sse import read_stream
@@ -333,6 +336,30 @@ def test_a_client_that_disconnects_leaves_a_run_to_follow(
     assert followed.done["status"] == "complete"
     assert followed.text == saved(server, message_id)["content"]
     assert followed.text.startswith(seen)
+
+
+def test_the_readme_example_runs_as_shown(make_server: Callable[..., AppServer]) -> None:
+    server = make_server(models=["gpt-4o-mini"])
+    script = readme_block("python", "from openai import OpenAI")
+    assert f'base_url="{SHOWN_URL}/v1"' in script
+
+    shown = subprocess.run(
+        [sys.executable, "-c", script.replace(SHOWN_URL, server.base_url)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+
+    (session,) = httpx.get(f"{server.base_url}/api/sessions", timeout=10).json()["items"]
+    rows = stored(server, session["id"])
+    assert [(r["role"], r["status"]) for r in rows] == [
+        ("user", "complete"),
+        ("assistant", "complete"),
+        ("user", "complete"),
+        ("assistant", "complete"),
+    ]
+    assert shown == f"{rows[1]['content']}\n{rows[3]['content']}\n"
 
 
 # --- Node SDK ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ keys they do not know.
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Callable
 from functools import cache
 from typing import Any, get_args, get_type_hints
@@ -19,6 +20,7 @@ import pytest
 
 from chatstream.api.ui_schemas import UIMessageChunk
 from tests.support.node import CLIENTS_DIR, NodeScript, node_executable, run_script
+from tests.support.readme import SHOWN_URL, readme_block
 from tests.support.sentinels import SENTINEL_JWT_SECRET, TOKEN_ALICE, TOKEN_BOB
 from tests.support.servers import AppServer, FakeUpstreamThread
 from tests.support.wait import wait_until
@@ -431,3 +433,25 @@ def test_bad_requests_are_refused_before_anything_is_stored(
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] in {"invalid_request", "not_found"}
     assert client.get("/api/sessions").json()["items"] == []
+
+
+def test_the_readme_example_runs_as_shown(node: str, server: AppServer) -> None:
+    script = readme_block("js", "readUIMessageStream")
+    # The Next.js page in the README builds the very same transport.
+    transport = re.search(r"new DefaultChatTransport\(\{.*?\}\)", script)
+    assert transport is not None and transport.group(0) in readme_block("tsx", "useChat")
+    assert SHOWN_URL in script
+
+    shown = subprocess.run(
+        [node, "--input-type=module", "--eval", script.replace(SHOWN_URL, server.base_url)],
+        cwd=CLIENTS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+
+    (session,) = httpx.get(f"{server.base_url}/api/sessions", timeout=10).json()["items"]
+    user, answer = stored(server, session["id"])
+    assert user["content"] == "Hello!"
+    assert shown == answer["content"] + "\n" and answer["status"] == "complete"
