@@ -228,7 +228,9 @@ def create_app(
                 openai_compat.MESSAGE_HEADER,
             ],
         )
-    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_body_bytes=settings.max_body_bytes, too_large=openai_compat.too_large
+    )
     app.add_middleware(RequestIdMiddleware)
     if metrics is not None:
         # Outside the other layers: every answer counts, their 413s and 500s too.

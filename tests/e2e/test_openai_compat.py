@@ -277,6 +277,35 @@ def test_rate_limits_raise_rate_limit_error_with_retry_after(
     assert int(raised.value.response.headers["retry-after"]) >= 1
 
 
+def test_a_body_over_the_limit_is_413_in_openais_shape(
+    sdk: SDK, make_server: Callable[..., AppServer]
+) -> None:
+    server = make_server(max_body_bytes=1024)
+    with pytest.raises(openai.APIStatusError) as raised:
+        sdk(server).chat.completions.create(model="test-model", messages=ask("x" * 2000))
+    assert raised.value.status_code == 413 and raised.value.code == "payload_too_large"
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it streams in
+        yield b'{"model": "test-model", "messages": [{"role": "user", "content": "'
+        yield b"x" * 2000
+        yield b'"}]}'
+
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", content=chunked(), timeout=10)
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": {
+            "message": "The request body is over the limit of 1024 bytes "
+            "(CHATSTREAM_MAX_BODY_BYTES).",
+            "type": "invalid_request_error",
+            "code": "payload_too_large",
+            "param": None,
+        }
+    }
+    # Elsewhere the limit still answers in chatstream's own shape.
+    other = httpx.post(f"{server.base_url}/api/chat", content=b"x" * 2000, timeout=10)
+    assert other.status_code == 413 and other.json()["error"]["code"] == "payload_too_large"
+
+
 def test_with_auth_on_the_jwt_is_the_api_key(
     sdk: SDK, make_server: Callable[..., AppServer]
 ) -> None:

@@ -31,7 +31,9 @@ from fastapi import APIRouter, Header
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
 
+from chatstream.api.body_limit import payload_too_large
 from chatstream.api.deps import ChatDep, PrincipalDep, SettingsDep
 from chatstream.api.openai_schemas import (
     ChatCompletion,
@@ -338,3 +340,10 @@ async def _cancel_scope_on_disconnect(request: Request, scope: anyio.CancelScope
 @router.get("/models", response_model=ModelObjectList, summary="OpenAI: the models you may ask for")
 async def list_models(settings: SettingsDep) -> ModelObjectList:
     return ModelObjectList(data=[ModelObject(id=model) for model in settings.models])
+
+
+def too_large(scope: Scope, message: str) -> Response:
+    """The body limit's 413: in OpenAI's shape under /v1, chatstream's elsewhere."""
+    if str(scope.get("path", "")).startswith(router.prefix + "/"):
+        return openai_error_response(413, message, code="payload_too_large")
+    return payload_too_large(scope, message)

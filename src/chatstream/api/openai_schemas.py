@@ -308,8 +308,7 @@ class OpenAIRoute(APIRoute):
                 return from_validation_error(exc)
             except HTTPException as exc:  # the body limit, counted as the body streams in
                 message = exc.detail if isinstance(exc.detail, str) else "Request failed."
-                if exc.status_code == 413:
-                    message = "The request body is too large."
-                return openai_error_response(exc.status_code, message, code=None)
+                code = "payload_too_large" if exc.status_code == 413 else None
+                return openai_error_response(exc.status_code, message, code=code)
 
         return handle_in_openai_terms
