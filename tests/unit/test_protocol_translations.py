@@ -195,3 +195,30 @@ def test_a_run_that_did_not_complete_ends_with_an_error_object() -> None:
     }
     cancelled = openai_stream(start(), done("cancelled", None), include_usage=False)
     assert cancelled[-1]["error"]["code"] == "cancelled"
+
+
+TRICKY = 'quote " backslash \\ newline \n separator \u2028 é 😀 \x00'
+
+
+def test_the_per_token_fast_paths_send_exactly_the_documented_json() -> None:
+    ui_frames = UIMessageStreamTranslation().encode(
+        events(start(), {"type": "delta", "text": "a"}, {"type": "delta", "text": TRICKY})
+    )
+    expected = {"type": "text-delta", "id": "text-1", "delta": TRICKY}
+    assert ui_frames.endswith(b"data: " + orjson.dumps(expected) + b"\n\n")
+
+    for include_usage in (False, True):
+        translation = CompletionChunkTranslation(created=1700000000, include_usage=include_usage)
+        frames = translation.encode(events(start(), {"type": "delta", "text": TRICKY}))
+        chunk: dict[str, Any] = {
+            "id": f"chatcmpl-{MESSAGE_ID}",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": "m",
+            "choices": [
+                {"index": 0, "delta": {"content": TRICKY}, "finish_reason": None, "logprobs": None}
+            ],
+        }
+        if include_usage:
+            chunk["usage"] = None
+        assert frames.endswith(b"data: " + orjson.dumps(chunk) + b"\n\n")

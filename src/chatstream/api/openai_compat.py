@@ -117,7 +117,7 @@ def _failure(done: DoneEvent, error: ErrorEvent | None) -> OpenAIErrorBody | Non
 class CompletionChunkTranslation:
     """Run events → `chat.completion.chunk` frames, for one response."""
 
-    __slots__ = ("_created", "_error", "_id", "_include_usage", "_model")
+    __slots__ = ("_content_frame", "_created", "_error", "_id", "_include_usage", "_model")
 
     def __init__(self, *, created: int, include_usage: bool) -> None:
         self._created = created
@@ -125,6 +125,8 @@ class CompletionChunkTranslation:
         self._id = ""
         self._model = ""
         self._error: ErrorEvent | None = None
+        # A content chunk's frame around its text (the hot path: once per token).
+        self._content_frame = (b"", b"")
 
     def _chunk(self, delta: ChunkDelta, finish_reason: str | None = None) -> bytes:
         chunk: ChatCompletionChunk = {
@@ -145,11 +147,15 @@ class CompletionChunkTranslation:
         for event in batch:
             data: Any = event.data
             if event.type == "delta":
-                frames.append(self._chunk({"content": data["text"]}))
+                head, tail = self._content_frame
+                frames.append(head + orjson.dumps(data["text"]) + tail)
             elif event.type == "start":
                 self._id = f"chatcmpl-{data['message_id']}"
                 self._model = data["model"]
                 frames.append(self._chunk({"role": "assistant", "content": ""}))
+                # The same bytes `_chunk({"content": text})` makes, split where the text goes.
+                head, _, tail = self._chunk({"content": "\0"}).partition(b'"\\u0000"')
+                self._content_frame = (head, tail)
             elif event.type == "error":
                 self._error = data
             elif event.type == "done":
