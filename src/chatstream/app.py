@@ -284,15 +284,19 @@ def _document(app: FastAPI, settings: Settings) -> None:
         chat_request = components.get("ChatRequest", {}).get("properties", {})
         if "message" in chat_request:
             chat_request["message"]["maxLength"] = settings.max_message_chars
-        if "max_tokens" in chat_request:
-            for option in chat_request["max_tokens"].get("anyOf", []):
+        for name in ("ChatRequest", "UIChatRequest"):
+            max_tokens = components.get(name, {}).get("properties", {}).get("max_tokens", {})
+            for option in max_tokens.get("anyOf", []):
                 if option.get("type") == "integer":
                     option["maximum"] = settings.max_tokens
-        for name in ("ChatRequest", "SessionCreate", "SessionPatch"):
+        for name in ("ChatRequest", "SessionCreate", "SessionPatch", "UIChatRequest"):
             model = components.get(name, {}).get("properties", {}).get("model", {})
             for option in model.get("anyOf", []):
                 if option.get("type") == "string":
                     option["enum"] = list(settings.models)
+        completion_model = components.get("CompletionRequest", {}).get("properties", {})
+        if "model" in completion_model:  # OpenAI's `model` is required, never null
+            completion_model["model"]["enum"] = list(settings.models)
         app.openapi_schema = schema
         return schema
 

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import schemathesis
 from pydantic import BaseModel
 
 from tests.support.node import node_executable, run_script
@@ -389,6 +390,29 @@ def test_the_readme_example_runs_as_shown(make_server: Callable[..., AppServer])
         ("assistant", "complete"),
     ]
     assert shown == f"{rows[1]['content']}\n{rows[3]['content']}\n"
+
+
+def test_what_is_sent_is_what_openapi_describes(server: AppServer) -> None:
+    schema = schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")
+    operation = schema["/v1/chat/completions"]["POST"]
+    for body, status in [
+        (
+            {
+                "messages": ask("[[fake tokens=3]] a"),
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+            200,
+        ),
+        ({"messages": ask("[[fake tokens=3 error_after=1]] b"), "stream": True}, 200),
+        ({"messages": ask("[[fake tokens=3]] c")}, 200),
+        ({"messages": ask("[[fake status=500]] d")}, 502),
+        ({"messages": ask("e"), "tools": []}, 400),
+    ]:
+        case = operation.Case(body={"model": "test-model", **body})
+        # Bodies, event streams and headers are checked against the operation's description.
+        response = case.call_and_validate(excluded_checks=[schemathesis.checks.not_a_server_error])
+        assert response.status_code == status
 
 
 # --- Node SDK ----------------------------------------------------------------------

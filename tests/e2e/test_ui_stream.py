@@ -17,6 +17,7 @@ from typing import Any, get_args, get_type_hints
 
 import httpx
 import pytest
+import schemathesis
 
 from chatstream.api.ui_schemas import UIMessageChunk
 from tests.support.node import CLIENTS_DIR, NodeScript, node_executable, run_script
@@ -455,3 +456,21 @@ def test_the_readme_example_runs_as_shown(node: str, server: AppServer) -> None:
     user, answer = stored(server, session["id"])
     assert user["content"] == "Hello!"
     assert shown == answer["content"] + "\n" and answer["status"] == "complete"
+
+
+def test_what_is_sent_is_what_openapi_describes(server: AppServer) -> None:
+    schema = schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")
+    operation = schema["/api/ui/chat"]["POST"]
+    for text in (
+        "[[fake tool=get_current_time preamble=2 tokens=3]] with a tool round",
+        "[[fake status=500]] failing",
+    ):
+        body = {"id": f"described-{len(text)}", "messages": [user_message(text)]}
+        # Every event is checked against the response's itemSchema (chunks have no other keys).
+        response = operation.Case(body=body).call_and_validate()
+        assert response.status_code == 200
+    resume = schema["/api/ui/chat/{chat_id}/stream"]["GET"]
+    assert (
+        resume.Case(path_parameters={"chat_id": "described-1"}).call_and_validate().status_code
+        == 204
+    )

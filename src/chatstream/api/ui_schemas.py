@@ -208,4 +208,8 @@ def ui_chunk_schemas() -> dict[str, Any]:
     schema = adapter.json_schema(ref_template="#/components/schemas/{model}")
     definitions: dict[str, Any] = schema.pop("$defs", {})
     definitions["UIMessageChunk"] = schema
+    for definition in definitions.values():
+        # Exactly these keys: strict clients reject the ones they do not know.
+        if definition.get("type") == "object":
+            definition["additionalProperties"] = False
     return definitions
