@@ -59,6 +59,11 @@ follow, resume or cancel it by its `message_id` under `/api/runs`. Errors
 are `{"error": {"code", "message"}}` JSON before a stream starts, and an
 `error` event followed by `done` after.
 
+**Client protocols** over the same runs: `POST /api/ui/chat` speaks the
+Vercel AI SDK's UI message stream (`useChat` with `DefaultChatTransport`);
+`/v1` speaks OpenAI's Chat Completions API, errors included (in OpenAI's
+shape there), for the OpenAI SDKs with `base_url` at `/v1`.
+
 **WebSocket `/ws/chat`** (not listed below: OpenAPI has no WebSocket
 operations). JSON text frames. Client → server:
 `{"type":"chat","request_id":"…", …ChatRequest fields…}`,
