@@ -11,6 +11,7 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -453,7 +454,7 @@ def test_node_sdk_streams_and_answers_the_persisted_text(node: str, server: AppS
 
 
 def test_node_sdk_raises_its_typed_errors(
-    node: str, server: AppServer, make_server: Callable[..., AppServer]
+    node: str, server: AppServer, make_server: Callable[..., AppServer], tmp_path: Path
 ) -> None:
     bad = node_call(
         node,
@@ -466,12 +467,15 @@ def test_node_sdk_raises_its_typed_errors(
     )["error"]
     assert bad["typed"]["BadRequestError"] and bad["status"] == 400 and bad["param"] == "tools"
 
-    limited = make_server(rate_limit="1/minute")
+    # Each more server in the test has its own spool (one process per spool directory).
+    limited = make_server(rate_limit="1/minute", spool_dir=tmp_path / "limited")
     node_call(node, limited, {"model": "test-model", "messages": ask("[[fake tokens=1]] 1")})
     refused = node_call(node, limited, {"model": "test-model", "messages": ask("2")})["error"]
     assert refused["typed"]["RateLimitError"] and int(refused["retryAfter"]) >= 1
 
-    guarded = make_server(auth="jwt", jwt_secret=SENTINEL_JWT_SECRET)
+    guarded = make_server(
+        auth="jwt", jwt_secret=SENTINEL_JWT_SECRET, spool_dir=tmp_path / "guarded"
+    )
     denied = node_call(node, guarded, {"model": "test-model", "messages": ask("hi")})["error"]
     assert denied["typed"]["AuthenticationError"] and denied["status"] == 401
     allowed = node_call(
