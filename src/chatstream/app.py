@@ -24,7 +24,7 @@ from chatstream.api.body_limit import BodyLimit
 from chatstream.api.deps import AppState, get_principal
 from chatstream.api.docs import install_docs
 from chatstream.api.errors import install_error_handlers
-from chatstream.api.openai_schemas import openai_stream_schemas
+from chatstream.api.openai_schemas import document_openai_errors, openai_stream_schemas
 from chatstream.api.schemas import document_errors, event_schemas
 from chatstream.api.ui_schemas import ui_chunk_schemas
 from chatstream.auth import Authenticator, ClientAddress
@@ -273,6 +273,7 @@ def _document(app: FastAPI, settings: Settings) -> None:
             return app.openapi_schema
         schema = build()
         document_errors(schema)
+        document_openai_errors(schema)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(event_schemas())
         components.update(ui_chunk_schemas())

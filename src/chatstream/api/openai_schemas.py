@@ -225,6 +225,20 @@ def openai_stream_schemas() -> dict[str, Any]:
     return definitions
 
 
+def document_openai_errors(schema: dict[str, Any]) -> None:
+    """The /v1 operations' errors documented as they are sent: OpenAI's shape, never a 422."""
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIErrorBody"}}}
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith("/v1/"):
+            continue
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            responses.pop("422", None)  # validation failures are 400 here
+            for status, response in responses.items():
+                if status.startswith(("4", "5")):
+                    response["content"] = dict(body)
+
+
 def openai_errors(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
     return {
         status: {"model": OpenAIErrorBody, "description": text}
