@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from pydantic import BaseModel
 
 from tests.support.node import node_executable, run_script
 from tests.support.readme import SHOWN_URL, readme_block
-from tests.support.sentinels import SENTINEL_JWT_SECRET, TOKEN_ALICE
+from tests.support.sentinels import SENTINEL_JWT_SECRET, TOKEN_ALICE, make_token
 from tests.support.servers import AppServer, FakeUpstreamThread
 from tests.support.sse import read_stream
 
@@ -324,6 +325,12 @@ def test_with_auth_on_the_jwt_is_the_api_key(
     }
     with pytest.raises(openai.AuthenticationError):
         sdk(server, api_key="not-a-jwt").models.list()
+    # An expired token says so, in the code and in the challenge, so clients refresh it.
+    expired = make_token("alice", exp=int(time.time()) - 60)
+    with pytest.raises(openai.AuthenticationError) as stale:
+        sdk(server, api_key=expired).chat.completions.create(model="test-model", messages=ask("hi"))
+    assert stale.value.code == "token_expired"
+    assert "expired" in stale.value.response.headers["www-authenticate"]
     answer = sdk(server, api_key=TOKEN_ALICE).chat.completions.create(
         model="test-model", messages=ask("[[fake tokens=2]] hi")
     )

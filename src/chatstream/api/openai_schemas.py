@@ -278,7 +278,7 @@ def from_chatstream_error(exc: ChatstreamError) -> JSONResponse:
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     if exc.status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
+        headers.setdefault("WWW-Authenticate", "Bearer")
     # OpenAI answers 400 for every request it cannot take as sent.
     status = 400 if exc.status == 422 else exc.status
     return openai_error_response(
