@@ -18,13 +18,15 @@ from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from chatstream import __version__
-from chatstream.api import chat, meta, playground, runs, sessions, ws
+from chatstream.api import chat, meta, openai_compat, playground, runs, sessions, ui_stream, ws
 from chatstream.api import metrics as metrics_api
 from chatstream.api.body_limit import BodyLimit
 from chatstream.api.deps import AppState, get_principal
 from chatstream.api.docs import install_docs
 from chatstream.api.errors import install_error_handlers
+from chatstream.api.openai_schemas import document_openai_errors, openai_stream_schemas
 from chatstream.api.schemas import document_errors, event_schemas
+from chatstream.api.ui_schemas import ui_chunk_schemas
 from chatstream.auth import Authenticator, ClientAddress
 from chatstream.config import Settings
 from chatstream.errors import StartupError
@@ -58,6 +60,11 @@ Start a run with `POST /api/chat/stream` and read its Server-Sent Events;
 follow, resume or cancel it by its `message_id` under `/api/runs`. Errors
 are `{"error": {"code", "message"}}` JSON before a stream starts, and an
 `error` event followed by `done` after.
+
+**Client protocols** over the same runs: `POST /api/ui/chat` speaks the
+Vercel AI SDK's UI message stream (`useChat` with `DefaultChatTransport`);
+`/v1` speaks OpenAI's Chat Completions API, errors included (in OpenAI's
+shape there), for the OpenAI SDKs with `base_url` at `/v1`.
 
 **WebSocket `/ws/chat`** (not listed below: OpenAPI has no WebSocket
 operations). JSON text frames. Client → server:
@@ -200,7 +207,8 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     install_docs(app)
-    for router in (chat.router, runs.router, sessions.router, meta.api_router):
+    protocol_adapters = (ui_stream.router, openai_compat.router)
+    for router in (chat.router, runs.router, sessions.router, meta.api_router, *protocol_adapters):
         app.include_router(router, dependencies=[Depends(get_principal)])
     for router in (ws.router, meta.router, playground.router()):
         app.include_router(router)
@@ -211,10 +219,23 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Last-Event-ID",
+                "X-Request-ID",
+                openai_compat.SESSION_HEADER,
+            ],
+            expose_headers=[
+                "X-Request-ID",
+                "Retry-After",
+                openai_compat.SESSION_HEADER,
+                openai_compat.MESSAGE_HEADER,
+            ],
         )
-    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_body_bytes=settings.max_body_bytes, too_large=openai_compat.too_large
+    )
     app.add_middleware(RequestIdMiddleware)
     if metrics is not None:
         # Outside the other layers: every answer counts, their 413s and 500s too.
@@ -280,8 +301,11 @@ def _document(app: FastAPI, settings: Settings) -> None:
             return app.openapi_schema
         schema = build()
         document_errors(schema)
+        document_openai_errors(schema)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(event_schemas())
+        components.update(ui_chunk_schemas())
+        components.update(openai_stream_schemas())
         for operation in (op for ops in schema["paths"].values() for op in ops.values()):
             content = operation.get("responses", {}).get("200", {}).get("content", {})
             # An event stream is described per event (itemSchema), not as one string.
@@ -294,15 +318,19 @@ def _document(app: FastAPI, settings: Settings) -> None:
         chat_request = components.get("ChatRequest", {}).get("properties", {})
         if "message" in chat_request:
             chat_request["message"]["maxLength"] = settings.max_message_chars
-        if "max_tokens" in chat_request:
-            for option in chat_request["max_tokens"].get("anyOf", []):
+        for name in ("ChatRequest", "UIChatRequest"):
+            max_tokens = components.get(name, {}).get("properties", {}).get("max_tokens", {})
+            for option in max_tokens.get("anyOf", []):
                 if option.get("type") == "integer":
                     option["maximum"] = settings.max_tokens
-        for name in ("ChatRequest", "SessionCreate", "SessionPatch"):
+        for name in ("ChatRequest", "SessionCreate", "SessionPatch", "UIChatRequest"):
             model = components.get(name, {}).get("properties", {}).get("model", {})
             for option in model.get("anyOf", []):
                 if option.get("type") == "string":
                     option["enum"] = list(settings.models)
+        completion_model = components.get("CompletionRequest", {}).get("properties", {})
+        if "model" in completion_model:  # OpenAI's `model` is required, never null
+            completion_model["model"]["enum"] = list(settings.models)
         app.openapi_schema = schema
         return schema
 

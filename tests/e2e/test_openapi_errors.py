@@ -14,6 +14,7 @@ from tests.support.sentinels import SENTINEL_JWT_SECRET, make_token
 from tests.support.servers import AppServer
 
 ERROR_REF = "#/components/schemas/ErrorBody"
+OPENAI_ERROR_REF = "#/components/schemas/OpenAIErrorBody"
 
 
 @pytest.fixture
@@ -37,7 +38,9 @@ def test_every_error_response_is_documented_as_the_error_body(jwt_server: AppSer
         for status, response in operation["responses"].items():
             if status[0] in "45" and path != "/readyz":
                 schema = response["content"]["application/json"]["schema"]
-                assert schema == {"$ref": ERROR_REF}, (method, path, status)
+                # The OpenAI facade speaks OpenAI's error shape (contract, section 9).
+                expected = OPENAI_ERROR_REF if path.startswith("/v1/") else ERROR_REF
+                assert schema == {"$ref": expected}, (method, path, status)
 
 
 def test_every_protected_endpoint_documents_and_answers_401(jwt_server: AppServer) -> None:
@@ -49,7 +52,7 @@ def test_every_protected_endpoint_documents_and_answers_401(jwt_server: AppServe
         for method, path, operation in protected:
             assert operation.get("security"), (method, path)
             assert "401" in operation["responses"], (method, path)
-            url = path.format(session_id=uuid.uuid4(), message_id=uuid.uuid4())
+            url = path.format(session_id=uuid.uuid4(), message_id=uuid.uuid4(), chat_id="c")
             body = {"message": "hi"} if method == "POST" else None
             answer = client.request(
                 method, url, json=body, headers={"Authorization": f"Bearer {expired}"}

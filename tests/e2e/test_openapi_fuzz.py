@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import positive_data_acceptance
 
 from tests.support.sentinels import SENTINEL_JWT_SECRET, TOKEN_ALICE
 from tests.support.servers import AppServer, FakeUpstreamThread
@@ -21,6 +22,11 @@ EXAMPLES_PER_OPERATION = 25
 # before. Explore with more and fresh draws by hand: set max_examples high and
 # derandomize off (a sweep of 300 per operation, twice, found nothing).
 DERANDOMIZE = True
+# The AI SDK's and OpenAI's request bodies have rules JSON Schema cannot state
+# (the last message must be the user's, with text, within CHATSTREAM_MAX_MESSAGE_CHARS;
+# documented in prose), so a schema-valid body may be refused with a 4xx there.
+# Everything else is checked on them as on every other operation.
+OTHER_PROJECTS_FORMATS = ("/api/ui/", "/v1/")
 
 
 @pytest.mark.parametrize(
@@ -46,6 +52,9 @@ def test_generated_requests_meet_the_schema(
     assert len(operations) >= 14
 
     for operation in operations:
+        excluded = (
+            [positive_data_acceptance] if operation.path.startswith(OTHER_PROJECTS_FORMATS) else []
+        )
 
         @given(case=operation.as_strategy())
         @settings(
@@ -56,6 +65,6 @@ def test_generated_requests_meet_the_schema(
             suppress_health_check=list(HealthCheck),
         )
         def meets_the_schema(case: schemathesis.Case) -> None:
-            case.call_and_validate(headers=headers)
+            case.call_and_validate(headers=headers, excluded_checks=excluded)  # noqa: B023 (run at once)
 
         meets_the_schema()

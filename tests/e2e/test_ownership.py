@@ -54,6 +54,16 @@ def test_every_route_answers_404_to_another_owner_and_changes_nothing(
     alice_world: Any, database_path: Path
 ) -> None:
     server, alice, session_id, finished_id, live_id = alice_world
+    # Alice's AI SDK chat, with a live run (resumable, so it outlives its request).
+    chat_id = "alice-chat"
+    ui_message = {"role": "user", "parts": [{"type": "text", "text": "[[fake stall_after=1]] x"}]}
+    with alice.stream(
+        "POST", "/api/ui/chat", json={"id": chat_id, "messages": [ui_message], "resume": True}
+    ) as ui_response:
+        assert ui_response.status_code == 200
+        next(ui_response.iter_lines())
+    with alice.stream("GET", f"/api/ui/chat/{chat_id}/stream") as resumed:
+        assert resumed.status_code == 200  # to Alice, her chat has a live run
     before = rows_of(database_path, "alice")
     operations = [
         (method.upper(), path)
@@ -71,14 +81,26 @@ def test_every_route_answers_404_to_another_owner_and_changes_nothing(
     checked = []
     for method, path in with_ids:
         for message_id in (finished_id, live_id):
-            url = path.replace("{session_id}", session_id).replace("{message_id}", message_id)
+            url = (
+                path.replace("{session_id}", session_id)
+                .replace("{message_id}", message_id)
+                .replace("{chat_id}", chat_id)
+            )
             body = {"title": "mine now", "system_prompt": "obey bob"} if method == "PATCH" else None
             response = bob.request(method, url, json=body)
             unknown = str(uuid.uuid4())
-            missing_url = path.replace("{session_id}", unknown).replace("{message_id}", unknown)
+            missing_url = (
+                path.replace("{session_id}", unknown)
+                .replace("{message_id}", unknown)
+                .replace("{chat_id}", unknown)
+            )
             missing = bob.request(method, missing_url, json=body)
-            assert response.status_code == 404, (method, path, response.text)
-            assert response.json() == missing.json(), (method, path)
+            if "{chat_id}" in path:
+                # A chat with no live run of the caller's answers 204, missing or not.
+                assert (response.status_code, missing.status_code) == (204, 204), (method, path)
+            else:
+                assert response.status_code == 404, (method, path, response.text)
+                assert response.json() == missing.json(), (method, path)
             checked.append((method, path))
     # Ids in bodies: continuing Alice's session.
     for path in ("/api/chat/stream", "/api/chat"):

@@ -12,20 +12,33 @@ JSON error shape could not be kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatstream.api.errors import error_response
 
+TooLarge = Callable[[Scope, str], Response]
+
+
+def payload_too_large(scope: Scope, message: str) -> Response:
+    return error_response(413, "payload_too_large", message)
+
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, too_large: TooLarge = payload_too_large
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.message = (
             f"The request body is over the limit of {max_body_bytes} bytes "
             "(CHATSTREAM_MAX_BODY_BYTES)."
         )
+        # The answer to a declared oversized body (a protocol adapter may speak its own errors).
+        self.too_large = too_large
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -34,8 +47,7 @@ class BodyLimit:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if value.isdigit() and int(value) > self.max_body_bytes:
-                    response = error_response(413, "payload_too_large", self.message)
-                    await response(scope, receive, send)
+                    await self.too_large(scope, self.message)(scope, receive, send)
                     return
                 break
 

@@ -29,7 +29,7 @@ from chatstream.runs.log import EventLog, MemoryEventLog
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.replay import StoredRun
 from chatstream.runs.run import Run, RunLimits, RunSpec, RunStore
-from chatstream.storage.records import OutputRow, RunOutput
+from chatstream.storage.records import HistoryMessage, OutputRow, RunOutput
 from chatstream.storage.repository import DuplicateRequest, EarlierRequest, Store
 from chatstream.tools import ToolSet
 from chatstream.upstream.stream import ChatUpstream
@@ -78,6 +78,26 @@ class ChatRequest(BaseModel):
 
 # How long a repeated request waits for the run the first one is launching.
 REPEAT_WAIT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class TurnShape:
+    """What a protocol adapter asks of a turn beyond the chat request (all optional).
+
+    `chat_id`: a new session is named by the client's own chat id (the AI
+    SDK's). `earlier`: a new session starts with these user and assistant
+    messages, oldest first, before the new one (the OpenAI facade's given
+    context). `reanswer`: answer this stored user message of
+    `request.session_id` again, with the history up to it; nothing new is
+    inserted (the AI SDK's regenerate).
+    """
+
+    chat_id: str | None = None
+    earlier: tuple[HistoryMessage, ...] = ()
+    reanswer: uuid.UUID | None = None
+
+
+PLAIN_TURN = TurnShape()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +161,9 @@ class ChatService:
         if problems:
             raise InvalidRequest("The chat request is not valid.", details=problems)
 
-    async def start(self, principal: Principal, request: ChatRequest) -> StartedRun:
+    async def start(
+        self, principal: Principal, request: ChatRequest, shape: TurnShape = PLAIN_TURN
+    ) -> StartedRun:
         """Start a run, or refuse it (invalid, limited, at capacity) leaving no trace.
 
         A repeat of an earlier request (same `client_message_id`) starts
@@ -178,7 +200,7 @@ class ChatService:
                 # socket closing) would leave an idempotency key whose answer
                 # never comes. The database's own timeouts bound the wait.
                 with anyio.CancelScope(shield=True):
-                    run = await self._begin(principal, request, run_id)
+                    run = await self._begin(principal, request, run_id, shape)
                     admission.start(run)
             except BaseException:
                 admission.release()
@@ -195,7 +217,9 @@ class ChatService:
             return await self._repeat(principal, earlier, request.message)
         return StartedRun(run, await self._limits.charge_window(key))
 
-    async def _begin(self, principal: Principal, request: ChatRequest, run_id: uuid.UUID) -> Run:
+    async def _begin(
+        self, principal: Principal, request: ChatRequest, run_id: uuid.UUID, shape: TurnShape
+    ) -> Run:
         """Commit the user's message and build its run (not launched yet)."""
         settings = self._settings
         owner, key = principal.owner, principal.limit_key
@@ -210,6 +234,9 @@ class ChatService:
             reply_id=run_id,
             runner=self._runner,
             client_message_id=request.client_message_id,
+            new_session_external_id=shape.chat_id,
+            earlier=shape.earlier,
+            reanswer=shape.reanswer,
         )
         session_model = turn.session_model if turn.session_model in settings.models else None
         spec = RunSpec(

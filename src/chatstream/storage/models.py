@@ -66,9 +66,14 @@ class SessionRow(Base):
     system_prompt: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # A client's own name for the conversation (the AI SDK's chat id), unique per owner.
+    external_id: Mapped[str | None] = mapped_column(String(200))
 
     # Listed most recently active first (GET /api/sessions).
-    __table_args__ = (Index("ix_sessions_owner_updated", "owner", "updated_at", "pk"),)
+    __table_args__ = (
+        Index("ix_sessions_owner_updated", "owner", "updated_at", "pk"),
+        Index("ux_sessions_owner_external_id", "owner", "external_id", unique=True),
+    )
 
 
 class MessageRow(Base):

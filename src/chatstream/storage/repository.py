@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, Pro
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import aliased
 
-from chatstream.errors import DatabaseUnavailable, InvalidRequest, NotFound
+from chatstream.errors import Conflict, DatabaseUnavailable, InvalidRequest, NotFound
 from chatstream.storage.db import Database
 from chatstream.storage.models import (
     MessageRow,
@@ -260,6 +260,9 @@ class Store:
         reply_id: uuid.UUID,
         runner: str | None = None,
         client_message_id: str | None = None,
+        new_session_external_id: str | None = None,
+        earlier: Sequence[HistoryMessage] = (),
+        reanswer: uuid.UUID | None = None,
     ) -> TurnStart:
         """Commit the user's message (creating the session if needed); read the history.
 
@@ -267,9 +270,19 @@ class Store:
         and `DuplicateRequest` is raised: the unique index decides, so of two
         concurrent repeats exactly one wins.
 
+        For protocol adapters: a new session gets `new_session_external_id`
+        (the client's chat id) and starts with the `earlier` messages (user
+        and assistant text, oldest first) before this one; with `reanswer`
+        (a user message of `session_id`) nothing is inserted and the turn is
+        that message's, with the history up to it.
+
         Runs once per chat, so it speaks SQL Core on one connection: the ORM's
         unit of work costs more CPU than these few statements themselves.
         """
+        if reanswer is not None:
+            if session_id is None:
+                raise NotFound("No such session.")
+            return await self._reopen_turn(owner, session_id, reanswer, history_limit)
         now = utcnow()
         sessions, messages = sessions_table, messages_table
         created = False
@@ -295,18 +308,36 @@ class Store:
                     created = True
                     session_id = uuid.uuid4()
                     model, system_prompt = new_session_model, new_session_system_prompt
+                    first_question = next((m.content for m in earlier if m.role == "user"), message)
                     await db.execute(
                         insert(sessions),
                         {
                             "id": session_id,
                             "owner": owner,
-                            "title": _title_from(message),
+                            "title": _title_from(first_question),
                             "model": model,
                             "system_prompt": system_prompt,
                             "created_at": now,
                             "updated_at": now,
+                            "external_id": new_session_external_id,
                         },
                     )
+                    if earlier:
+                        await db.execute(
+                            insert(messages),
+                            [
+                                {
+                                    "id": uuid.uuid4(),
+                                    "session_id": session_id,
+                                    "owner": owner,
+                                    "role": row.role,
+                                    "content": row.content,
+                                    "status": "complete",
+                                    "created_at": now,
+                                }
+                                for row in earlier
+                            ],
+                        )
                 user_message_id = uuid.uuid4()
                 await db.execute(
                     insert(messages),
@@ -323,8 +354,9 @@ class Store:
                         "runner": runner,
                     },
                 )
-                if created:  # a new session has no history but this message
-                    history = [HistoryMessage(role="user", content=message)]
+                if created:  # a new session has no history but this message (and `earlier`)
+                    history = [HistoryMessage(role="user", content=message), *reversed(earlier)]
+                    history = history[:history_limit]
                 else:
                     recent = await db.execute(
                         select(
@@ -340,10 +372,87 @@ class Store:
                     )
                     history = [HistoryMessage(*row) for row in recent]
         except IntegrityError:
+            if created and new_session_external_id is not None:
+                # A concurrent first message of the same chat created its session.
+                raise Conflict(
+                    "This chat is being started by another request; send again."
+                ) from None
             if client_message_id is None:
                 raise
             raise DuplicateRequest() from None
         return TurnStart(session_id, model, system_prompt, user_message_id, history)
+
+    async def _reopen_turn(
+        self, owner: str, session_id: uuid.UUID, user_message_id: uuid.UUID, history_limit: int
+    ) -> TurnStart:
+        """The turn of a stored user message, to answer it again: its history up to it."""
+        sessions, messages = sessions_table, messages_table
+        async with self._db.write_engine.begin() as db:
+            found = (
+                await db.execute(
+                    update(sessions)
+                    .where(sessions.c.id == session_id, sessions.c.owner == owner)
+                    .values(updated_at=utcnow())
+                    .returning(sessions.c.model, sessions.c.system_prompt)
+                )
+            ).first()
+            if found is None:
+                raise NotFound("No such session.")
+            anchor = await db.scalar(
+                select(messages.c.pk).where(
+                    messages.c.id == user_message_id,
+                    messages.c.session_id == session_id,
+                    messages.c.role == "user",
+                )
+            )
+            if anchor is None:
+                raise NotFound("No such user message in this session.")
+            recent = await db.execute(
+                select(
+                    messages.c.role,
+                    messages.c.content,
+                    messages.c.tool_calls,
+                    messages.c.tool_call_id,
+                    messages.c.name,
+                )
+                .where(messages.c.session_id == session_id, messages.c.pk <= anchor)
+                .order_by(messages.c.pk.desc())
+                .limit(history_limit)
+            )
+            history = [HistoryMessage(*row) for row in recent]
+        return TurnStart(session_id, found.model, found.system_prompt, user_message_id, history)
+
+    # --- for protocol adapters -----------------------------------------------------
+
+    @_outage_is_unavailable
+    async def session_of_chat(self, owner: str, external_id: str) -> uuid.UUID | None:
+        """The owner's session named by a client's chat id, if there is one."""
+        async with self._db.reader() as db:
+            return await db.scalar(
+                select(SessionRow.id).where(
+                    SessionRow.owner == owner, SessionRow.external_id == external_id
+                )
+            )
+
+    @_outage_is_unavailable
+    async def last_user_message(
+        self, owner: str, session_id: uuid.UUID
+    ) -> tuple[uuid.UUID, str] | None:
+        """The id and text of the session's most recent user message, if any."""
+        async with self._db.reader() as db:
+            row = (
+                await db.execute(
+                    select(MessageRow.id, MessageRow.content)
+                    .where(
+                        MessageRow.session_id == session_id,
+                        MessageRow.owner == owner,
+                        MessageRow.role == "user",
+                    )
+                    .order_by(MessageRow.pk.desc())
+                    .limit(1)
+                )
+            ).first()
+        return None if row is None else (row.id, row.content)
 
     @_outage_is_unavailable
     async def run_rows(self, owner: str, run_id: uuid.UUID) -> list[OutputRow]:

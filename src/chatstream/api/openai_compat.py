@@ -1,0 +1,355 @@
+"""`/v1`: the OpenAI-compatible facade (`POST /v1/chat/completions`, `GET /v1/models`).
+
+A thin adapter, so OpenAI SDKs and the tools built on them work with
+`base_url` pointed at `/v1` (and the JWT, when auth is on, as the API key).
+Every exchange is an ordinary run: it goes through the chat service's
+limits, is persisted once, and can be followed, resumed or cancelled under
+`/api/runs/{X-Chatstream-Message-Id}`; a client that disconnects leaves it
+running (unless CHATSTREAM_ON_DISCONNECT=cancel).
+
+    X-Chatstream-Session-Id given   the session's stored history is the
+                                    context; only the last message is taken
+    not given                       `messages` is the whole context: a new
+                                    session stores it (system and developer
+                                    messages as its system prompt, the rest
+                                    as its first messages) and then the run
+
+The run's text reaches the client as it does on chatstream's own stream:
+every round's text, in order (tools run server-side; their calls are not
+shown to the client, who did not offer them).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any
+
+import anyio
+import orjson
+from fastapi import APIRouter, Header
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
+
+from chatstream.api.body_limit import payload_too_large
+from chatstream.api.deps import ChatDep, PrincipalDep, SettingsDep
+from chatstream.api.openai_schemas import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChunkDelta,
+    CompletionMessage,
+    CompletionRequest,
+    CompletionUsage,
+    ModelObject,
+    ModelObjectList,
+    OpenAIErrorBody,
+    OpenAIRoute,
+    completion_responses,
+    error_type,
+    openai_error_response,
+    openai_errors,
+)
+from chatstream.api.translated_stream import TranslatedStream
+from chatstream.errors import InvalidRequest, NotFound
+from chatstream.runs.events import DoneEvent, ErrorEvent, Event
+from chatstream.runs.service import PLAIN_TURN, ChatRequest, TurnShape
+from chatstream.storage.records import HistoryMessage
+
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+
+SESSION_HEADER = "X-Chatstream-Session-Id"
+MESSAGE_HEADER = "X-Chatstream-Message-Id"
+
+# Status of a non-streaming answer whose run did not complete, by error code.
+_FAILED_STATUS = {
+    "upstream_error": 502,
+    "upstream_timeout": 504,
+    "upstream_rate_limited": 503,
+    "server_shutdown": 503,
+}
+CANCELLED = "The run was cancelled; what it generated is saved."
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+# --- translation (sans-I/O) ------------------------------------------------------
+
+
+def _usage(done: DoneEvent) -> CompletionUsage:
+    usage = done["usage"]
+    if usage is None:
+        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    return {
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+        "total_tokens": usage["total_tokens"],
+    }
+
+
+def _failure(done: DoneEvent, error: ErrorEvent | None) -> OpenAIErrorBody | None:
+    """The OpenAI error for a run that did not complete; None if it did."""
+    if done["status"] == "complete":
+        return None
+    if done["status"] == "cancelled" or error is None:
+        return {
+            "error": {
+                "message": CANCELLED,
+                "type": error_type(409),
+                "code": "cancelled",
+                "param": None,
+            }
+        }
+    status = _FAILED_STATUS.get(error["code"], 500)
+    return {
+        "error": {
+            "message": error["message"],
+            "type": error_type(status),
+            "code": error["code"],
+            "param": None,
+        }
+    }
+
+
+class CompletionChunkTranslation:
+    """Run events → `chat.completion.chunk` frames, for one response."""
+
+    __slots__ = ("_content_frame", "_created", "_error", "_id", "_include_usage", "_model")
+
+    def __init__(self, *, created: int, include_usage: bool) -> None:
+        self._created = created
+        self._include_usage = include_usage
+        self._id = ""
+        self._model = ""
+        self._error: ErrorEvent | None = None
+        # A content chunk's frame around its text (the hot path: once per token).
+        self._content_frame = (b"", b"")
+
+    def _chunk(self, delta: ChunkDelta, finish_reason: str | None = None) -> bytes:
+        chunk: ChatCompletionChunk = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+            "choices": [
+                {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+            ],
+        }
+        if self._include_usage:
+            chunk["usage"] = None  # as OpenAI does: only the last chunk carries it
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def encode(self, batch: list[Event]) -> bytes:
+        frames: list[bytes] = []
+        for event in batch:
+            data: Any = event.data
+            if event.type == "delta":
+                head, tail = self._content_frame
+                frames.append(head + orjson.dumps(data["text"]) + tail)
+            elif event.type == "start":
+                self._id = f"chatcmpl-{data['message_id']}"
+                self._model = data["model"]
+                frames.append(self._chunk({"role": "assistant", "content": ""}))
+                # The same bytes `_chunk({"content": text})` makes, split where the text goes.
+                head, _, tail = self._chunk({"content": "\0"}).partition(b'"\\u0000"')
+                self._content_frame = (head, tail)
+            elif event.type == "error":
+                self._error = data
+            elif event.type == "done":
+                frames.append(self._end(data))
+        return b"".join(frames)
+
+    def _end(self, done: DoneEvent) -> bytes:
+        failure = _failure(done, self._error)
+        if failure is not None:
+            return b"data: " + orjson.dumps(failure) + b"\n\n"
+        last = self._chunk({}, done["finish_reason"] or "stop")
+        if not self._include_usage:
+            return last
+        usage: ChatCompletionChunk = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+            "choices": [],
+            "usage": _usage(done),
+        }
+        return last + b"data: " + orjson.dumps(usage) + b"\n\n"
+
+
+# --- requests --------------------------------------------------------------------
+
+
+def _text(message: CompletionMessage) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    return "\n".join(part.text for part in message.content)
+
+
+def _turn(
+    messages: list[CompletionMessage], continuing: bool
+) -> tuple[str, str | None, tuple[HistoryMessage, ...]]:
+    """The new message, and for a new session its system prompt and earlier messages."""
+    if messages[-1].role != "user":
+        raise InvalidRequest(
+            "The last message must be the user's: it is the one answered.",
+            details=[{"loc": ["body", "messages", len(messages) - 1, "role"]}],
+        )
+    message = _text(messages[-1])
+    if continuing:
+        return message, None, ()
+    given = messages[:-1]
+    system = [_text(m) for m in given if m.role in ("system", "developer")]
+    earlier = tuple(
+        HistoryMessage(role=m.role, content=_text(m))
+        for m in given
+        if m.role in ("user", "assistant")
+    )
+    return message, "\n\n".join(system) or None, earlier
+
+
+def _chat_request(**fields: Any) -> ChatRequest:
+    try:
+        return ChatRequest(**fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        where = {"message": "messages", "system_prompt": "messages"}.get(field, field)
+        raise InvalidRequest(
+            f"Invalid value for '{where}': {error['msg']}.", details=[{"loc": ["body", where]}]
+        ) from None
+
+
+_ERRORS = openai_errors(
+    {
+        400: "Not valid, or a field chatstream does not support (`param` names it).",
+        401: "Auth is on and the API key (the JWT) is missing or not valid.",
+        404: "`model` is not one of `GET /v1/models`, or X-Chatstream-Session-Id is not "
+        "one of your sessions.",
+        409: "The run was cancelled before it completed (its partial answer is saved).",
+        413: "The body is over CHATSTREAM_MAX_BODY_BYTES.",
+        429: "`rate_limited` (CHATSTREAM_RATE_LIMIT) or `too_many_runs` "
+        "(CHATSTREAM_MAX_CONCURRENT_RUNS), with Retry-After.",
+        500: "The run failed inside chatstream (its partial answer is saved).",
+        502: "The model server failed (the partial answer is saved).",
+        503: "At capacity, shutting down, the database or the model server unavailable.",
+        504: "The model server timed out (the partial answer is saved).",
+    }
+)
+
+
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses={**completion_responses(), **_ERRORS},
+    summary="OpenAI Chat Completions: one answer, as JSON or as a stream of chunks",
+)
+async def chat_completions(
+    body: CompletionRequest,
+    request: Request,
+    principal: PrincipalDep,
+    chat: ChatDep,
+    settings: SettingsDep,
+    session_id: Annotated[
+        uuid.UUID | None,
+        Header(
+            alias=SESSION_HEADER,
+            description="Continue this session, with its stored history as the context.",
+        ),
+    ] = None,
+) -> Response:
+    if body.model not in settings.models:
+        raise ModelNotFound(f"The model '{body.model}' does not exist here; see GET /v1/models.")
+    message, system_prompt, earlier = _turn(body.messages, continuing=session_id is not None)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    chat_request = _chat_request(
+        message=message,
+        session_id=session_id,
+        model=body.model,
+        system_prompt=system_prompt,
+        temperature=body.temperature,
+        max_tokens=min(max_tokens, settings.max_tokens) if max_tokens else None,
+    )
+    started = await chat.start(
+        principal, chat_request, TurnShape(earlier=earlier) if earlier else PLAIN_TURN
+    )
+    run = started.run
+    headers = {SESSION_HEADER: str(run.session_id), MESSAGE_HEADER: str(run.id)}
+    if started.window is not None:
+        headers.update(started.window.headers())
+    created = int(time.time())
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        return TranslatedStream(
+            run,
+            CompletionChunkTranslation(created=created, include_usage=include_usage),
+            keepalive_s=settings.keepalive_interval_s,
+            send_timeout_s=settings.send_timeout_s,
+            headers=headers,
+        )
+
+    text: list[str] = []
+    error: ErrorEvent | None = None
+    done: DoneEvent | None = None
+    async with run.follow() as batches, anyio.create_task_group() as tasks:
+        # Following the run makes this request count as its reader (disconnect policy).
+        tasks.start_soon(_cancel_scope_on_disconnect, request, tasks.cancel_scope)
+        async for batch in batches:
+            for event in batch:
+                data: Any = event.data
+                if event.type == "delta":
+                    text.append(data["text"])
+                elif event.type == "error":
+                    error = data
+                elif event.type == "done":
+                    done = data
+        tasks.cancel_scope.cancel()
+    if done is None:
+        return Response(status_code=499, headers=headers)  # the client left; nobody reads this
+    failure = _failure(done, error)
+    if failure is not None:
+        status = (
+            409
+            if failure["error"]["code"] == "cancelled"
+            else _FAILED_STATUS.get(failure["error"]["code"] or "", 500)
+        )
+        return openai_error_response(
+            status, failure["error"]["message"], code=failure["error"]["code"], headers=headers
+        )
+    completion = ChatCompletion.model_validate(
+        {
+            "id": f"chatcmpl-{run.id}",
+            "created": created,
+            "model": chat_request.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"content": "".join(text)},
+                    "finish_reason": done["finish_reason"] or "stop",
+                }
+            ],
+            "usage": _usage(done),
+        }
+    )
+    return JSONResponse(completion.model_dump(mode="json"), headers=headers)
+
+
+async def _cancel_scope_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+@router.get("/models", response_model=ModelObjectList, summary="OpenAI: the models you may ask for")
+async def list_models(settings: SettingsDep) -> ModelObjectList:
+    return ModelObjectList(data=[ModelObject(id=model) for model in settings.models])
+
+
+def too_large(scope: Scope, message: str) -> Response:
+    """The body limit's 413: in OpenAI's shape under /v1, chatstream's elsewhere."""
+    if str(scope.get("path", "")).startswith(router.prefix + "/"):
+        return openai_error_response(413, message, code="payload_too_large")
+    return payload_too_large(scope, message)

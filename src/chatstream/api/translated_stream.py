@@ -1,0 +1,95 @@
+"""Serve a run's events in another client protocol's event stream.
+
+The AI SDK's UI message stream and the OpenAI facade's chunk stream are
+both Server-Sent Events of `data: <JSON>` lines that end with
+`data: [DONE]`. Each protocol is a `Translation`: a small per-response
+object that turns batches of the run's events into those bytes, knowing
+nothing of HTTP. This response does the rest, exactly as `RunEventStream`
+does for chatstream's own SSE: it follows the run (the same `follow()`
+batches), sends whatever is ready in one write, keeps an idle stream alive
+with a comment line, and drops a client that stops reading.
+
+The response follows the run; it does not own it. When the client leaves,
+the run goes on, unless the response was told to cancel it then (the AI
+SDK's default: a client disconnect is a stop).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from chatstream.api.sendwatch import SendWatch
+from chatstream.api.sse import KEEPALIVE, SSE_HEADERS
+from chatstream.runs.events import Event
+from chatstream.runs.handle import RunHandle
+
+logger = logging.getLogger(__name__)
+
+DONE_LINE = b"data: [DONE]\n\n"
+
+
+class Translation(Protocol):
+    def encode(self, batch: list[Event]) -> bytes:
+        """The bytes for these events (possibly none); called with every batch, in order."""
+        ...
+
+
+class TranslatedStream(Response):
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        run: RunHandle,
+        translation: Translation,
+        *,
+        keepalive_s: float,
+        send_timeout_s: float,
+        headers: dict[str, str] | None = None,
+        cancel_on_disconnect: bool = False,
+    ) -> None:
+        # Response.__init__ wants a body; this response writes its own, as it goes.
+        self.status_code = 200
+        self.background = None
+        self.init_headers({**SSE_HEADERS, **(headers or {})})
+        self._run = run
+        self._translation = translation
+        self._keepalive_s = keepalive_s
+        self._send_timeout_s = send_timeout_s
+        self._cancel_on_disconnect = cancel_on_disconnect
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        watch = SendWatch(send, self._send_timeout_s)
+        encode = self._translation.encode
+        followed_to_the_end = False
+        async with anyio.create_task_group() as tasks:
+            watch.bind(tasks.cancel_scope)
+            tasks.start_soon(_stop_on_disconnect, receive, tasks.cancel_scope)
+            tasks.start_soon(watch.watch)
+            async with self._run.follow(0, self._keepalive_s) as batches:
+                async for batch in batches:
+                    body = encode(batch) if batch else KEEPALIVE
+                    if body:
+                        await watch.send(
+                            {"type": "http.response.body", "body": body, "more_body": True}
+                        )
+            followed_to_the_end = True
+            await watch.send({"type": "http.response.body", "body": DONE_LINE, "more_body": False})
+            tasks.cancel_scope.cancel()
+        if watch.stalled:
+            logger.info("dropped an event stream whose client stopped reading")
+        if not followed_to_the_end and self._cancel_on_disconnect and self._run.cancel():
+            logger.info("run %s cancelled: its client disconnected", self._run.id)
+
+
+async def _stop_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
