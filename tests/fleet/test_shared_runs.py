@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -19,6 +20,7 @@ from tests.support.wait import wait_until
 from tests.support.ws import dones, open_socket_at, recv, recv_until, send
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+log = logging.getLogger(__name__)
 
 
 def follow(base_url: str, message_id: str, **headers: str) -> Stream:
@@ -99,10 +101,10 @@ def test_cancel_from_another_instance_ends_the_run_at_once(
             accepted = on_b.post(f"/api/runs/{message_id}/cancel")
             answered_at = time.monotonic()
         reader.join(30)
-        print(f"cancel answered by B after {(answered_at - asked_at) * 1000:.1f} ms")
+        log.info("cancel answered by B after %.1f ms", (answered_at - asked_at) * 1000)
     assert accepted.status_code == 202
     took = ended_at[0] - asked_at
-    print(f"cancel from B to done on A: {took * 1000:.1f} ms")
+    log.info("cancel from B to done on A: %.1f ms", took * 1000)
     assert took < 0.1, f"{took * 1000:.0f} ms"
     done = rest[0].done
     assert (done["status"], done["persisted"]) == ("cancelled", True)

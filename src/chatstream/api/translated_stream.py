@@ -85,8 +85,11 @@ class TranslatedStream(Response):
             tasks.cancel_scope.cancel()
         if watch.stalled:
             logger.info("dropped an event stream whose client stopped reading")
-        if not followed_to_the_end and self._cancel_on_disconnect and self._run.cancel():
-            logger.info("run %s cancelled: its client disconnected", self._run.id)
+        if not followed_to_the_end and self._cancel_on_disconnect:
+            with anyio.CancelScope(shield=True):
+                cancelled = await self._run.cancel()
+            if cancelled:
+                logger.info("run %s cancelled: its client disconnected", self._run.id)
 
 
 async def _stop_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

@@ -300,7 +300,7 @@ async def ui_chat_stream(
     settings: SettingsDep,
 ) -> Response:
     session_id: uuid.UUID | None = await store.session_of_chat(owner, chat_id)
-    live = registry.live_in_session(session_id, owner) if session_id is not None else ()
+    live = await registry.live_in_session(session_id, owner) if session_id is not None else ()
     if not live:
         return Response(status_code=204)
     # A resumed stream never cancels the run: the request that started it decides.
