@@ -28,6 +28,7 @@ from chatstream.api.schemas import document_errors, event_schemas
 from chatstream.auth import Authenticator, ClientAddress
 from chatstream.config import Settings
 from chatstream.errors import StartupError
+from chatstream.hooks import AutoTitle, Hook, HookRunner, installed_hooks
 from chatstream.logs import Redactor, RequestIdMiddleware, secrets_of
 from chatstream.metrics import HttpMetrics, Metrics
 from chatstream.ratelimit import ChatLimits
@@ -40,6 +41,7 @@ from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
 from chatstream.storage.spool import Spool, SpoolInUse
 from chatstream.tools import ToolRegistry
+from chatstream.upstream.cache import AnswerCache
 from chatstream.upstream.client import open_client
 from chatstream.upstream.stream import ChatUpstream
 
@@ -80,11 +82,16 @@ def create_app(
     *,
     tools: ToolRegistry | None = None,
     listeners: Iterable[RunListener] = (),
+    hooks: Iterable[Hook] | None = None,
 ) -> FastAPI:
     """The application. `tools` defaults to the built-in tools plus installed plugins.
 
     `listeners` hear about every run that starts, ends or is refused
     (`chatstream.runs.lifecycle`); they must return at once.
+
+    `hooks` are called with every finished run, in the background
+    (`chatstream.hooks`); they default to the installed `chatstream.hooks`
+    entry points. The built-in auto-title runs besides them.
 
     Configuration mistakes (an unknown tool, an unreadable public key) raise
     `ConfigurationError` here, before anything is served. A dependency that
@@ -93,7 +100,10 @@ def create_app(
     """
     offered = (tools or ToolRegistry.default()).select(settings.tools)
     # Metrics, post-run hooks and tracing hear about runs through these.
-    run_listeners = RunListeners(listeners)
+    hook_runner = HookRunner(
+        installed_hooks() if hooks is None else hooks, timeout_s=settings.hook_timeout_s
+    )
+    run_listeners = RunListeners([*listeners, hook_runner])
     metrics = Metrics(settings) if settings.metrics else None
     if metrics is not None:
         run_listeners.add(metrics.listener)
@@ -123,6 +133,18 @@ def create_app(
                 logger.error("chatstream cannot start: %s", exc)
                 raise
             client = await stack.enter_async_context(open_client(settings))
+            store = Store(database)
+            upstream = ChatUpstream(client, redactor)
+            # Hooks outlive the registry: the runs it ends at shutdown still get them.
+            await stack.enter_async_context(hook_runner)
+            if settings.auto_title != "off":
+                auto_title = AutoTitle(store, upstream, settings.auto_title)
+                hook_runner.add(auto_title)
+                stack.callback(hook_runner.remove, auto_title)
+            run_upstream = upstream
+            if settings.cache_ttl_s is not None:
+                cache = await stack.enter_async_context(AnswerCache(settings))
+                run_upstream = cache.wrap(upstream)
             registry = await stack.enter_async_context(
                 LocalRunRegistry(
                     max_live_runs=settings.max_live_runs,
@@ -131,7 +153,6 @@ def create_app(
                     listeners=run_listeners,
                 )
             )
-            store = Store(database)
             try:
                 spool = await anyio.to_thread.run_sync(Spool, settings.spool_dir)
             except SpoolInUse as exc:
@@ -157,7 +178,7 @@ def create_app(
                 settings,
                 store=store,
                 registry=registry,
-                upstream=ChatUpstream(client, redactor),
+                upstream=run_upstream,
                 tools=offered,
                 limits=limits,
                 journal=journal,

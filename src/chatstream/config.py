@@ -123,6 +123,18 @@ class Settings(BaseSettings):
     cors_origins: CommaList = Field(default_factory=list)
     trusted_proxies: CommaList = Field(default_factory=list)  # addresses or CIDR networks
 
+    # --- bots and after-the-answer work (issue 15) -----------------------------
+    # Post-run hooks: each call gets this long before it is cancelled (and logged).
+    hook_timeout_s: float = Field(default=30.0, gt=0)
+    # A session with no title gets one after its first answer: from the first
+    # user message, from the model (a background call), or not at all.
+    auto_title: Literal["message", "model", "off"] = "message"
+    # The answer cache: off unless a TTL is set; memory:// or redis://… (its own
+    # setting, so that it does not depend on where the rate limits live).
+    cache_ttl_s: float | None = Field(default=None, gt=0)
+    cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    cache_storage: str = "memory://"
+
     # --- serving --------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -172,6 +184,13 @@ class Settings(BaseSettings):
     @field_validator("rate_limit_storage")
     @classmethod
     def _check_storage(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
+            raise ValueError("must be memory:// or a redis:// URL")
+        return value
+
+    @field_validator("cache_storage")
+    @classmethod
+    def _check_cache_storage(cls, value: str) -> str:
         if not value.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
             raise ValueError("must be memory:// or a redis:// URL")
         return value

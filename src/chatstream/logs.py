@@ -63,9 +63,17 @@ class Redactor:
 def secrets_of(settings: Settings) -> list[str | None]:
     """The values in settings that must never be logged."""
     values: list[str | None] = []
-    for secret in (settings.openai_api_key, settings.jwt_secret):
+    for secret in (
+        settings.openai_api_key,
+        settings.jwt_secret,
+    ):
         values.append(secret.get_secret_value() if secret is not None else None)
-    for url in (settings.database_url, settings.redis_url, settings.rate_limit_storage):
+    for url in (
+        settings.database_url,
+        settings.redis_url,
+        settings.rate_limit_storage,
+        settings.cache_storage,
+    ):
         values.append(urlsplit(url).password if url else None)
     return values
 
