@@ -26,6 +26,7 @@ from chatstream.api.docs import install_docs
 from chatstream.api.errors import install_error_handlers
 from chatstream.api.schemas import document_errors, event_schemas
 from chatstream.auth import Authenticator, ClientAddress
+from chatstream.bots.telegram import TelegramBot, webhook_router
 from chatstream.config import Settings
 from chatstream.errors import StartupError
 from chatstream.hooks import AutoTitle, Hook, HookRunner, installed_hooks
@@ -135,12 +136,16 @@ def create_app(
             client = await stack.enter_async_context(open_client(settings))
             store = Store(database)
             upstream = ChatUpstream(client, redactor)
-            # Hooks outlive the registry: the runs it ends at shutdown still get them.
+            # Hooks and the Telegram deliveries outlive the registry: the runs it
+            # ends at shutdown still get their hooks and reach their chats.
             await stack.enter_async_context(hook_runner)
             if settings.auto_title != "off":
                 auto_title = AutoTitle(store, upstream, settings.auto_title)
                 hook_runner.add(auto_title)
                 stack.callback(hook_runner.remove, auto_title)
+            telegram = None
+            if settings.telegram_enabled:
+                telegram = await stack.enter_async_context(TelegramBot(settings))
             run_upstream = upstream
             if settings.cache_ttl_s is not None:
                 cache = await stack.enter_async_context(AnswerCache(settings))
@@ -207,7 +212,11 @@ def create_app(
             )
             # Also on app.state, for whoever holds the app (operators' tooling, tests).
             app.state.chatstream = state
-            yield {"chatstream": state}
+            lifespan_state: dict[str, Any] = {"chatstream": state}
+            if telegram is not None:
+                telegram.serve(chat_service, store)
+                lifespan_state["telegram"] = telegram
+            yield lifespan_state
 
     app = FastAPI(
         title="chatstream",
@@ -227,6 +236,9 @@ def create_app(
         app.include_router(router)
     if metrics is not None:
         app.include_router(metrics_api.router)
+    if settings.telegram_webhook_secret is not None and settings.telegram_enabled:
+        # Telegram proves itself with its secret header, not a bearer token.
+        app.include_router(webhook_router(settings.telegram_webhook_secret.get_secret_value()))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -8,6 +8,7 @@ and `OPENAI_BASE_URL`.
 
 from __future__ import annotations
 
+import re
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Literal
@@ -124,6 +125,12 @@ class Settings(BaseSettings):
     trusted_proxies: CommaList = Field(default_factory=list)  # addresses or CIDR networks
 
     # --- bots and after-the-answer work (issue 15) -----------------------------
+    # Telegram (contract section 10): the webhook exists only with both of these.
+    telegram_bot_token: SecretStr | None = None
+    telegram_webhook_secret: SecretStr | None = None
+    telegram_api_base: str = "https://api.telegram.org"
+    telegram_mode: Literal["draft", "edit", "chunks"] = "draft"
+    telegram_chunk_chars: int = Field(default=300, ge=1, le=4096)
     # Post-run hooks: each call gets this long before it is cancelled (and logged).
     hook_timeout_s: float = Field(default=30.0, gt=0)
     # A session with no title gets one after its first answer: from the first
@@ -195,6 +202,25 @@ class Settings(BaseSettings):
             raise ValueError("must be memory:// or a redis:// URL")
         return value
 
+    @field_validator("telegram_webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Telegram's own rule for secret_token: 1-256 characters A-Z, a-z, 0-9, _ and -.
+        if value is not None and not re.fullmatch(
+            r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()
+        ):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @model_validator(mode="after")
+    def _check_telegram(self) -> Settings:
+        if (self.telegram_bot_token is None) != (self.telegram_webhook_secret is None):
+            raise ValueError(
+                "CHATSTREAM_TELEGRAM_BOT_TOKEN and CHATSTREAM_TELEGRAM_WEBHOOK_SECRET go together: "
+                "set both (the webhook refuses requests without the secret) or neither"
+            )
+        return self
+
     @field_validator("trusted_proxies")
     @classmethod
     def _check_proxies(cls, value: list[str]) -> list[str]:
@@ -245,6 +271,10 @@ class Settings(BaseSettings):
     @property
     def default_model(self) -> str:
         return self.models[0]
+
+    @property
+    def telegram_enabled(self) -> bool:
+        return self.telegram_bot_token is not None and self.telegram_webhook_secret is not None
 
     @property
     def is_sqlite(self) -> bool:

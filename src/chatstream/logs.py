@@ -41,6 +41,7 @@ _PATTERNS = (
     re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),  # JWT
     re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"),  # OpenAI-style API key
     re.compile(r"(?<=://)[^/\s:@]*:[^/\s@]+(?=@)"),  # user:password in a URL
+    re.compile(r"\d{5,}:[A-Za-z0-9_-]{30,}"),  # Telegram bot token (also in Bot API URLs)
 )
 REDACTED = "[redacted]"
 
@@ -66,6 +67,8 @@ def secrets_of(settings: Settings) -> list[str | None]:
     for secret in (
         settings.openai_api_key,
         settings.jwt_secret,
+        settings.telegram_bot_token,
+        settings.telegram_webhook_secret,
     ):
         values.append(secret.get_secret_value() if secret is not None else None)
     for url in (
