@@ -432,6 +432,19 @@ def test_typing_is_shown_until_text_comes(make_bot: Callable[..., Bot]) -> None:
     assert 3.5 <= before_text[1].at - before_text[0].at <= 6.0
 
 
+def test_typing_is_shown_again_while_tools_run(make_bot: Callable[..., Bot]) -> None:
+    bot = make_bot()
+    bot.say("[[fake tool=get_current_time preamble=3 first_token_ms=1200]] what time is it")
+    answer = bot.answer()
+    # A run with a tool round shows its rounds' text, in order (as its deltas do).
+    rows = bot.messages(answer.session_id)
+    bot.delivered("".join(m.content for m in rows if m.role == "assistant"))
+    typing = bot.telegram.calls_of("sendChatAction", CHAT)
+    # One while waiting for the first text; one when the tool round began.
+    assert len(typing) == 2
+    assert typing[1].at - typing[0].at >= 1.0
+
+
 def test_set_webhook_command_registers_the_webhook(telegram: FakeTelegram) -> None:
     env = clean_env(
         CHATSTREAM_TELEGRAM_BOT_TOKEN=SENTINEL_TELEGRAM_TOKEN,
