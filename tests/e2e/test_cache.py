@@ -6,6 +6,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -111,7 +112,7 @@ def test_off_by_default(server: AppServer, fake: FakeUpstreamThread) -> None:
 
 @pytest.mark.redis
 def test_the_cache_is_shared_through_redis(
-    make_server: Callable[..., AppServer], fake: FakeUpstreamThread
+    make_server: Callable[..., AppServer], fake: FakeUpstreamThread, tmp_path: Path
 ) -> None:
     url = service_url("CHATSTREAM_TEST_REDIS_URL")
     settings = {
@@ -119,7 +120,8 @@ def test_the_cache_is_shared_through_redis(
         "cache_storage": url,
         "redis_key_prefix": f"test-cache-{uuid.uuid4().hex}-{os.getpid()}",
     }
-    one, two = make_server(**settings), make_server(**settings)
+    one = make_server(**settings)
+    two = make_server(**settings, spool_dir=tmp_path / "second-spool")
     first = chat(one, message="[[fake tokens=6]] shared")
     second = chat(two, message="[[fake tokens=6]] shared")
     assert cached(second) and second.text == first.text

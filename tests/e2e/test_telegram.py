@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -312,9 +313,10 @@ def test_a_retried_update_starts_no_second_run(make_bot: Callable[..., Bot]) -> 
 
 
 def test_a_retried_update_in_another_process_starts_no_second_run(
-    make_bot: Callable[..., Bot],
+    make_bot: Callable[..., Bot], tmp_path: Path
 ) -> None:
-    first, second = make_bot(), make_bot()  # two instances, one database
+    # Two instances, one database (each with its own spool).
+    first, second = make_bot(), make_bot(spool_dir=tmp_path / "second-spool")
     update = message_update("[[fake tokens=5]] once")
     assert first.post(update).status_code == 200
     answer = first.answer()
