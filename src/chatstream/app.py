@@ -139,8 +139,8 @@ def create_app(
             # Hooks and the Telegram deliveries outlive the registry: the runs it
             # ends at shutdown still get their hooks and reach their chats.
             await stack.enter_async_context(hook_runner)
-            if settings.auto_title != "off":
-                auto_title = AutoTitle(store, upstream, settings.auto_title)
+            if settings.auto_title == "model":
+                auto_title = AutoTitle(store, upstream)
                 hook_runner.add(auto_title)
                 stack.callback(hook_runner.remove, auto_title)
             telegram = None

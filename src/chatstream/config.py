@@ -133,8 +133,8 @@ class Settings(BaseSettings):
     telegram_chunk_chars: int = Field(default=300, ge=1, le=4096)
     # Post-run hooks: each call gets this long before it is cancelled (and logged).
     hook_timeout_s: float = Field(default=30.0, gt=0)
-    # A session with no title gets one after its first answer: from the first
-    # user message, from the model (a background call), or not at all.
+    # A session with no title gets one: from its first user message (set with
+    # it), from the model (a hook after the first answer), or not at all.
     auto_title: Literal["message", "model", "off"] = "message"
     # The answer cache: off unless a TTL is set; memory:// or redis://… (its own
     # setting, so that it does not depend on where the rate limits live).

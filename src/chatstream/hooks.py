@@ -13,11 +13,15 @@ the runner's own task group: a slow hook delays nothing (it is cancelled after
 hooks and runs go on. On shutdown, running hooks get the same timeout to
 finish before they are cancelled.
 
-Built in: `AutoTitle`, which titles an untitled session after its first
-answer. Titles are not set when a session is created: the contract promises
-a title after the first answer, either from the first user message
-(`CHATSTREAM_AUTO_TITLE=message`, the default) or from the model
-(`model`), and a title set meanwhile by the user is never replaced.
+Titles. The contract promises an untitled session a title after its first
+answer: from its first user message (`CHATSTREAM_AUTO_TITLE=message`, the
+default) or from the model (`model`). From the message, the title needs
+nothing the answer brings, so the storage sets it with the user message, in
+the statement that saves it (`Store.begin_turn`): no extra write, and the
+title is there even before the answer. From the model, sessions start
+untitled and the built-in `AutoTitle` hook asks the model after the first
+answer. Either way a title set through the API is never replaced, and one
+cleared is set again after the next message.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from importlib.metadata import entry_points
 from types import TracebackType
-from typing import Literal
 
 import anyio
 from anyio.abc import TaskGroup
@@ -139,14 +142,14 @@ TITLE_MAX_TOKENS = 24
 
 
 class AutoTitle:
-    """Title an untitled session after its first answer (the built-in hook)."""
+    """Title an untitled session after its first answer, by the model (the built-in hook).
 
-    def __init__(
-        self, store: Store, upstream: ChatUpstream, mode: Literal["message", "model"]
-    ) -> None:
+    If the model gives no usable title, the first user message's is used.
+    """
+
+    def __init__(self, store: Store, upstream: ChatUpstream) -> None:
         self._store = store
         self._upstream = upstream
-        self._mode = mode
 
     async def __call__(self, record: RunRecord) -> None:
         if not record.persisted:
@@ -154,9 +157,7 @@ class AutoTitle:
         first = await self._store.untitled_first_message(record.owner, record.session_id)
         if first is None:
             return
-        title = title_from(first)
-        if self._mode == "model":
-            title = await self._ask_model(record.model, first) or title
+        title = await self._ask_model(record.model, first) or title_from(first)
         await self._store.set_title_if_untitled(record.owner, record.session_id, title)
 
     async def _ask_model(self, model: str, message: str) -> str | None:

@@ -16,6 +16,7 @@ import pytest
 
 import chatstream.hooks as hooks_module
 from chatstream.runs.lifecycle import RunRecord
+from tests.conftest import StatementLog
 from tests.support.servers import AppServer
 from tests.support.sse import iter_sse, read_stream
 from tests.support.wait import wait_until
@@ -142,69 +143,60 @@ def test_hooks_come_from_entry_points_by_default(
     assert str(CALLED[0].message_id) == stream.done["message_id"]
 
 
-def test_a_session_is_titled_from_its_first_message_after_its_first_answer(
-    server: AppServer, client: httpx.Client
+def test_a_session_is_titled_from_its_first_message(
+    server: AppServer, client: httpx.Client, sql_log: StatementLog
 ) -> None:
     stream = read_stream(
         client.post("/api/chat/stream", json={"message": "  Plan   a trip\n to Lisbon  "})
     )
     session_id = stream.of("start")[0].data["session_id"]
-    wait_until(
-        lambda: (
-            client.get(f"/api/sessions/{session_id}").json()["title"] == "Plan a trip to Lisbon"
-        ),
-        what="the session is titled",
-    )
-    # A title, the user's or the hook's, is never replaced.
+    # Set with the user's message, by the statement that saves it: nothing more is written.
+    assert client.get(f"/api/sessions/{session_id}").json()["title"] == "Plan a trip to Lisbon"
+    assert not sql_log.matching("UPDATE sessions")
+    # A title, the user's or the automatic one, is never replaced.
     created = client.post("/api/sessions", json={"title": "Mine"}).json()
-    store = server.state.store
-    for sid in (session_id, created["id"]):
-        replaced = server.call(
-            lambda sid=sid: store.set_title_if_untitled("anonymous", uuid.UUID(sid), "other")
-        )
-        assert replaced is False
-    assert client.get(f"/api/sessions/{created['id']}").json()["title"] == "Mine"
-    # A session whose title was cleared gets one again after its next answer.
+    for sid, title in ((session_id, "Plan a trip to Lisbon"), (created["id"], "Mine")):
+        read_stream(client.post("/api/chat/stream", json={"message": "other", "session_id": sid}))
+        assert client.get(f"/api/sessions/{sid}").json()["title"] == title
+    # A session whose title was cleared gets one again with its next message.
     client.patch(f"/api/sessions/{created['id']}", json={"title": None})
     read_stream(
         client.post(
             "/api/chat/stream", json={"message": "first words", "session_id": created["id"]}
         )
     )
-    wait_until(
-        lambda: client.get(f"/api/sessions/{created['id']}").json()["title"] == "first words"
-    )
+    assert client.get(f"/api/sessions/{created['id']}").json()["title"] == "first words"
 
 
-def test_no_title_before_the_first_answer(make_server: Callable[..., AppServer], fake: Any) -> None:
-    server = make_server()
+def test_titles_from_the_model_come_after_the_first_answer(
+    make_server: Callable[..., AppServer], fake: Any
+) -> None:
+    server = make_server(auto_title="model")
     with httpx.Client(base_url=server.base_url, timeout=20) as client:
         with client.stream(
-            "POST", "/api/chat/stream", json={"message": "[[fake tokens=5 stall_after=2]] hi"}
+            "POST", "/api/chat/stream", json={"message": "[[fake stall_after=2]] Plan a trip"}
         ) as response:
             items = iter_sse(response)
-            events = read_stream(items, stop_after=1)
-            session_id = events.of("start")[0].data["session_id"]
+            session_id = read_stream(items, stop_after=1).of("start")[0].data["session_id"]
             fake.fake.wait_for(lambda: fake.fake.stalled_streams >= 1)
             assert client.get(f"/api/sessions/{session_id}").json()["title"] is None
             fake.fake.release()
             assert read_stream(items).types[-1] == "done"
-        wait_until(lambda: client.get(f"/api/sessions/{session_id}").json()["title"])
-
-
-def test_titles_from_the_model(make_server: Callable[..., AppServer], fake: Any) -> None:
-    server = make_server(auto_title="model")
-    with httpx.Client(base_url=server.base_url, timeout=20) as client:
-        stream = read_stream(client.post("/api/chat/stream", json={"message": "Plan a trip"}))
-        session_id = stream.of("start")[0].data["session_id"]
+        fake.fake.release(wait_for=1)  # the title request carries the directive too
         title = wait_until(
             lambda: client.get(f"/api/sessions/{session_id}").json()["title"],
             what="the session is titled",
         )
-    # The fake model echoes the message it was given: the title request's.
+        # A user's title is never replaced by the model's.
+        created = client.post("/api/sessions", json={"title": "Mine"}).json()
+        read_stream(
+            client.post("/api/chat/stream", json={"message": "hi", "session_id": created["id"]})
+        )
+        assert client.get(f"/api/sessions/{created['id']}").json()["title"] == "Mine"
+    # One background call, with the first message; the fake model echoes what it is given.
     asked = [r for r in fake.fake.requests if r["messages"][0]["role"] == "system"]
     assert len(asked) == 1 and asked[0]["max_tokens"] <= 32
-    assert asked[0]["messages"][-1]["content"] == "Plan a trip"
+    assert asked[0]["messages"][-1]["content"] == "[[fake stall_after=2]] Plan a trip"
     assert title == "You said: Plan a trip"
 
 

@@ -205,6 +205,7 @@ class ChatService:
             reply_id=run_id,
             runner=self._runner,
             client_message_id=request.client_message_id,
+            title_from_message=settings.auto_title == "message",
         )
         session_model = turn.session_model if turn.session_model in settings.models else None
         spec = RunSpec(

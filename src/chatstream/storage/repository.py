@@ -295,6 +295,7 @@ class Store:
         reply_id: uuid.UUID,
         runner: str | None = None,
         client_message_id: str | None = None,
+        title_from_message: bool = True,
     ) -> TurnStart:
         """Commit the user's message (creating the session if needed); read the history.
 
@@ -308,6 +309,10 @@ class Store:
         now = utcnow()
         sessions, messages = sessions_table, messages_table
         created = False
+        # An untitled session is titled from its first message, in the same
+        # statement; without `title_from_message`, a hook titles it later.
+        title = title_from(message) if title_from_message else None
+        untitled = {"title": func.coalesce(sessions.c.title, title)} if title else {}
         try:
             async with self._db.write_engine.begin() as db:
                 if session_id is not None:
@@ -316,8 +321,7 @@ class Store:
                         await db.execute(
                             update(sessions)
                             .where(sessions.c.id == session_id, sessions.c.owner == owner)
-                            # The title comes after the first answer (chatstream.hooks).
-                            .values(updated_at=now)
+                            .values(updated_at=now, **untitled)
                             .returning(sessions.c.model, sessions.c.system_prompt)
                         )
                     ).first()
@@ -333,7 +337,7 @@ class Store:
                         {
                             "id": session_id,
                             "owner": owner,
-                            "title": None,
+                            "title": title,
                             "model": model,
                             "system_prompt": system_prompt,
                             "created_at": now,
