@@ -53,8 +53,10 @@ class Bot:
         started = time.monotonic()
         response = self.http.post("/telegram/webhook", json=update, headers=headers)
         if response.status_code == 200:
-            # The webhook answers within a second, whatever the model does.
-            assert time.monotonic() - started < 1.0
+            # The webhook waits at most half a second for the message to be saved,
+            # never for the model (see test_the_webhook_answers_before_the_model);
+            # the bound here is loose because the test machine's CPUs are shared.
+            assert time.monotonic() - started < 2.0
         return response
 
     def say(self, text: str, chat_id: int = CHAT) -> dict[str, Any]:
@@ -177,6 +179,20 @@ def test_webhook_is_documented(make_bot: Callable[..., Bot]) -> None:
     assert {"200", "401"} <= set(operation["responses"])
 
 
+def test_the_webhook_answers_before_the_model(
+    make_bot: Callable[..., Bot], fake: FakeUpstreamThread
+) -> None:
+    bot = make_bot()
+    bot.say("[[fake tokens=3 stall_after=0]] hello")
+    # Answered while the model had said nothing (it says nothing until released).
+    fake.fake.wait_for(lambda: fake.fake.stalled_streams >= 1)
+    assert bot.telegram.texts(CHAT) == []
+    (session,) = bot.sessions()
+    assert [m.role for m in bot.messages(session.id)] == ["user"]  # saved before the answer
+    fake.fake.release()
+    bot.delivered(bot.answer().content)
+
+
 # --- streaming modes ------------------------------------------------------------------------
 
 
@@ -289,11 +305,11 @@ def test_429_is_waited_out_and_the_final_text_kept(make_bot: Callable[..., Bot])
 
 def test_a_slow_bot_api_never_slows_the_run(make_bot: Callable[..., Bot]) -> None:
     bot = make_bot()
-    bot.telegram.delay("sendChatAction", 3.0)
+    bot.telegram.delay("sendChatAction", 6.0)
     started = time.monotonic()
     bot.say("[[fake tokens=10]] hello")
     answer = bot.answer()
-    assert time.monotonic() - started < 2.5, "the run ended while Telegram was still slow"
+    assert time.monotonic() - started < 5.0, "the run ended while Telegram was still slow"
     bot.delivered(answer.content)
 
 
@@ -431,7 +447,7 @@ def test_typing_is_shown_until_text_comes(make_bot: Callable[..., Bot]) -> None:
     before_text = list(itertools.takewhile(lambda c: c.method == "sendChatAction", calls))
     assert len(before_text) >= 2
     assert all(c.params["action"] == "typing" for c in before_text)
-    assert 3.5 <= before_text[1].at - before_text[0].at <= 6.0
+    assert 3.5 <= before_text[1].at - before_text[0].at <= 8.0
 
 
 def test_typing_is_shown_again_while_tools_run(make_bot: Callable[..., Bot]) -> None:
