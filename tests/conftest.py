@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from chatstream.app import create_app
 from chatstream.cli import alembic_config
 from chatstream.config import Settings
+from chatstream.hooks import Hook
 from chatstream.runs.lifecycle import RunListener
 from chatstream.tools import ToolRegistry
 from tests.support.sentinels import SENTINEL_API_KEY, WATCH, WatchingHandler
@@ -133,6 +134,7 @@ def make_server(
     def make(
         tool_registry: ToolRegistry | None = None,
         listeners: Sequence[RunListener] = (),
+        hooks: Sequence[Hook] | None = None,
         **overrides: Any,
     ) -> AppServer:
         settings = settings_for_tests(
@@ -143,7 +145,8 @@ def make_server(
                 **overrides,
             }
         )
-        server = AppServer(create_app(settings, tools=tool_registry, listeners=listeners)).start()
+        app = create_app(settings, tools=tool_registry, listeners=listeners, hooks=hooks)
+        server = AppServer(app).start()
         started.append(server)
         return server
 

@@ -28,8 +28,10 @@ from chatstream.api.openai_schemas import document_openai_errors, openai_stream_
 from chatstream.api.schemas import document_errors, event_schemas
 from chatstream.api.ui_schemas import ui_chunk_schemas
 from chatstream.auth import Authenticator, ClientAddress
+from chatstream.bots.telegram import TelegramBot, webhook_router
 from chatstream.config import Settings
 from chatstream.errors import StartupError
+from chatstream.hooks import AutoTitle, Hook, HookRunner, installed_hooks
 from chatstream.logs import Redactor, RequestIdMiddleware, secrets_of
 from chatstream.metrics import HttpMetrics, Metrics
 from chatstream.ratelimit import ChatLimits
@@ -44,6 +46,7 @@ from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
 from chatstream.storage.spool import Spool, SpoolInUse
 from chatstream.tools import ToolRegistry
+from chatstream.upstream.cache import AnswerCache
 from chatstream.upstream.client import open_client
 from chatstream.upstream.stream import ChatUpstream
 
@@ -89,11 +92,16 @@ def create_app(
     *,
     tools: ToolRegistry | None = None,
     listeners: Iterable[RunListener] = (),
+    hooks: Iterable[Hook] | None = None,
 ) -> FastAPI:
     """The application. `tools` defaults to the built-in tools plus installed plugins.
 
     `listeners` hear about every run that starts, ends or is refused
     (`chatstream.runs.lifecycle`); they must return at once.
+
+    `hooks` are called with every finished run, in the background
+    (`chatstream.hooks`); they default to the installed `chatstream.hooks`
+    entry points. The built-in auto-title runs besides them.
 
     Configuration mistakes (an unknown tool, an unreadable public key) raise
     `ConfigurationError` here, before anything is served. A dependency that
@@ -102,7 +110,10 @@ def create_app(
     """
     offered = (tools or ToolRegistry.default()).select(settings.tools)
     # Metrics, post-run hooks and tracing hear about runs through these.
-    run_listeners = RunListeners(listeners)
+    hook_runner = HookRunner(
+        installed_hooks() if hooks is None else hooks, timeout_s=settings.hook_timeout_s
+    )
+    run_listeners = RunListeners([*listeners, hook_runner])
     metrics = Metrics(settings) if settings.metrics else None
     if metrics is not None:
         run_listeners.add(metrics.listener)
@@ -133,6 +144,21 @@ def create_app(
                 raise
             client = await stack.enter_async_context(open_client(settings))
             store = Store(database)
+            upstream = ChatUpstream(client, redactor)
+            # Hooks and the Telegram deliveries outlive the registry: the runs it
+            # ends at shutdown still get their hooks and reach their chats.
+            await stack.enter_async_context(hook_runner)
+            if settings.auto_title == "model":
+                auto_title = AutoTitle(store, upstream)
+                hook_runner.add(auto_title)
+                stack.callback(hook_runner.remove, auto_title)
+            telegram = None
+            if settings.telegram_enabled:
+                telegram = await stack.enter_async_context(TelegramBot(settings))
+            run_upstream = upstream
+            if settings.cache_ttl_s is not None:
+                cache = await stack.enter_async_context(AnswerCache(settings))
+                run_upstream = cache.wrap(upstream)
             try:
                 spool = await anyio.to_thread.run_sync(Spool, settings.spool_dir)
             except SpoolInUse as exc:
@@ -161,7 +187,7 @@ def create_app(
                 settings,
                 store=store,
                 registry=registry,
-                upstream=ChatUpstream(client, redactor),
+                upstream=run_upstream,
                 tools=offered,
                 limits=limits,
                 journal=journal,
@@ -193,7 +219,11 @@ def create_app(
             )
             # Also on app.state, for whoever holds the app (operators' tooling, tests).
             app.state.chatstream = state
-            yield {"chatstream": state}
+            lifespan_state: dict[str, Any] = {"chatstream": state}
+            if telegram is not None:
+                telegram.serve(chat_service, store)
+                lifespan_state["telegram"] = telegram
+            yield lifespan_state
 
     app = FastAPI(
         title="chatstream",
@@ -214,6 +244,9 @@ def create_app(
         app.include_router(router)
     if metrics is not None:
         app.include_router(metrics_api.router)
+    if settings.telegram_webhook_secret is not None and settings.telegram_enabled:
+        # Telegram proves itself with its secret header, not a bearer token.
+        app.include_router(webhook_router(settings.telegram_webhook_secret.get_secret_value()))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,4 +1,4 @@
-"""`chatstream serve | migrate | fake-upstream | chat`.
+"""`chatstream serve | migrate | fake-upstream | chat | telegram set-webhook`.
 
 Exit statuses: 0 done; 2 a configuration or usage error (one line on stderr,
 never a traceback); 3 something could not be used or reached (`serve` and
@@ -62,6 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
 
+    telegram = commands.add_parser("telegram", help="manage the Telegram bot")
+    telegram_commands = telegram.add_subparsers(dest="telegram_command", required=True)
+    set_webhook = telegram_commands.add_parser(
+        "set-webhook",
+        help="register URL (https://…/telegram/webhook) as the bot's webhook, with its secret",
+    )
+    set_webhook.add_argument("url")
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
@@ -69,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _migrate()
     if args.command == "fake-upstream":
         return _fake_upstream(args)
+    if args.command == "telegram":
+        return _telegram_set_webhook(args)
     from chatstream.terminal import chat
 
     return chat(args)
@@ -125,6 +135,22 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         fail(str(exc))
     return serve(app, settings)
+
+
+def _telegram_set_webhook(args: argparse.Namespace) -> int:
+    from chatstream.bots.telegram.api import TelegramError, TelegramUnreachable
+    from chatstream.bots.telegram.setup import set_webhook
+
+    settings = _settings()
+    configure_logging(settings.log_level, secrets_of(settings))
+    try:
+        asyncio.run(set_webhook(settings, args.url))
+    except ValueError as exc:
+        fail(f"the webhook was not set: {exc}")
+    except (TelegramError, TelegramUnreachable) as exc:
+        fail(f"the webhook was not set: {exc}", STARTUP_FAILED)
+    logger.info("Telegram sends this bot's updates to %s", args.url)
+    return 0
 
 
 def _migrate() -> int:

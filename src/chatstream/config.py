@@ -8,6 +8,7 @@ and `OPENAI_BASE_URL`.
 
 from __future__ import annotations
 
+import re
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Literal
@@ -127,6 +128,24 @@ class Settings(BaseSettings):
     cors_origins: CommaList = Field(default_factory=list)
     trusted_proxies: CommaList = Field(default_factory=list)  # addresses or CIDR networks
 
+    # --- bots and after-the-answer work (issue 15) -----------------------------
+    # Telegram (contract section 10): the webhook exists only with both of these.
+    telegram_bot_token: SecretStr | None = None
+    telegram_webhook_secret: SecretStr | None = None
+    telegram_api_base: str = "https://api.telegram.org"
+    telegram_mode: Literal["draft", "edit", "chunks"] = "draft"
+    telegram_chunk_chars: int = Field(default=300, ge=1, le=4096)
+    # Post-run hooks: each call gets this long before it is cancelled (and logged).
+    hook_timeout_s: float = Field(default=30.0, gt=0)
+    # A session with no title gets one: from its first user message (set with
+    # it), from the model (a hook after the first answer), or not at all.
+    auto_title: Literal["message", "model", "off"] = "message"
+    # The answer cache: off unless a TTL is set; memory:// or redis://… (its own
+    # setting, so that it does not depend on where the rate limits live).
+    cache_ttl_s: float | None = Field(default=None, gt=0)
+    cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    cache_storage: str = "memory://"
+
     # --- serving --------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -179,6 +198,32 @@ class Settings(BaseSettings):
         if not value.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
             raise ValueError("must be memory:// or a redis:// URL")
         return value
+
+    @field_validator("cache_storage")
+    @classmethod
+    def _check_cache_storage(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
+            raise ValueError("must be memory:// or a redis:// URL")
+        return value
+
+    @field_validator("telegram_webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Telegram's own rule for secret_token: 1-256 characters A-Z, a-z, 0-9, _ and -.
+        if value is not None and not re.fullmatch(
+            r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()
+        ):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @model_validator(mode="after")
+    def _check_telegram(self) -> Settings:
+        if (self.telegram_bot_token is None) != (self.telegram_webhook_secret is None):
+            raise ValueError(
+                "CHATSTREAM_TELEGRAM_BOT_TOKEN and CHATSTREAM_TELEGRAM_WEBHOOK_SECRET go together: "
+                "set both (the webhook refuses requests without the secret) or neither"
+            )
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -234,6 +279,10 @@ class Settings(BaseSettings):
         if self.rate_limit_storage.startswith("memory://") and self.redis_url:
             return self.redis_url
         return self.rate_limit_storage
+
+    @property
+    def telegram_enabled(self) -> bool:
+        return self.telegram_bot_token is not None and self.telegram_webhook_secret is not None
 
     @property
     def is_sqlite(self) -> bool:

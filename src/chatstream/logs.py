@@ -41,6 +41,7 @@ _PATTERNS = (
     re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),  # JWT
     re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"),  # OpenAI-style API key
     re.compile(r"(?<=://)[^/\s:@]*:[^/\s@]+(?=@)"),  # user:password in a URL
+    re.compile(r"\d{5,}:[A-Za-z0-9_-]{30,}"),  # Telegram bot token (also in Bot API URLs)
 )
 REDACTED = "[redacted]"
 
@@ -63,9 +64,19 @@ class Redactor:
 def secrets_of(settings: Settings) -> list[str | None]:
     """The values in settings that must never be logged."""
     values: list[str | None] = []
-    for secret in (settings.openai_api_key, settings.jwt_secret):
+    for secret in (
+        settings.openai_api_key,
+        settings.jwt_secret,
+        settings.telegram_bot_token,
+        settings.telegram_webhook_secret,
+    ):
         values.append(secret.get_secret_value() if secret is not None else None)
-    for url in (settings.database_url, settings.redis_url, settings.rate_limit_storage):
+    for url in (
+        settings.database_url,
+        settings.redis_url,
+        settings.rate_limit_storage,
+        settings.cache_storage,
+    ):
         values.append(urlsplit(url).password if url else None)
     return values
 

@@ -17,6 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 SENTINEL_API_KEY = "sk-test-SENTINEL-0123456789abcdef"
 SENTINEL_JWT_SECRET = "jwt-secret-SENTINEL-0123456789abcdefghijklmnopqrstuv"
 SENTINEL_DB_PASSWORD = "db-password-SENTINEL-42"
+# Shaped like a real bot token (digits, colon, 35 characters): it travels in Bot API URLs.
+SENTINEL_TELEGRAM_TOKEN = "987654321:SENTINEL-telegram-token-0123456789ab"
 
 
 def make_token(subject: str, secret: str = SENTINEL_JWT_SECRET, **claims: object) -> str:
@@ -27,7 +29,14 @@ def make_token(subject: str, secret: str = SENTINEL_JWT_SECRET, **claims: object
 TOKEN_ALICE = make_token("alice")
 TOKEN_BOB = make_token("bob")
 
-SENTINELS = (SENTINEL_API_KEY, SENTINEL_JWT_SECRET, SENTINEL_DB_PASSWORD, TOKEN_ALICE, TOKEN_BOB)
+SENTINELS = (
+    SENTINEL_API_KEY,
+    SENTINEL_JWT_SECRET,
+    SENTINEL_DB_PASSWORD,
+    SENTINEL_TELEGRAM_TOKEN,
+    TOKEN_ALICE,
+    TOKEN_BOB,
+)
 _LONGEST = max(len(s) for s in SENTINELS)
 
 

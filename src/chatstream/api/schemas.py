@@ -67,7 +67,7 @@ class MessageOut(BaseModel):
     tool_call_id: str | None = None
     name: str | None = None
     usage: dict[str, int] | None
-    metrics: dict[str, float | int | None] | None
+    metrics: dict[str, bool | float | int | None] | None  # `cached` is a bool
     created_at: datetime
 
 

@@ -10,7 +10,7 @@ Every payload carries its own `type`, so a data-only SSE reader, an
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal, NotRequired, get_args
 
 import orjson
 from typing_extensions import TypedDict  # pydantic derives schemas from it on 3.11 too
@@ -30,6 +30,8 @@ class Metrics(TypedDict):
     ttft_ms: int | None
     duration_ms: int
     tokens_per_second: float | None
+    # Present (true) only when the answer came from the answer cache.
+    cached: NotRequired[bool]
 
 
 class StartEvent(TypedDict):

@@ -65,6 +65,7 @@ class Generation:
         self.tool_rows: list[OutputRow] = []
         self.usages: list[Usage] = []
         self.steps = RunSteps()  # upstream calls and tools, timed for traces
+        self.cached = False  # answered from the answer cache (upstream/cache.py)
 
     async def run(self) -> None:
         """Stream the answer; while the model calls tools, run them and ask again."""
@@ -87,6 +88,7 @@ class Generation:
             with self.steps.upstream() as step:
                 await self._stream_round(request)
                 step.finish_reason, step.usage = self.round.finish_reason, self.round.usage
+            self.cached = self.cached or request.from_cache
             calls = self.round.tool_calls
             if not calls:
                 return

@@ -227,6 +227,8 @@ class Run:
             first_text_at=generation.first_text_at,
             finished_at=finished_at,
         )
+        if generation.cached:
+            metrics["cached"] = True
         rows = generation.rows(status)
         rows[-1].usage = dict(usage) if usage else None
         rows[-1].metrics = dict(metrics)

@@ -237,6 +237,7 @@ class ChatService:
             new_session_external_id=shape.chat_id,
             earlier=shape.earlier,
             reanswer=shape.reanswer,
+            title_from_message=settings.auto_title == "message",
         )
         session_model = turn.session_model if turn.session_model in settings.models else None
         spec = RunSpec(

@@ -204,6 +204,41 @@ class Store:
         return row
 
     @_outage_is_unavailable
+    async def untitled_first_message(self, owner: str, session_id: uuid.UUID) -> str | None:
+        """The session's first user message, if the session has no title yet; else None."""
+        async with self._db.reader() as db:
+            untitled = await db.scalar(
+                select(SessionRow.id).where(
+                    SessionRow.id == session_id,
+                    SessionRow.owner == owner,
+                    SessionRow.title.is_(None),
+                )
+            )
+            if untitled is None:
+                return None
+            return await db.scalar(
+                select(MessageRow.content)
+                .where(MessageRow.session_id == session_id, MessageRow.role == "user")
+                .order_by(MessageRow.pk)
+                .limit(1)
+            )
+
+    @_outage_is_unavailable
+    async def set_title_if_untitled(self, owner: str, session_id: uuid.UUID, title: str) -> bool:
+        """Title a session that has none; a title set meanwhile (PATCH) is kept. True if set."""
+        async with self._db.write_engine.begin() as db:
+            result = await db.execute(
+                update(sessions_table)
+                .where(
+                    sessions_table.c.id == session_id,
+                    sessions_table.c.owner == owner,
+                    sessions_table.c.title.is_(None),
+                )
+                .values(title=title[:TITLE_CHARS])
+            )
+        return bool(result.rowcount)
+
+    @_outage_is_unavailable
     async def delete_session(self, owner: str, session_id: uuid.UUID) -> None:
         async with self._db.writer() as db, db.begin():
             row = await db.scalar(_owned_session(owner, session_id))
@@ -263,6 +298,7 @@ class Store:
         new_session_external_id: str | None = None,
         earlier: Sequence[HistoryMessage] = (),
         reanswer: uuid.UUID | None = None,
+        title_from_message: bool = True,
     ) -> TurnStart:
         """Commit the user's message (creating the session if needed); read the history.
 
@@ -286,6 +322,10 @@ class Store:
         now = utcnow()
         sessions, messages = sessions_table, messages_table
         created = False
+        # An untitled session is titled from its first message, in the same
+        # statement; without `title_from_message`, a hook titles it later.
+        title = title_from(message) if title_from_message else None
+        untitled = {"title": func.coalesce(sessions.c.title, title)} if title else {}
         try:
             async with self._db.write_engine.begin() as db:
                 if session_id is not None:
@@ -294,10 +334,7 @@ class Store:
                         await db.execute(
                             update(sessions)
                             .where(sessions.c.id == session_id, sessions.c.owner == owner)
-                            .values(
-                                updated_at=now,
-                                title=func.coalesce(sessions.c.title, _title_from(message)),
-                            )
+                            .values(updated_at=now, **untitled)
                             .returning(sessions.c.model, sessions.c.system_prompt)
                         )
                     ).first()
@@ -314,7 +351,7 @@ class Store:
                         {
                             "id": session_id,
                             "owner": owner,
-                            "title": _title_from(first_question),
+                            "title": title_from(first_question) if title_from_message else None,
                             "model": model,
                             "system_prompt": system_prompt,
                             "created_at": now,
@@ -586,7 +623,8 @@ def _owned_session(owner: str, session_id: uuid.UUID) -> Select[SessionRow]:
     return select(SessionRow).where(*_owned(owner, session_id))
 
 
-def _title_from(message: str) -> str:
+def title_from(message: str) -> str:
+    """A session title from a message: its words on one line, at most TITLE_CHARS."""
     first_line = " ".join(message.split())
     return first_line if len(first_line) <= TITLE_CHARS else first_line[: TITLE_CHARS - 1] + "…"
 

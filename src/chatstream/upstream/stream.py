@@ -43,6 +43,8 @@ class UpstreamRequest:
     temperature: float | None = None
     tools: list[dict[str, Any]] = field(default_factory=list)
     tool_choice: str | None = None
+    # Set by the answer cache (upstream/cache.py) when it answered instead of the model.
+    from_cache: bool = False
 
     def as_kwargs(self) -> dict[str, Any]:
         """Arguments for `chat.completions.create`.

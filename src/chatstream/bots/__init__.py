@@ -1,0 +1,1 @@
+"""Chat bots: platform adapters over the same runs (`telegram/`)."""
