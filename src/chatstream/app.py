@@ -221,7 +221,7 @@ def create_app(
             app.state.chatstream = state
             lifespan_state: dict[str, Any] = {"chatstream": state}
             if telegram is not None:
-                telegram.serve(chat_service, store)
+                telegram.serve(chat_service, store, registry)
                 lifespan_state["telegram"] = telegram
             yield lifespan_state
 

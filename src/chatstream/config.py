@@ -274,6 +274,13 @@ class Settings(BaseSettings):
         return self.models[0]
 
     @property
+    def cache_store(self) -> str:
+        """Where answers are cached: CHATSTREAM_CACHE_STORAGE, else the shared Redis, else memory."""
+        if self.cache_storage.startswith("memory://") and self.redis_url:
+            return self.redis_url
+        return self.cache_storage
+
+    @property
     def limits_storage(self) -> str:
         """Where limits live: CHATSTREAM_RATE_LIMIT_STORAGE, else the shared Redis, else memory."""
         if self.rate_limit_storage.startswith("memory://") and self.redis_url:

@@ -49,7 +49,7 @@ def test_a_hook_runs_after_the_commit_and_done_and_delays_nothing(
         state = servers[0].state
         # Read from the database and the run itself: the commit and `done` came first.
         seen["stored"] = await state.store.get_message(record.owner, record.message_id)
-        seen["done_in_log"] = state.registry.get(record.message_id, record.owner).status
+        seen["done_in_log"] = state.registry.local(record.message_id, record.owner).status
         seen["record"] = record
         await anyio.to_thread.run_sync(release.wait, 10)
         seen["returned"] = True

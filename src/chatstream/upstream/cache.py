@@ -274,11 +274,11 @@ class AnswerCache:
 
     def __init__(self, settings: Settings) -> None:
         self.store: AnswerStore
-        if settings.cache_storage.startswith("memory://"):
+        if settings.cache_store.startswith("memory://"):
             self.store = MemoryAnswerStore(settings.cache_max_bytes)
         else:
             self.store = RedisAnswerStore(
-                settings.cache_storage, settings.redis_key_prefix, settings.cache_max_bytes
+                settings.cache_store, settings.redis_key_prefix, settings.cache_max_bytes
             )
         self._ttl_s = settings.cache_ttl_s or 0.0
 

@@ -33,6 +33,7 @@ from chatstream.bots.telegram.delivery import Delivery
 from chatstream.bots.telegram.outbox import Outbox
 from chatstream.config import Settings
 from chatstream.errors import ChatstreamError, RateLimited, ServerShutdown, ServiceUnavailable
+from chatstream.runs.handle import RunRegistry
 from chatstream.runs.service import ChatRequest, ChatService
 from chatstream.storage.repository import Store
 
@@ -63,6 +64,7 @@ class TelegramBot:
         self._tasks: TaskGroup | None = None
         self._chat: ChatService | None = None
         self._store: Store | None = None
+        self._registry: RunRegistry | None = None
         self._seen: OrderedDict[int, None] = OrderedDict()  # update ids being handled or handled
         self._chat_locks: dict[int, anyio.Lock] = {}
         self._deliveries: dict[uuid.UUID, Delivery] = {}  # by run id
@@ -98,10 +100,11 @@ class TelegramBot:
         finally:
             await self._api.aclose()
 
-    def serve(self, chat: ChatService, store: Store) -> None:
+    def serve(self, chat: ChatService, store: Store, registry: RunRegistry) -> None:
         """Start taking updates, now that the chat service exists."""
         self._chat = chat
         self._store = store
+        self._registry = registry
 
     # --- updates -------------------------------------------------------------------
 
@@ -158,7 +161,7 @@ class TelegramBot:
     async def _dispatch(self, update: dict[str, Any], taken: anyio.Event) -> None:
         stopped = update.get("stopped_message_generation")
         if isinstance(stopped, dict):
-            self._stop_draft(stopped)
+            await self._stop_draft(stopped)
             return
         message = update.get("message")
         chat_id = _chat_id(message)
@@ -182,7 +185,7 @@ class TelegramBot:
             await self._say(chat_id, "Started a new conversation.")
         elif command == "/stop":
             taken.set()
-            if not self._stop_chat(chat_id):
+            if not await self._stop_chat(chat_id):
                 await self._say(chat_id, "Nothing to stop.")
         else:
             await self._answer(update["update_id"], chat_id, message, text, taken)
@@ -242,20 +245,25 @@ class TelegramBot:
             if not self._deliveries and self._drained is not None:
                 self._drained.set()
 
-    def _stop_chat(self, chat_id: int) -> bool:
+    async def _stop_chat(self, chat_id: int) -> bool:
+        """Cancel the chat's live runs, on whichever instance they are generated."""
+        assert self._store is not None and self._registry is not None
+        owner = owner_of(chat_id)
+        page = await self._store.list_sessions(owner, limit=1, cursor=None)
+        if not page.items:
+            return False
         stopped = False
-        for delivery in list(self._deliveries.values()):
-            if delivery.chat_id == chat_id and delivery.run.cancel():
-                stopped = True
+        for run in await self._registry.live_in_session(page.items[0].id, owner):
+            stopped = await run.cancel() or stopped
         return stopped
 
-    def _stop_draft(self, stopped: dict[str, Any]) -> None:
+    async def _stop_draft(self, stopped: dict[str, Any]) -> None:
         """The user pressed the draft's stop button: cancel that run."""
         chat = stopped.get("chat")
         chat_id = chat.get("id") if isinstance(chat, dict) else None
         for delivery in list(self._deliveries.values()):
             if delivery.chat_id == chat_id and delivery.draft_id == stopped.get("draft_id"):
-                delivery.run.cancel()
+                await delivery.run.cancel()
 
     async def _say(self, chat_id: int, text: str) -> None:
         await self.outbox.final(chat_id, "sendMessage", {"chat_id": chat_id, "text": text})
