@@ -275,7 +275,7 @@ class Settings(BaseSettings):
 
     @property
     def cache_store(self) -> str:
-        """Where answers are cached: CHATSTREAM_CACHE_STORAGE, else the shared Redis, else memory."""
+        """Where answers are cached: CHATSTREAM_CACHE_STORAGE, else the shared Redis."""
         if self.cache_storage.startswith("memory://") and self.redis_url:
             return self.redis_url
         return self.cache_storage
