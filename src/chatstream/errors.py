@@ -2,6 +2,7 @@
 
     ChatstreamError                  status, code, message, retryable
     ├── InvalidRequest               422 invalid_request
+    │   └── InvalidChat                422 invalid_request       (names each field at fault)
     ├── Unauthorized                 401 unauthorized          (no bearer token)
     │   ├── InvalidToken             401 unauthorized          (WWW-Authenticate: invalid_token)
     │   └── TokenExpired             401 token_expired         (WWW-Authenticate: …expired)
@@ -27,6 +28,7 @@ on only cleaned up and redacted (see `upstream.errors`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 
@@ -63,6 +65,24 @@ class InvalidRequest(ChatstreamError):
     status = 422
     code = "invalid_request"
     default_message = "The request is not valid."
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """What is wrong with one field of a request, in words a person can act on."""
+
+    field: str
+    message: str
+    kind: str  # machine-readable, like pydantic's error types
+
+
+class InvalidChat(InvalidRequest):
+    """A chat that breaks a rule of the service (transports shape `problems` as they need)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        said = "; ".join(f"{p.field} {p.message}" for p in problems)
+        super().__init__(f"The chat request is not valid: {said}.")
+        self.problems = problems
 
 
 class Unauthorized(ChatstreamError):

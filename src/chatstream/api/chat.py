@@ -11,12 +11,18 @@ from starlette.responses import JSONResponse, Response
 
 from chatstream.api.deps import ChatDep, PrincipalDep, SettingsDep, StoreDep
 from chatstream.api.errors import error_response
-from chatstream.api.schemas import ChatResponse, ErrorBody, MessageOut, json_errors, sse_responses
+from chatstream.api.schemas import (
+    ChatRequest,
+    ChatResponse,
+    ErrorBody,
+    MessageOut,
+    json_errors,
+    sse_responses,
+)
 from chatstream.api.sse import RunEventStream
 from chatstream.errors import DatabaseUnavailable
 from chatstream.runs.events import DoneEvent, ErrorEvent, Event
 from chatstream.runs.handle import RunHandle
-from chatstream.runs.service import ChatRequest
 from chatstream.storage.models import utcnow
 
 router = APIRouter(prefix="/api", tags=["chat"])
@@ -54,7 +60,7 @@ _FAILED_STATUS = {
 async def chat_stream(
     body: ChatRequest, principal: PrincipalDep, chat: ChatDep, settings: SettingsDep
 ) -> Response:
-    started = await chat.start(principal, body)
+    started = await chat.start(principal, body.to_input())
     return RunEventStream(
         started.run,
         after=0,
@@ -83,7 +89,7 @@ async def chat_stream(
 async def chat(
     body: ChatRequest, principal: PrincipalDep, chat: ChatDep, store: StoreDep, request: Request
 ) -> Response:
-    started = await chat.start(principal, body)
+    started = await chat.start(principal, body.to_input())
     run = started.run
     outcome = _Outcome()
     async with anyio.create_task_group() as tasks:

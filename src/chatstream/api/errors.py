@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from chatstream.errors import ChatstreamError
+from chatstream.errors import ChatstreamError, InvalidChat
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +50,25 @@ def error_response(
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
+def problem_details(exc: ChatstreamError, where: tuple[str, ...] = ("body",)) -> Any:
+    """An error's details: for a chat the service refused, one entry per field at fault."""
+    if isinstance(exc, InvalidChat):
+        return [
+            {"loc": [*where, problem.field], "msg": problem.message, "type": problem.kind}
+            for problem in exc.problems
+        ]
+    return exc.details
+
+
 def chatstream_error_response(exc: ChatstreamError) -> JSONResponse:
     headers = dict(exc.headers)
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     if exc.status == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")
-    return error_response(exc.status, exc.code, exc.message, details=exc.details, headers=headers)
+    return error_response(
+        exc.status, exc.code, exc.message, details=problem_details(exc), headers=headers
+    )
 
 
 async def _on_chatstream_error(request: Request, exc: Exception) -> Response:

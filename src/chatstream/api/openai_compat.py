@@ -51,10 +51,11 @@ from chatstream.api.openai_schemas import (
     openai_error_response,
     openai_errors,
 )
+from chatstream.api.schemas import ChatRequest
 from chatstream.api.translated_stream import TranslatedStream
 from chatstream.errors import InvalidRequest, NotFound
 from chatstream.runs.events import DoneEvent, ErrorEvent, Event
-from chatstream.runs.service import PLAIN_TURN, ChatRequest, TurnShape
+from chatstream.runs.service import PLAIN_TURN, ChatInput, TurnShape
 from chatstream.storage.records import HistoryMessage
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
@@ -211,9 +212,9 @@ def _turn(
     return message, "\n\n".join(system) or None, earlier
 
 
-def _chat_request(**fields: Any) -> ChatRequest:
+def _chat_request(**fields: Any) -> ChatInput:
     try:
-        return ChatRequest(**fields)
+        return ChatRequest(**fields).to_input()
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else ""

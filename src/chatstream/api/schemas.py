@@ -13,6 +13,60 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from chatstream.runs.events import EventPayload, MessageStatus
+from chatstream.runs.service import ChatInput
+
+SYSTEM_PROMPT_MAX_CHARS = 32_000
+
+
+class ChatRequest(BaseModel):
+    """The body of `POST /api/chat/stream`, `POST /api/chat` and the WebSocket `chat` frame."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: Annotated[
+        str,
+        Field(
+            min_length=1,
+            # At least one character that is not whitespace. Spelled out because a
+            # bare `\S` means two things: JSON Schema's (ECMA-262) whitespace lacks
+            # U+0085 and the validator's (Unicode) lacks U+FEFF; this class is the
+            # same set in both, so what the schema promises is what is accepted.
+            pattern=r"[^\s\u0085\uFEFF]",
+            description="The user's message: 1 to CHATSTREAM_MAX_MESSAGE_CHARS characters, "
+            "not only whitespace.",
+        ),
+    ]
+    session_id: uuid.UUID | None = Field(
+        default=None, description="Continue this session; absent: a new session is created."
+    )
+    model: str | None = Field(default=None, description="One of `GET /api/models`.")
+    system_prompt: Annotated[str, Field(max_length=SYSTEM_PROMPT_MAX_CHARS)] | None = Field(
+        default=None, description="Used when a new session is created."
+    )
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="1 to CHATSTREAM_MAX_TOKENS (also the default)."
+    )
+    client_message_id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        default=None,
+        description="Idempotency key, unique per owner: a repeat starts no second run.",
+    )
+    chunk_chars: Annotated[int, Field(ge=1, le=4096)] | None = Field(
+        default=None,
+        description="Coalesce `delta` text into pieces of at least this many characters.",
+    )
+
+    def to_input(self) -> ChatInput:
+        return ChatInput(
+            message=self.message,
+            session_id=self.session_id,
+            model=self.model,
+            system_prompt=self.system_prompt,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            client_message_id=self.client_message_id,
+            chunk_chars=self.chunk_chars,
+        )
 
 
 class ErrorDetail(BaseModel):

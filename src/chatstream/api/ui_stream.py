@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from chatstream.api.deps import ChatDep, Owner, PrincipalDep, RegistryDep, SettingsDep, StoreDep
-from chatstream.api.schemas import json_errors
+from chatstream.api.schemas import ChatRequest, json_errors
 from chatstream.api.translated_stream import TranslatedStream
 from chatstream.api.ui_schemas import (
     FinishReason,
@@ -40,7 +40,7 @@ from chatstream.config import Settings
 from chatstream.errors import InvalidRequest, NotFound
 from chatstream.runs.events import Event
 from chatstream.runs.handle import RunHandle
-from chatstream.runs.service import PLAIN_TURN, ChatRequest, TurnShape
+from chatstream.runs.service import PLAIN_TURN, ChatInput, TurnShape
 
 router = APIRouter(prefix="/api/ui", tags=["ai-sdk"])
 
@@ -207,10 +207,10 @@ def _last_user_text(messages: list[UIMessage]) -> str:
     )
 
 
-def _chat_request(**fields: Any) -> ChatRequest:
+def _chat_request(**fields: Any) -> ChatInput:
     """A chat request from the SDK's fields; problems are reported against the SDK's body."""
     try:
-        return ChatRequest(**fields)
+        return ChatRequest(**fields).to_input()
     except ValidationError as exc:
         details = [
             {

@@ -45,6 +45,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from chatstream.api.deps import State, principal_of
+from chatstream.api.errors import problem_details
 from chatstream.api.sendwatch import SendWatch
 from chatstream.api.ws_frames import (
     AuthFrame,
@@ -252,7 +253,7 @@ class ChatSocket:
 
     async def _chat_and_follow(self, frame: ChatFrame) -> None:
         try:
-            run = (await self._chat.start(self._principal, frame)).run
+            run = (await self._chat.start(self._principal, frame.to_input())).run
         except ChatstreamError as exc:
             self._starting -= 1
             await self._error(
@@ -261,7 +262,7 @@ class ChatSocket:
                 request_id=frame.request_id,
                 retryable=exc.retryable,
                 retry_after=exc.retry_after,
-                details=exc.details,
+                details=problem_details(exc, where=()),
             )
             return
         except BaseException:

@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from chatstream.api.schemas import ChatRequest
 from chatstream.errors import ChatstreamError, InvalidRequest, NotFound
 from chatstream.runs.events import Event
-from chatstream.runs.service import ChatRequest
 
 RequestId = Annotated[str, Field(min_length=1, max_length=200)]
 

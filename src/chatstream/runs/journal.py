@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from types import TracebackType
+from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -27,7 +28,6 @@ import anyio.to_thread
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from chatstream.logs import log_fault
-from chatstream.runs.run import Run
 from chatstream.storage.records import OutputRow, RunOutput
 from chatstream.storage.repository import SessionGone, Store
 from chatstream.storage.spool import Spool
@@ -42,6 +42,17 @@ RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
 
 
+class Checkpointed(Protocol):
+    """A live run, as the journal sees it: how far it got, and its rows so far."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    def progress(self) -> tuple[int, int]: ...
+
+    def snapshot(self) -> RunOutput: ...
+
+
 class RunJournal:
     def __init__(
         self,
@@ -49,7 +60,7 @@ class RunJournal:
         spool: Spool,
         *,
         checkpoint_interval_s: float,
-        live_runs: Callable[[], Iterable[Run]],
+        live_runs: Callable[[], Iterable[Checkpointed]],
         known: Callable[[uuid.UUID], bool],
     ) -> None:
         self._store = store

@@ -13,14 +13,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Annotated, Any
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
 
 from chatstream.auth import Principal
 from chatstream.config import Settings
-from chatstream.errors import ChatstreamError, Conflict, IdempotencyConflict, InvalidRequest
+from chatstream.errors import ChatstreamError, Conflict, IdempotencyConflict, InvalidChat, Problem
 from chatstream.ratelimit import ChatLimits, RateWindow
 from chatstream.runs.context import build_context
 from chatstream.runs.handle import RunHandle
@@ -34,47 +32,26 @@ from chatstream.storage.repository import DuplicateRequest, EarlierRequest, Stor
 from chatstream.tools import ToolSet
 from chatstream.upstream.stream import ChatUpstream
 
-SYSTEM_PROMPT_MAX_CHARS = 32_000
+
+@dataclass(frozen=True, slots=True)
+class ChatInput:
+    """One chat to start, whatever the transport (HTTP, WebSocket, a bot, an adapter).
+
+    The transport has checked its shape; `ChatService.check` applies the
+    rules that depend on settings.
+    """
+
+    message: str
+    session_id: uuid.UUID | None = None
+    model: str | None = None
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    client_message_id: str | None = None
+    chunk_chars: int | None = None
 
 
-class ChatRequest(BaseModel):
-    """The body of `POST /api/chat/stream`, `POST /api/chat` and the WebSocket `chat` frame."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    message: Annotated[
-        str,
-        Field(
-            min_length=1,
-            # At least one character that is not whitespace. Spelled out because a
-            # bare `\S` means two things: JSON Schema's (ECMA-262) whitespace lacks
-            # U+0085 and the validator's (Unicode) lacks U+FEFF; this class is the
-            # same set in both, so what the schema promises is what is accepted.
-            pattern=r"[^\s\u0085\uFEFF]",
-            description="The user's message: 1 to CHATSTREAM_MAX_MESSAGE_CHARS characters, "
-            "not only whitespace.",
-        ),
-    ]
-    session_id: uuid.UUID | None = Field(
-        default=None, description="Continue this session; absent: a new session is created."
-    )
-    model: str | None = Field(default=None, description="One of `GET /api/models`.")
-    system_prompt: Annotated[str, Field(max_length=SYSTEM_PROMPT_MAX_CHARS)] | None = Field(
-        default=None, description="Used when a new session is created."
-    )
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = Field(
-        default=None, description="1 to CHATSTREAM_MAX_TOKENS (also the default)."
-    )
-    client_message_id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
-        default=None,
-        description="Idempotency key, unique per owner: a repeat starts no second run.",
-    )
-    chunk_chars: Annotated[int, Field(ge=1, le=4096)] | None = Field(
-        default=None,
-        description="Coalesce `delta` text into pieces of at least this many characters.",
-    )
-
+NO_TEXT = "must contain some non-whitespace text"
 
 # How long a repeated request waits for the run the first one is launching.
 REPEAT_WAIT_S = 2.0
@@ -88,7 +65,7 @@ class TurnShape:
     SDK's). `earlier`: a new session starts with these user and assistant
     messages, oldest first, before the new one (the OpenAI facade's given
     context). `reanswer`: answer this stored user message of
-    `request.session_id` again, with the history up to it; nothing new is
+    `chat.session_id` again, with the history up to it; nothing new is
     inserted (the AI SDK's regenerate).
     """
 
@@ -142,27 +119,26 @@ class ChatService:
             tool_timeout_s=settings.tool_timeout_s,
         )
 
-    def check(self, request: ChatRequest) -> None:
-        """The rules that depend on settings; same error shape as schema validation."""
+    def check(self, chat: ChatInput) -> None:
+        """The rules every transport shares, some from settings; `InvalidChat` names each."""
         settings = self._settings
-        problems: list[dict[str, Any]] = []
-        if len(request.message) > settings.max_message_chars:
+        problems: list[Problem] = []
+        chars = settings.max_message_chars
+        if not chat.message.strip():
+            problems.append(Problem("message", NO_TEXT, "string_pattern_mismatch"))
+        if len(chat.message) > chars:
+            problems.append(Problem("message", f"at most {chars} characters", "string_too_long"))
+        if chat.max_tokens is not None and chat.max_tokens > settings.max_tokens:
             problems.append(
-                _problem(
-                    "message", f"at most {settings.max_message_chars} characters", "string_too_long"
-                )
+                Problem("max_tokens", f"at most {settings.max_tokens}", "less_than_equal")
             )
-        if request.max_tokens is not None and request.max_tokens > settings.max_tokens:
-            problems.append(
-                _problem("max_tokens", f"at most {settings.max_tokens}", "less_than_equal")
-            )
-        if request.model is not None and request.model not in settings.models:
-            problems.append(_problem("model", "not one of GET /api/models", "enum"))
+        if chat.model is not None and chat.model not in settings.models:
+            problems.append(Problem("model", "not one of GET /api/models", "enum"))
         if problems:
-            raise InvalidRequest("The chat request is not valid.", details=problems)
+            raise InvalidChat(problems)
 
     async def start(
-        self, principal: Principal, request: ChatRequest, shape: TurnShape = PLAIN_TURN
+        self, principal: Principal, chat: ChatInput, shape: TurnShape = PLAIN_TURN
     ) -> StartedRun:
         """Start a run, or refuse it (invalid, limited, at capacity) leaving no trace.
 
@@ -172,12 +148,12 @@ class ChatService:
         database down, server at capacity) costs nothing from the window:
         the window is tested first and charged only once the chat is real.
         """
-        self.check(request)
+        self.check(chat)
         owner, key = principal.owner, principal.limit_key
-        if request.client_message_id is not None:
-            earlier = await self._store.find_request(owner, request.client_message_id)
+        if chat.client_message_id is not None:
+            earlier = await self._store.find_request(owner, chat.client_message_id)
             if earlier is not None:
-                return await self._repeat(principal, earlier, request.message)
+                return await self._repeat(principal, earlier, chat.message)
         run_id = uuid.uuid4()
         try:
             await self._limits.take_slot(key, run_id)
@@ -200,7 +176,7 @@ class ChatService:
                 # socket closing) would leave an idempotency key whose answer
                 # never comes. The database's own timeouts bound the wait.
                 with anyio.CancelScope(shield=True):
-                    run = await self._begin(principal, request, run_id, shape)
+                    run = await self._begin(principal, chat, run_id, shape)
                     admission.start(run)
             except BaseException:
                 admission.release()
@@ -210,30 +186,30 @@ class ChatService:
             if not isinstance(exc, DuplicateRequest):
                 raise
             # A concurrent repeat won the race to the unique index.
-            assert request.client_message_id is not None
-            earlier = await self._store.find_request(owner, request.client_message_id)
+            assert chat.client_message_id is not None
+            earlier = await self._store.find_request(owner, chat.client_message_id)
             if earlier is None:
                 raise Conflict("That client_message_id is in use.") from None
-            return await self._repeat(principal, earlier, request.message)
+            return await self._repeat(principal, earlier, chat.message)
         return StartedRun(run, await self._limits.charge_window(key))
 
     async def _begin(
-        self, principal: Principal, request: ChatRequest, run_id: uuid.UUID, shape: TurnShape
+        self, principal: Principal, chat: ChatInput, run_id: uuid.UUID, shape: TurnShape
     ) -> Run:
         """Commit the user's message and build its run (not launched yet)."""
         settings = self._settings
         owner, key = principal.owner, principal.limit_key
         turn = await self._store.begin_turn(
             owner,
-            session_id=request.session_id,
-            new_session_model=request.model,
-            new_session_system_prompt=request.system_prompt,
-            message=request.message,
+            session_id=chat.session_id,
+            new_session_model=chat.model,
+            new_session_system_prompt=chat.system_prompt,
+            message=chat.message,
             # Room for rows the context builder skips (failed empty answers).
             history_limit=settings.history_messages * 2,
             reply_id=run_id,
             runner=self._runner,
-            client_message_id=request.client_message_id,
+            client_message_id=chat.client_message_id,
             new_session_external_id=shape.chat_id,
             earlier=shape.earlier,
             reanswer=shape.reanswer,
@@ -245,16 +221,16 @@ class ChatService:
             session_id=turn.session_id,
             message_id=run_id,
             user_message_id=turn.user_message_id,
-            model=request.model or session_model or settings.default_model,
+            model=chat.model or session_model or settings.default_model,
             messages=build_context(
                 turn.system_prompt,
                 turn.history,
                 max_messages=settings.history_messages,
                 max_chars=settings.history_chars,
             ),
-            max_tokens=request.max_tokens or settings.max_tokens,
-            temperature=request.temperature,
-            chunk_chars=request.chunk_chars,
+            max_tokens=chat.max_tokens or settings.max_tokens,
+            temperature=chat.temperature,
+            chunk_chars=chat.chunk_chars,
             tools=self._tools,
         )
         return Run(
@@ -299,7 +275,3 @@ class ChatService:
             retry_after=1,
             details={"message_id": str(earlier.reply_id), "session_id": str(earlier.session_id)},
         )
-
-
-def _problem(field: str, message: str, kind: str) -> dict[str, Any]:
-    return {"loc": ["body", field], "msg": message, "type": kind}

@@ -25,16 +25,21 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from pydantic import ValidationError
 
 from chatstream.auth import Principal
 from chatstream.bots.telegram.api import BotApi
 from chatstream.bots.telegram.delivery import Delivery
 from chatstream.bots.telegram.outbox import Outbox
 from chatstream.config import Settings
-from chatstream.errors import ChatstreamError, RateLimited, ServerShutdown, ServiceUnavailable
+from chatstream.errors import (
+    ChatstreamError,
+    InvalidChat,
+    RateLimited,
+    ServerShutdown,
+    ServiceUnavailable,
+)
 from chatstream.runs.handle import RunRegistry
-from chatstream.runs.service import ChatRequest, ChatService
+from chatstream.runs.service import NO_TEXT, ChatInput, ChatService
 from chatstream.storage.repository import Store
 
 logger = logging.getLogger(__name__)
@@ -200,15 +205,18 @@ class TelegramBot:
             # One at a time per chat, so that two first messages make one session.
             async with lock:
                 page = await self._store.list_sessions(owner, limit=1, cursor=None)
-                request = ChatRequest(
+                request = ChatInput(
                     message=text,
                     session_id=page.items[0].id if page.items else None,
                     client_message_id=f"telegram:{update_id}",
                 )
                 started = await self._chat.start(Principal(owner, owner), request)
-        except ValidationError:
+        except InvalidChat as exc:
             taken.set()
-            await self._say(chat_id, "That message is empty to me; send some text.")
+            empty = any(problem.message == NO_TEXT for problem in exc.problems)
+            await self._say(
+                chat_id, "That message is empty to me; send some text." if empty else exc.message
+            )
             return
         except RateLimited as exc:
             taken.set()
