@@ -1,0 +1,77 @@
+"""Redis goes away and comes back (empty) mid-run: nothing is lost, nothing needs a restart."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fleet.conftest import FleetFactory
+from tests.fleet.test_shared_runs import follow, messages
+from tests.support.redis_server import RedisServer
+from tests.support.servers import FakeUpstreamThread
+from tests.support.sse import Stream, iter_sse, read_stream
+from tests.support.wait import wait_until
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def test_redis_restarted_mid_run(
+    fleet: FleetFactory, fake: FakeUpstreamThread, own_redis: RedisServer
+) -> None:
+    a = fleet("a", env={"CHATSTREAM_REDIS_URL": own_redis.url})
+    b = fleet("b", env={"CHATSTREAM_REDIS_URL": own_redis.url})
+    with (
+        httpx.Client(base_url=a.base_url, timeout=30) as client,
+        client.stream(
+            "POST", "/api/chat/stream", json={"message": "[[fake tokens=16 stall_after=5]] x"}
+        ) as response,
+    ):
+        events = iter_sse(response)
+        head = read_stream(events, stop_after=6)
+        message_id = head.events[0].data["message_id"]
+        session_id = head.events[0].data["session_id"]
+
+        own_redis.stop()
+        down = httpx.get(f"{a.base_url}/readyz", timeout=10)
+        assert (down.status_code, down.json()["redis"]) == (503, "unreachable")
+        fake.fake.release(wait_for=1)  # the answer goes on while Redis is away
+        whole = Stream(events=head.events + read_stream(events).events)
+    assert whole.done["status"] == "complete" and whole.done["persisted"] is True
+    stored = [m for m in messages(a.base_url, session_id) if m["role"] == "assistant"]
+    assert [(m["id"], m["content"]) for m in stored] == [(message_id, whole.text)]
+
+    own_redis.start()  # back, and empty
+    wait_until(lambda: httpx.get(f"{a.base_url}/readyz", timeout=10).status_code == 200)
+    wait_until(lambda: httpx.get(f"{b.base_url}/readyz", timeout=10).status_code == 200)
+    # The run that ended while Redis was away is in it again, whole: B can replay it.
+    wait_until(
+        lambda: httpx.get(f"{b.base_url}/api/runs/{message_id}/events", timeout=10).status_code
+        == 200,
+        what="the ended run mirrored again",
+    )
+    assert [e.data for e in follow(b.base_url, message_id).events] == [e.data for e in whole.events]
+    # And the service works across instances without a restart.
+    with (
+        httpx.Client(base_url=a.base_url, timeout=30) as client,
+        client.stream(
+            "POST", "/api/chat/stream", json={"message": "[[fake tokens=12 interval_ms=20]] again"}
+        ) as response,
+    ):
+        events = iter_sse(response)
+        head = read_stream(events, stop_after=3)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            on_b = pool.submit(follow, b.base_url, head.events[0].data["message_id"])
+            rest = read_stream(events)
+            seen_on_b = on_b.result(timeout=30)
+    assert seen_on_b.text == head.text + rest.text and seen_on_b.done["status"] == "complete"
