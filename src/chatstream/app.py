@@ -182,7 +182,7 @@ def create_app(
                 )
             )
             if link is not None:
-                await stack.enter_async_context(link.sweeping(journal))
+                await stack.enter_async_context(link.sweeping(journal, store))
             chat_service = ChatService(
                 settings,
                 store=store,

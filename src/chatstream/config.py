@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # A run's instance renews its lease this often (a third of it); when a lease
     # lapses, another instance ends the run as interrupted.
     run_lease_s: float = Field(default=15.0, gt=0)
+    # Clients of this instance following runs of other instances at once: each
+    # holds one Redis connection while it waits for events.
+    redis_max_followers: int = Field(default=10000, ge=1)
     spool_dir: Path = Path("./spool")
     database_busy_timeout_s: float = Field(default=5.0, gt=0)  # SQLite: wait this long for a lock
     checkpoint_interval_s: float = Field(default=1.0, gt=0)  # live runs' text to the spool

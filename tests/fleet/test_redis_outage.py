@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.fleet.conftest import FleetFactory
 from tests.fleet.test_shared_runs import follow, messages
 from tests.support.redis_server import RedisServer
 from tests.support.servers import FakeUpstreamThread
 from tests.support.sse import Stream, iter_sse, read_stream
+from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -56,8 +59,9 @@ def test_redis_restarted_mid_run(
     wait_until(lambda: httpx.get(f"{b.base_url}/readyz", timeout=10).status_code == 200)
     # The run that ended while Redis was away is in it again, whole: B can replay it.
     wait_until(
-        lambda: httpx.get(f"{b.base_url}/api/runs/{message_id}/events", timeout=10).status_code
-        == 200,
+        lambda: (
+            httpx.get(f"{b.base_url}/api/runs/{message_id}/events", timeout=10).status_code == 200
+        ),
         what="the ended run mirrored again",
     )
     assert [e.data for e in follow(b.base_url, message_id).events] == [e.data for e in whole.events]
@@ -75,3 +79,47 @@ def test_redis_restarted_mid_run(
             rest = read_stream(events)
             seen_on_b = on_b.result(timeout=30)
     assert seen_on_b.text == head.text + rest.text and seen_on_b.done["status"] == "complete"
+
+
+def test_an_outage_longer_than_the_lease_takes_over_nothing(
+    fleet: FleetFactory, fake: FakeUpstreamThread, redis_url: str
+) -> None:
+    """Redis cut off (its data kept) for two leases: when it is back, every lease looks
+    lapsed, and still no live run may be taken from its owner."""
+    target = make_url(redis_url)
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 6379)
+    through = f"redis://127.0.0.1:{proxy.port}/{target.database or 0}"
+    try:
+        lease = {"run_lease_s": "1.5"}
+        a = fleet("a", env={"CHATSTREAM_REDIS_URL": through}, **lease)
+        b = fleet("b", env={"CHATSTREAM_REDIS_URL": through}, **lease)
+        with (
+            httpx.Client(base_url=a.base_url, timeout=30) as client,
+            client.stream(
+                "POST",
+                "/api/chat/stream",
+                json={"message": "[[fake tokens=10 stall_after=4]] hold"},
+            ) as response,
+        ):
+            events = iter_sse(response)
+            head = read_stream(events, stop_after=5)
+            message_id = head.events[0].data["message_id"]
+            wait_until(
+                lambda: (
+                    httpx.get(f"{b.base_url}/api/runs/{message_id}", timeout=5).json()["last_seq"]
+                    >= 5
+                )
+            )
+            proxy.cut()
+            down_at = time.monotonic()
+            wait_until(lambda: time.monotonic() - down_at > 2 * 1.5, timeout=10, what="2 leases")
+            proxy.restore()
+            wait_until(lambda: httpx.get(f"{b.base_url}/readyz", timeout=5).status_code == 200)
+            # Both sweepers have had time to look (a lease of steady Redis, then a sweep).
+            wait_until(lambda: time.monotonic() - down_at > 5 * 1.5, timeout=15, what="sweeps")
+            fake.fake.release(wait_for=1)
+            rest = read_stream(events)
+    finally:
+        proxy.close()
+    assert rest.done["status"] == "complete", rest.types
+    assert "taken over" not in a.log_text() and "stopped renewing" not in b.log_text()

@@ -228,3 +228,36 @@ def test_a_run_of_a_session_is_found_from_another_instance(
         done = read_stream(events).done
     assert (done["status"], done["persisted"]) == ("cancelled", False)
     assert uuid.UUID(done["message_id"])
+
+
+def test_a_remote_follower_outlasts_a_long_silence(
+    fleet: FleetFactory, fake: FakeUpstreamThread
+) -> None:
+    """Quiet longer than one Redis read may block: B's follower waits on, with keepalives."""
+    a = fleet("a")
+    b = fleet("b", keepalive_interval_s="1")
+    with (
+        httpx.Client(base_url=a.base_url, timeout=30) as client,
+        client.stream(
+            "POST", "/api/chat/stream", json={"message": "[[fake tokens=8 stall_after=3]] hold"}
+        ) as response,
+    ):
+        events = iter_sse(response)
+        head = read_stream(events, stop_after=4)
+        message_id = head.events[0].data["message_id"]
+        with httpx.stream("GET", f"{b.base_url}/api/runs/{message_id}/events", timeout=30) as on_b:
+            items = iter_sse(on_b)
+            keepalives = 0
+            seen = Stream()
+            for item in items:
+                if isinstance(item, str):
+                    keepalives += 1
+                    if keepalives == 7:  # seven idle seconds: past any single blocking read
+                        fake.fake.release(wait_for=1)
+                    continue
+                seen.events.append(item)
+                if item.type == "done":
+                    break
+        rest = read_stream(events)
+    assert keepalives >= 7
+    assert seen.text == head.text + rest.text and seen.done["status"] == "complete"

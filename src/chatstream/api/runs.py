@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from chatstream.api.deps import Owner, RegistryDep, SettingsDep, StoreDep
 from chatstream.api.schemas import CancelAccepted, ErrorBody, RunState, json_errors, sse_responses
 from chatstream.api.sse import RunEventStream
-from chatstream.errors import Conflict, InvalidRequest, NotFound
+from chatstream.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
@@ -87,7 +87,10 @@ async def follow_run(
 async def run_state(
     message_id: uuid.UUID, owner: Owner, registry: RegistryDep, store: StoreDep
 ) -> RunState:
-    run = await registry.get(message_id, owner)
+    try:
+        run = await registry.get(message_id, owner)
+    except ServiceUnavailable:
+        run = None  # other instances unreachable: the database still knows how it ended
     if run is not None:
         state = await run.state()
         return RunState(

@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from chatstream.api.sendwatch import SendWatch
+from chatstream.errors import ChatstreamError
 from chatstream.runs.events import Event
 from chatstream.runs.handle import RunHandle
 
@@ -71,12 +72,17 @@ class RunEventStream(Response):
             watch.bind(tasks.cancel_scope)
             tasks.start_soon(_stop_on_disconnect, receive, tasks.cancel_scope)
             tasks.start_soon(watch.watch)
-            async with self._run.follow(self._after, self._keepalive_s) as batches:
-                async for batch in batches:
-                    body = encode_events(batch)
-                    await watch.send(
-                        {"type": "http.response.body", "body": body, "more_body": True}
-                    )
+            try:
+                async with self._run.follow(self._after, self._keepalive_s) as batches:
+                    async for batch in batches:
+                        body = encode_events(batch)
+                        await watch.send(
+                            {"type": "http.response.body", "body": body, "more_body": True}
+                        )
+            except ChatstreamError as exc:
+                # The run's stream was lost (another instance's, Redis away): end
+                # the response; the client resumes after the last id it has.
+                logger.info("event stream of run %s ended early: %s", self._run.id, exc.code)
             await watch.send({"type": "http.response.body", "body": b"", "more_body": False})
             tasks.cancel_scope.cancel()
         if watch.stalled:

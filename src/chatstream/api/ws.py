@@ -327,13 +327,24 @@ class ChatSocket:
                     follow.sent = max(follow.sent, previous.sent)
                 heads = frame_heads(run.id, follow.request_id)
                 send = self._send
-                async with run.follow(follow.sent) as batches:
-                    async for batch in batches:
-                        for event in batch:
-                            # Counted as sent once handed over: the socket's
-                            # write happens before the send can be cancelled.
-                            follow.sent = event.seq
-                            await send(event_frame(heads, event))
+                try:
+                    async with run.follow(follow.sent) as batches:
+                        async for batch in batches:
+                            for event in batch:
+                                # Counted as sent once handed over: the socket's
+                                # write happens before the send can be cancelled.
+                                follow.sent = event.seq
+                                await send(event_frame(heads, event))
+                except ChatstreamError as exc:
+                    # This run's stream was lost (Redis away): say so, for this run
+                    # only; the client resumes it after `follow.sent`.
+                    await self._error(
+                        exc.code,
+                        exc.message,
+                        request_id=follow.request_id,
+                        message_id=run.id,
+                        retryable=True,
+                    )
             finally:
                 follow.ended.set()
                 if self._follows.get(run.id) is follow:

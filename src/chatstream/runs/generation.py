@@ -15,7 +15,6 @@ Per-token work is kept to the bone: parse, accumulate, append.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +25,7 @@ from chatstream.errors import UpstreamError
 from chatstream.runs.accumulator import ChunkAccumulator, ToolCall
 from chatstream.runs.events import EventPayload, MessageStatus, Usage
 from chatstream.runs.lifecycle import RunSteps
-from chatstream.runs.spec import RunLimits, RunSpec
+from chatstream.runs.spec import RunLimits, RunSpec, round_row_id, tool_row_id
 from chatstream.runs.usage import round_usage
 from chatstream.storage.records import OutputRow
 from chatstream.upstream.stream import ChatUpstream, UpstreamRequest
@@ -63,6 +62,7 @@ class Generation:
         self._pending_chars = 0
         # Rows of the finished tool rounds, and every round's usage.
         self.tool_rows: list[OutputRow] = []
+        self._rounds_done = 0
         self.usages: list[Usage] = []
         self.steps = RunSteps()  # upstream calls and tools, timed for traces
         self.cached = False  # answered from the answer cache (upstream/cache.py)
@@ -199,11 +199,14 @@ class Generation:
     ) -> list[dict[str, Any]]:
         """Record the round's rows; return the messages that continue the conversation."""
         round_ = self.round
+        round_index = self._rounds_done
+        self._rounds_done += 1
+        run_id = self._spec.message_id
         self.usages.append(round_usage(round_, messages, "complete"))
         openai_calls = [call.as_openai() for call in calls]
         self.tool_rows.append(
             OutputRow(
-                id=uuid.uuid4(),
+                id=round_row_id(run_id, round_index),
                 role="assistant",
                 content=round_.text,
                 status="complete",
@@ -215,11 +218,11 @@ class Generation:
         continuation: list[dict[str, Any]] = [
             {"role": "assistant", "content": round_.text or None, "tool_calls": openai_calls}
         ]
-        for call, result in zip(calls, results, strict=True):
+        for call_index, (call, result) in enumerate(zip(calls, results, strict=True)):
             content = result if result is not None else CANCELLED_TOOL
             self.tool_rows.append(
                 OutputRow(
-                    id=uuid.uuid4(),
+                    id=tool_row_id(run_id, round_index, call_index),
                     role="tool",
                     content=content,
                     status="complete",

@@ -18,8 +18,10 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 
 from chatstream.runs.events import ErrorEvent, Event, MessageStatus
+from chatstream.runs.generation import CANCELLED_TOOL
 from chatstream.runs.handle import RunState
 from chatstream.runs.log import MemoryEventLog
+from chatstream.runs.spec import round_row_id, tool_row_id
 from chatstream.storage.records import OutputRow
 
 
@@ -110,12 +112,17 @@ def rows_from_events(
     """The rows a run's events stand for (the inverse of `StoredRun`), the answer last.
 
     For a run ended from its log alone (its instance died): each tool round's
-    text and calls, its results, then the answer's text, with `status`.
+    text and calls, then a result row per call (a call the run did not live to
+    answer gets the same "ended before the tool finished" result a cancelled
+    round does, so the history never holds a call without its result), then
+    the answer's text, with `status`. Row ids are the ones the run itself
+    would have written.
     """
     model: str | None = None
-    rows: list[OutputRow] = []
     text: list[str] = []
-    round_row: OutputRow | None = None  # the assistant row of the round being called
+    rounds: list[tuple[OutputRow, list[str]]] = []  # each round's row and its call ids
+    results: dict[tuple[int, str], OutputRow] = {}
+    calling = False  # between a round's first call and its first result
     for event in events:
         data = event.data
         if data["type"] == "start":
@@ -123,9 +130,10 @@ def rows_from_events(
         elif data["type"] == "delta":
             text.append(data["text"])
         elif data["type"] == "tool_call":
-            if round_row is None:
-                round_row = OutputRow(
-                    id=uuid.uuid4(),
+            if not calling:
+                calling = True
+                row = OutputRow(
+                    id=round_row_id(run_id, len(rounds)),
                     role="assistant",
                     content="".join(text),
                     status="complete",
@@ -133,28 +141,44 @@ def rows_from_events(
                     finish_reason="tool_calls",
                     tool_calls=[],
                 )
-                rows.append(round_row)
+                rounds.append((row, []))
                 text = []
-            assert round_row.tool_calls is not None
-            round_row.tool_calls.append(
+            row, call_ids = rounds[-1]
+            assert row.tool_calls is not None
+            row.tool_calls.append(
                 {
                     "id": data["call_id"],
                     "type": "function",
                     "function": {"name": data["name"], "arguments": data["arguments"]},
                 }
             )
+            call_ids.append(data["call_id"])
         elif data["type"] == "tool_result":
-            round_row = None  # a call after a result opens the next round
-            rows.append(
-                OutputRow(
-                    id=uuid.uuid4(),
-                    role="tool",
-                    content=data["content"],
-                    status="complete",
-                    tool_call_id=data["call_id"],
-                    name=data["name"],
-                )
+            calling = False
+            round_index = len(rounds) - 1
+            results[round_index, data["call_id"]] = OutputRow(
+                id=uuid.uuid4(),  # replaced below by the call's own id
+                role="tool",
+                content=data["content"],
+                status="complete",
+                tool_call_id=data["call_id"],
+                name=data["name"],
             )
+    rows: list[OutputRow] = []
+    for round_index, (row, call_ids) in enumerate(rounds):
+        rows.append(row)
+        assert row.tool_calls is not None
+        for call_index, (call_id, call) in enumerate(zip(call_ids, row.tool_calls, strict=True)):
+            result = results.get((round_index, call_id)) or OutputRow(
+                id=uuid.uuid4(),
+                role="tool",
+                content=CANCELLED_TOOL,
+                status="complete",
+                tool_call_id=call_id,
+                name=str(call["function"]["name"]),
+            )
+            result.id = tool_row_id(run_id, round_index, call_index)
+            rows.append(result)
     rows.append(
         OutputRow(id=run_id, role="assistant", content="".join(text), status=status, model=model)
     )

@@ -25,11 +25,15 @@ from chatstream.runs.events import MessageStatus
 from chatstream.runs.log import EventLog
 from chatstream.runs.redis_keys import Keys
 from chatstream.runs.redis_mirror import RunMirror
-from chatstream.runs.redis_remote import SharedRuns
+from chatstream.runs.redis_remote import READ_BLOCK_S, SharedRuns
 from chatstream.runs.redis_takeover import LeaseSweeper
 from chatstream.runs.run import RunStore
 from chatstream.runs.spec import RunSpec
 from chatstream.startup import CHECK_TIMEOUT_S, redis_failure
+from chatstream.storage.repository import Store
+
+CONTROL_TIMEOUT_S = 5.0
+CONTROL_CONNECTIONS = 64
 
 StopLocal = Callable[[uuid.UUID, MessageStatus], bool]
 
@@ -40,9 +44,21 @@ class SharedRunsLink:
         self._settings = settings
         self._url = settings.redis_url
         self.instance = instance
-        self.client = aioredis.Redis.from_url(self._url)
+        # Two pools: the control path (mirroring, leases, cancels, lookups) must
+        # never wait behind the blocking reads of remote followers.
+        self.client = aioredis.Redis.from_url(
+            self._url, socket_timeout=CONTROL_TIMEOUT_S, max_connections=CONTROL_CONNECTIONS
+        )
+        self.readers = aioredis.Redis.from_url(
+            self._url,
+            socket_timeout=READ_BLOCK_S + CONTROL_TIMEOUT_S,
+            socket_keepalive=True,
+            max_connections=settings.redis_max_followers,
+        )
         self.keys = Keys(f"{settings.redis_key_prefix}:shared")
-        self.shared = SharedRuns(self.client, self.keys)
+        # A follower waits this long for Redis (or for a run Redis lost) to come back.
+        patience_s = settings.run_lease_s + 1
+        self.shared = SharedRuns(self.client, self.readers, self.keys, patience_s=patience_s)
         # Set once the registry exists: how a cancel from elsewhere reaches a local run.
         self.stop_local: StopLocal = lambda run_id, status: False
         self.mirror = RunMirror(
@@ -61,6 +77,7 @@ class SharedRunsLink:
                 await self.client.ping()
         except (RedisError, OSError, TimeoutError) as exc:
             await self.client.aclose()
+            await self.readers.aclose()
             raise redis_failure(self._url, exc, "CHATSTREAM_REDIS_URL") from None
         await self.mirror.__aenter__()
         return self
@@ -75,6 +92,7 @@ class SharedRunsLink:
             await self.mirror.__aexit__(exc_type, exc, tb)
         finally:
             await self.client.aclose()
+            await self.readers.aclose()
 
     def log_for(self, spec: RunSpec) -> EventLog:
         return self.mirror.log_for(spec.message_id, spec.owner, spec.session_id)
@@ -83,14 +101,15 @@ class SharedRunsLink:
         await self.client.ping()
 
     @asynccontextmanager
-    async def sweeping(self, store: RunStore) -> AsyncIterator[None]:
+    async def sweeping(self, journal: RunStore, store: Store) -> AsyncIterator[None]:
         """While inside: end, as interrupted, runs whose instance stopped renewing their lease."""
         sweeper = LeaseSweeper(
             self.client,
             self.keys,
-            self.instance,
+            self.mirror,
             lease_s=self._settings.run_lease_s,
             retention_s=self._settings.run_retention_s,
+            journal=journal,
             store=store,
         )
         async with anyio.create_task_group() as tasks:

@@ -34,3 +34,18 @@ class RunSpec:
     temperature: float | None = None
     chunk_chars: int | None = None
     tools: ToolSet = field(default_factory=ToolSet)
+
+
+def round_row_id(run_id: uuid.UUID, round_index: int) -> uuid.UUID:
+    """The id of a run's tool round `round_index` (its assistant row carrying the calls).
+
+    Derived, not random: whoever writes a run's rows (the run itself, or the
+    instance that ended it after its own died) writes the same ids, so the
+    rows land once.
+    """
+    return uuid.uuid5(run_id, f"round:{round_index}")
+
+
+def tool_row_id(run_id: uuid.UUID, round_index: int, call_index: int) -> uuid.UUID:
+    """The id of the result row of call `call_index` of tool round `round_index`."""
+    return uuid.uuid5(run_id, f"tool:{round_index}:{call_index}")
