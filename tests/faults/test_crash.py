@@ -42,12 +42,14 @@ def test_kill_9_then_restart(
     # Wait for the four with text to have a checkpoint on disk holding what
     # their clients saw (checkpoints trail the stream by up to an interval).
     def checkpointed(stream: Stream) -> bool:
-        path = spool_path / "live" / f"{stream.events[0].data['message_id']}.json"
         try:
-            rows = orjson.loads(path.read_bytes())["rows"]
+            live = orjson.loads((spool_path / "live.json").read_bytes())
         except (FileNotFoundError, orjson.JSONDecodeError):
             return False
-        return str(rows[-1]["content"]).startswith(stream.text)
+        texts = {output["rows"][-1]["id"]: output["rows"][-1]["content"] for output in live}
+        return str(texts.get(stream.events[0].data["message_id"], "")).startswith(stream.text) and (
+            stream.events[0].data["message_id"] in texts
+        )
 
     wait_until(lambda: all(checkpointed(stream) for stream in seen[:4]), timeout=10)
 
@@ -81,5 +83,5 @@ def test_kill_9_then_restart(
         assert content.startswith(stream.text)
         if stream.text:
             assert content
-    assert not list((spool_path / "live").glob("*.json"))
+    assert orjson.loads((spool_path / "live.json").read_bytes()) == []
     restarted.stop()

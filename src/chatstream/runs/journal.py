@@ -30,7 +30,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from chatstream.logs import log_fault
 from chatstream.storage.records import OutputRow, RunOutput
 from chatstream.storage.repository import SessionGone, Store
-from chatstream.storage.spool import Spool
+from chatstream.storage.spool import Spool, encode
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class RunJournal:
         self._live_runs = live_runs
         self._known = known
         self._checkpointed: dict[uuid.UUID, tuple[int, int]] = {}
+        self._encoded: dict[uuid.UUID, bytes] = {}  # each live run's last checkpoint
         self._failures: dict[uuid.UUID, int] = {}
         self._spooled = anyio.Event()
         self._recovered = False
@@ -129,20 +130,28 @@ class RunJournal:
                 logger.warning("checkpointing failed (%s)", type(exc).__name__)
 
     async def checkpoint(self) -> None:
-        """Spool the rows of live runs that produced something since the last time."""
-        changed = []
+        """Spool the rows of every live run that has produced something: one file, one write.
+
+        A run whose progress has not changed since the last time keeps the
+        encoding it had; only the changed ones are snapshot and encoded again.
+        """
+        changed = False
         live_ids = set()
         for run in self._live_runs():
             live_ids.add(run.id)
             progress = run.progress()
             if progress != (0, 0) and self._checkpointed.get(run.id) != progress:
-                changed.append(run.snapshot())
+                self._encoded[run.id] = encode(run.snapshot())
                 self._checkpointed[run.id] = progress
-        finished = [run_id for run_id in self._checkpointed if run_id not in live_ids]
-        for run_id in finished:
+                changed = True
+        for run_id in [run_id for run_id in self._checkpointed if run_id not in live_ids]:
             del self._checkpointed[run_id]
-        if changed or finished:
-            await anyio.to_thread.run_sync(self._spool.checkpoint, changed, finished)
+            del self._encoded[run_id]
+            changed = True
+        if changed:
+            await anyio.to_thread.run_sync(
+                self._spool.write_checkpoints, list(self._encoded.values())
+            )
 
     async def _retry_loop(self) -> None:
         """Write what the spool holds, with backoff, until the database takes it all."""

@@ -5,8 +5,10 @@
                         process refuses to start rather than take the first's runs
     pending/<run>.json  a run's rows the database refused; fsynced before the
                         client hears `persisted: false`, written once it is back
-    live/<run>.json     a live run's rows so far, refreshed about once a second,
-                        so that a crash loses no more than that
+    live.json           every live run's rows so far, in one file refreshed about
+                        once a second (one write, however many runs), so that a
+                        crash loses no more than that (live/<run>.json: the same,
+                        one file per run, as earlier releases wrote it; still read)
     broken/<run>.json   what the database kept refusing for a reason in the rows
                         themselves (or a file that cannot be read): kept for a human
 
@@ -46,6 +48,7 @@ class Spool:
         self._pending = directory / "pending"
         self._live = directory / "live"
         self._broken = directory / "broken"
+        self._live_file = directory / "live.json"
         for folder in (self._pending, self._live):
             folder.mkdir(parents=True, exist_ok=True)
         self._lock: int | None = _lock(directory / "lock")
@@ -73,7 +76,7 @@ class Spool:
 
     def keep(self, output: RunOutput) -> None:
         """Store a run's rows durably until the database takes them."""
-        _write_atomically(self._pending / f"{_run_id(output)}.json", _encode(output), durable=True)
+        _write_atomically(self._pending / f"{_run_id(output)}.json", encode(output), durable=True)
 
     def pending(self) -> list[RunOutput]:
         return self._load_all(self._pending)
@@ -93,26 +96,40 @@ class Spool:
         try:
             os.replace(self._pending / name, target)
         except FileNotFoundError:
-            _write_atomically(target, _encode(output), durable=True)
+            _write_atomically(target, encode(output), durable=True)
         return target
 
     # --- live runs' checkpoints ----------------------------------------------------
 
-    def checkpoint(self, outputs: list[RunOutput], finished: list[uuid.UUID]) -> None:
-        """Refresh the checkpoints of live runs; drop those of runs that ended."""
-        for output in outputs:
-            _write_atomically(
-                self._live / f"{_run_id(output)}.json", _encode(output), durable=False
-            )
-        for run_id in finished:
-            with contextlib.suppress(FileNotFoundError):
-                (self._live / f"{run_id}.json").unlink()
+    def write_checkpoints(self, encoded: list[bytes]) -> None:
+        """Replace the checkpoints with these (each `encode(output)` of a live run)."""
+        _write_atomically(self._live_file, b"[" + b",".join(encoded) + b"]", durable=False)
 
     def checkpoints(self) -> list[RunOutput]:
-        return self._load_all(self._live)
+        outputs = self._load_all(self._live)
+        try:
+            data = self._live_file.read_bytes()
+        except FileNotFoundError:
+            return outputs
+        try:
+            outputs.extend(_from_raw(raw) for raw in orjson.loads(data))
+        except (ValueError, KeyError, TypeError):
+            logger.error("spool file %s cannot be read; moved aside", self._live_file.name)
+            self._broken.mkdir(exist_ok=True)
+            with contextlib.suppress(OSError):
+                self._live_file.rename(self._broken / self._live_file.name)
+        return outputs
 
     def clear_checkpoints(self, run_ids: list[uuid.UUID]) -> None:
-        self.checkpoint([], run_ids)
+        """Forget these runs' checkpoints (recovery has written them)."""
+        cleared = set(run_ids)
+        for run_id in cleared:
+            with contextlib.suppress(FileNotFoundError):
+                (self._live / f"{run_id}.json").unlink()
+        if not self._live_file.exists():
+            return
+        kept = [output for output in self.checkpoints() if _run_id(output) not in cleared]
+        self.write_checkpoints([encode(output) for output in kept])
 
     # --- reading -----------------------------------------------------------------
 
@@ -151,12 +168,15 @@ def _run_id(output: RunOutput) -> uuid.UUID:
     return output.rows[-1].id  # the final assistant row's id is the run's
 
 
-def _encode(output: RunOutput) -> bytes:
+def encode(output: RunOutput) -> bytes:
     return orjson.dumps(output)
 
 
 def _decode(data: bytes) -> RunOutput:
-    raw: dict[str, Any] = orjson.loads(data)
+    return _from_raw(orjson.loads(data))
+
+
+def _from_raw(raw: dict[str, Any]) -> RunOutput:
     rows = []
     for row in raw["rows"]:
         row["id"] = uuid.UUID(row["id"])
