@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
 
 from chatstream import __version__
 from chatstream.api import chat, meta, openai_compat, playground, runs, sessions, ui_stream, ws
@@ -26,6 +27,7 @@ from chatstream.api.docs import install_docs
 from chatstream.api.errors import install_error_handlers
 from chatstream.api.openai_schemas import document_openai_errors, openai_stream_schemas
 from chatstream.api.schemas import document_errors, event_schemas
+from chatstream.api.sse import SERVER_SEND
 from chatstream.api.ui_schemas import ui_chunk_schemas
 from chatstream.auth import Authenticator, ClientAddress
 from chatstream.bots.telegram import TelegramBot, webhook_router
@@ -225,7 +227,7 @@ def create_app(
                 lifespan_state["telegram"] = telegram
             yield lifespan_state
 
-    app = FastAPI(
+    app = ChatstreamApp(
         title="chatstream",
         version=__version__,
         description=DESCRIPTION,
@@ -318,6 +320,20 @@ def _tracing(settings: Settings) -> Tracing | None:
             "pip install 'chatstream[otel]' (or unset the variable)"
         ) from None
     return Tracing.from_settings(settings)
+
+
+class ChatstreamApp(FastAPI):
+    """FastAPI, keeping the server's own `send` in each HTTP scope for event streams.
+
+    An event stream writes its events there directly (`api/sse.py`): every
+    layer in between (error handling, request ids, metrics) only acts on a
+    response's start and end, which still pass through them all.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def from_environment() -> FastAPI:

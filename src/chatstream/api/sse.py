@@ -31,6 +31,7 @@ from chatstream.runs.handle import RunHandle
 logger = logging.getLogger(__name__)
 
 KEEPALIVE = b": keepalive\n\n"
+SERVER_SEND = "chatstream.server_send"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -67,7 +68,11 @@ class RunEventStream(Response):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        watch = SendWatch(send, self._send_timeout_s)
+        # Events go straight to the server's own send: every middleware between
+        # (request id, metrics, error handling) only looks at the response's start
+        # and end, which still pass through them, and a call through each of them
+        # per token is most of the cost of sending one.
+        watch = SendWatch(scope.get(SERVER_SEND, send), self._send_timeout_s)
         async with anyio.create_task_group() as tasks:
             watch.bind(tasks.cancel_scope)
             tasks.start_soon(_stop_on_disconnect, receive, tasks.cancel_scope)
@@ -83,7 +88,9 @@ class RunEventStream(Response):
                 # The run's stream was lost (another instance's, Redis away): end
                 # the response; the client resumes after the last id it has.
                 logger.info("event stream of run %s ended early: %s", self._run.id, exc.code)
-            await watch.send({"type": "http.response.body", "body": b"", "more_body": False})
+            # The end goes through the middlewares, bounded like every send.
+            with anyio.move_on_after(self._send_timeout_s):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
             tasks.cancel_scope.cancel()
         if watch.stalled:
             logger.info("dropped an event stream whose client stopped reading")

@@ -16,11 +16,12 @@ The response is closed on every path out of the `async with`.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import anyio
 import httpx2
 import openai
@@ -46,18 +47,13 @@ class UpstreamRequest:
     # Set by the answer cache (upstream/cache.py) when it answered instead of the model.
     from_cache: bool = False
 
-    def as_kwargs(self) -> dict[str, Any]:
-        """Arguments for `chat.completions.create`.
-
-        The body travels in `extra_body`, which the SDK sends as given. Passed
-        as typed parameters it would first be walked against the SDK's
-        TypedDict schemas, message by message, which costs more CPU than the
-        rest of the request (and grows with the history) while changing
-        nothing in a body of plain JSON values.
-        """
+    def body(self) -> dict[str, Any]:
+        """The request body, as plain JSON values."""
         body: dict[str, Any] = {
+            "model": self.model,
             "messages": self.messages,
             "max_tokens": self.max_tokens,
+            "stream": True,
             "stream_options": {"include_usage": True},
         }
         if self.temperature is not None:
@@ -66,7 +62,7 @@ class UpstreamRequest:
             body["tools"] = self.tools
         if self.tool_choice is not None:
             body["tool_choice"] = self.tool_choice
-        return {"model": self.model, "messages": [], "stream": True, "extra_body": body}
+        return body
 
 
 class ChatUpstream:
@@ -76,11 +72,33 @@ class ChatUpstream:
         self._client = client
         self._redact = redact
 
+    async def _post(self, request: UpstreamRequest) -> httpx2.Response:
+        """`POST /chat/completions`, the response's head read, its body not yet.
+
+        Through the client's own request machinery (auth, base URL, pooling,
+        retries with backoff and `Retry-After`, status errors), as the SDK
+        offers for any request: the answer is the raw HTTP response
+        (`cast_to=httpx2.Response`). Not `chat.completions.create`: its typed
+        parameters are walked against the SDK's schemas on every call, which
+        costs more CPU than the rest of the request while changing nothing in
+        a body of plain JSON values; and the stream is read raw anyway.
+        """
+        response = await self._client.post(
+            "/chat/completions",
+            cast_to=httpx2.Response,
+            body=request.body(),
+            stream=True,
+            stream_cls=openai.AsyncStream[Any],
+        )
+        # The typing follows `stream_cls`; with `cast_to=httpx2.Response` the SDK
+        # hands back the response itself, unread.
+        assert isinstance(response, httpx2.Response)
+        return response
+
     @asynccontextmanager
     async def stream(self, request: UpstreamRequest) -> AsyncIterator[AsyncIterator[list[Any]]]:
-        create = self._client.chat.completions.with_streaming_response.create
         try:
-            response = await create(**request.as_kwargs()).__aenter__()
+            http_response = await self._post(request)
         except openai.OpenAIError as exc:
             explained = explain(exc, self._redact)
             # Once per failed call (the SDK has already retried), with the model
@@ -89,7 +107,6 @@ class ChatUpstream:
             raise explained.error from None
         except httpx2.HTTPError as exc:
             raise from_transport_error(exc) from None
-        http_response = response.http_response
         try:
             content_type = http_response.headers.get("content-type", "")
             if content_type.startswith("application/json"):
@@ -102,23 +119,45 @@ class ChatUpstream:
                 await http_response.aclose()
 
 
-def _body(response: httpx2.Response) -> AsyncIterable[bytes]:
-    """The body's bytes as the transport delivers them.
+Read = Callable[[], Awaitable[bytes]]
 
-    `Response.stream` directly, when there is no content encoding to undo:
-    `aiter_bytes()` would add two generator layers, a chunker and a context
-    manager per read, for nothing.
+
+def _reader(response: httpx2.Response) -> Read:
+    """A function that returns the body's next bytes (b"" at the end), as cheaply as possible.
+
+    With the SDK's aiohttp transport and no content encoding to undo, that is
+    aiohttp's own `readany()` on the response: whatever has arrived, one await
+    per read. The generic path wraps each read in three async generators and
+    a context manager (httpx2's stream, the SDK's aiohttp adapter, its
+    chunker), which at a token per read costs more than parsing the token.
+    The shape is checked, not assumed: anything else takes the generic path.
     """
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity") and isinstance(response.stream, httpx2.AsyncByteStream):
-        return response.stream
-    return response.aiter_bytes()
+    identity = encoding in ("", "identity")
+    adapter = getattr(response.stream, "_stream", None)  # httpx2's timing wrapper
+    content = getattr(getattr(adapter, "_aiohttp_response", None), "content", None)
+    if identity and isinstance(content, aiohttp.StreamReader):
+        return content.readany
+    chunks = (
+        response.stream
+        if identity and isinstance(response.stream, httpx2.AsyncByteStream)
+        else response.aiter_bytes()
+    ).__aiter__()
+
+    async def read() -> bytes:
+        try:
+            return await chunks.__anext__()
+        except StopAsyncIteration:
+            return b""
+
+    return read
 
 
 async def _batches(response: httpx2.Response) -> AsyncIterator[list[Any]]:
     decoder = SSEDecoder()
+    read = _reader(response)
     try:
-        async for raw in _body(response):
+        while raw := await read():
             payloads = decoder.feed(raw)
             if not payloads:
                 continue
@@ -135,7 +174,7 @@ async def _batches(response: httpx2.Response) -> AsyncIterator[list[Any]]:
             yield tail
         if malformed:
             raise _not_json()
-    except httpx2.HTTPError as exc:
+    except (httpx2.HTTPError, aiohttp.ClientError, OSError) as exc:
         raise from_transport_error(exc) from None
     except EventTooLarge:
         raise UpstreamError(
