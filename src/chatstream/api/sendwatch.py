@@ -12,6 +12,8 @@ transport's own high-water mark.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -41,6 +43,41 @@ class SendWatch:
         except (OSError, RuntimeError):
             # The client left between two messages (uvicorn raises an OSError,
             # Starlette a RuntimeError once a socket is closed): end quietly.
+            if self._scope is not None:
+                self._scope.cancel()
+            await anyio.lowlevel.checkpoint()
+            raise
+        finally:
+            self._in_flight -= 1
+
+    async def drive(self, sending: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+        """Finish a send that was started elsewhere (`EagerSend`) and had to wait.
+
+        `sending` suspended on `waiting_on` (the future it awaits, or None for
+        a bare yield); it is driven from here like any other send, so a client
+        that stops reading is dropped after the same timeout.
+        """
+        if not self._in_flight:
+            self._since = self._clock()
+        self._in_flight += 1
+        try:
+            while True:
+                try:
+                    if waiting_on is None:
+                        await anyio.lowlevel.checkpoint()
+                    else:
+                        # As a task does with a future its coroutine yields: it is
+                        # ours to wait on now (else awaiting it again is refused).
+                        waiting_on._asyncio_future_blocking = False
+                        await waiting_on
+                except BaseException:
+                    sending.close()
+                    raise
+                try:
+                    waiting_on = sending.send(None)
+                except StopIteration:
+                    return
+        except (OSError, RuntimeError):
             if self._scope is not None:
                 self._scope.cancel()
             await anyio.lowlevel.checkpoint()

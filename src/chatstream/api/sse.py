@@ -18,6 +18,8 @@ policy and nobody else follows it).
 from __future__ import annotations
 
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import anyio
 from starlette.responses import Response
@@ -72,13 +74,15 @@ class RunEventStream(Response):
         # (request id, metrics, error handling) only looks at the response's start
         # and end, which still pass through them, and a call through each of them
         # per token is most of the cost of sending one.
-        watch = SendWatch(scope.get(SERVER_SEND, send), self._send_timeout_s)
+        server_send = scope.get(SERVER_SEND, send)
+        watch = SendWatch(server_send, self._send_timeout_s)
+        eager = EagerSend(server_send, watch)
         async with anyio.create_task_group() as tasks:
             watch.bind(tasks.cancel_scope)
             tasks.start_soon(_stop_on_disconnect, receive, tasks.cancel_scope)
             tasks.start_soon(watch.watch)
             try:
-                async with self._run.follow(self._after, self._keepalive_s) as batches:
+                async with self._run.follow(self._after, self._keepalive_s, eager) as batches:
                     async for batch in batches:
                         body = encode_events(batch)
                         await watch.send(
@@ -94,6 +98,50 @@ class RunEventStream(Response):
             tasks.cancel_scope.cancel()
         if watch.stalled:
             logger.info("dropped an event stream whose client stopped reading")
+
+
+class EagerSend:
+    """Writes an event to the client the moment the run appends it (`runs.log.Pusher`).
+
+    For a client that has caught up, the server's send is run right there,
+    inside the append: uvicorn writes to the socket without waiting unless the
+    client's buffers are full, so the event leaves with no task switch and no
+    wake-up of the response's task. If the send does have to wait, it is
+    handed to the response's task (`drain`), watched like any other send,
+    and events go back to being read from the log until it is done.
+    """
+
+    __slots__ = ("_pending", "_send", "_watch")
+
+    def __init__(self, send: Send, watch: SendWatch) -> None:
+        self._send = send
+        self._watch = watch
+        self._pending: tuple[Coroutine[Any, Any, None], Any] | None = None
+
+    @property
+    def wants_more(self) -> bool:
+        return self._pending is None
+
+    def push(self, event: Event) -> bool:
+        if self._pending is not None:
+            return False
+        sending = self._send(
+            {"type": "http.response.body", "body": encode_events([event]), "more_body": True}
+        )
+        try:
+            waiting_on = sending.send(None)  # type: ignore[attr-defined]
+        except StopIteration:
+            return True
+        except Exception:
+            # The client is gone: the response's task finds out with its next send.
+            return False
+        self._pending = (sending, waiting_on)  # type: ignore[assignment]
+        return True
+
+    async def drain(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await self._watch.drive(*pending)
 
 
 async def _stop_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

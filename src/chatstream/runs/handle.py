@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from chatstream.runs.events import Event, MessageStatus
+from chatstream.runs.log import Pusher
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +45,13 @@ class RunHandle(Protocol):
         ...
 
     def follow(
-        self, after: int = 0, idle_timeout: float | None = None
+        self, after: int = 0, idle_timeout: float | None = None, push: Pusher | None = None
     ) -> AbstractAsyncContextManager[AsyncIterator[list[Event]]]:
-        """Read the events after `after`, live, as batches (empty when idle)."""
+        """Read the events after `after`, live, as batches (empty when idle).
+
+        With `push`, once caught up the reader may be handed new events
+        directly instead (see `runs.log.Pusher`); a run may ignore it.
+        """
         ...
 
     async def wait(self) -> None:

@@ -22,6 +22,23 @@ from typing import Protocol
 from chatstream.runs.events import EVENT_TYPES, Event, EventPayload
 
 
+class Pusher(Protocol):
+    """A caught-up reader that takes events the moment they are appended (no task switch).
+
+    `push` runs inside `append`, so it must return at once. It returns False
+    when it did not take the event (the reader then reads it from the log).
+    After a push it could not finish at once, `wants_more` is False and the
+    reader's task `drain`s it before anything else.
+    """
+
+    def push(self, event: Event) -> bool: ...
+
+    @property
+    def wants_more(self) -> bool: ...
+
+    async def drain(self) -> None: ...
+
+
 class EventLog(Protocol):
     @property
     def last_seq(self) -> int: ...
@@ -31,12 +48,16 @@ class EventLog(Protocol):
 
     def append(self, payload: EventPayload) -> Event: ...
 
-    def follow(self, after: int, idle_timeout: float) -> AsyncGenerator[list[Event]]:
+    def follow(
+        self, after: int, idle_timeout: float, push: Pusher | None = None
+    ) -> AsyncGenerator[list[Event]]:
         """Yield batches of the events with `seq > after`, live, until the terminal event.
 
         A batch holds every event available when the reader woke up, so a
         reader that fell behind catches up in one write. An empty batch means
         nothing happened for `idle_timeout` seconds (time for a keepalive).
+        With `push`, a reader that has caught up is handed each new event
+        directly instead, until it declines one.
         """
         ...
 
@@ -50,12 +71,13 @@ class MemoryEventLog:
     run's replay, kept for `CHATSTREAM_RUN_RETENTION_S`, needs.
     """
 
-    __slots__ = ("_closed", "_events", "_frozen", "_waiters")
+    __slots__ = ("_closed", "_events", "_frozen", "_pushers", "_waiters")
 
     def __init__(self) -> None:
         self._events: list[Event] = []
         self._frozen: _FrozenEvents | None = None
         self._waiters: list[asyncio.Future[bool]] = []
+        self._pushers: list[_Pushing] = []
         self._closed = False
 
     @property
@@ -75,6 +97,8 @@ class MemoryEventLog:
             self._closed = True
             self._frozen = _FrozenEvents(self._events)
             self._events = []
+        if self._pushers:
+            self._pushers = [pushing for pushing in self._pushers if pushing.offer(event)]
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
@@ -88,7 +112,9 @@ class MemoryEventLog:
         # Sequence numbers are list positions + 1, so "after seq" is a slice.
         return self._events[max(seq, 0) :]
 
-    async def follow(self, after: int, idle_timeout: float) -> AsyncGenerator[list[Event]]:
+    async def follow(
+        self, after: int, idle_timeout: float, push: Pusher | None = None
+    ) -> AsyncGenerator[list[Event]]:
         position = after
         idle = _IdleTimer(idle_timeout)
         try:
@@ -102,11 +128,33 @@ class MemoryEventLog:
                         return
                 elif self._closed:
                     return  # the reader already has everything, terminal event included
+                elif push is not None:
+                    pushing = await self._push_to(push, idle)
+                    position = max(position, pushing.position)
+                    if not push.wants_more:
+                        await push.drain()
+                    if pushing.ended:
+                        return
+                    if pushing.idle:
+                        idle.reset()
+                        yield []
                 elif not await self._wait(idle):
                     idle.reset()
                     yield []
         finally:
             idle.stop()
+
+    async def _push_to(self, push: Pusher, idle: _IdleTimer) -> _Pushing:
+        """Hand each new event to `push` until it declines one, the log ends, or it is idle."""
+        pushing = _Pushing(push, idle)
+        self._pushers.append(pushing)
+        idle.watch(pushing.woken)
+        try:
+            pushing.idle = not await pushing.woken
+        finally:
+            if pushing in self._pushers:
+                self._pushers.remove(pushing)
+        return pushing
 
     async def _wait(self, idle: _IdleTimer) -> bool:
         """Wait for the next append; False once the reader has been idle too long."""
@@ -120,6 +168,35 @@ class MemoryEventLog:
                 # Timed out or cancelled: still listed (an append empties the list).
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
+
+
+class _Pushing:
+    """One reader being pushed to: where it stands, and how to wake its task."""
+
+    __slots__ = ("_idle", "_push", "ended", "idle", "position", "woken")
+
+    def __init__(self, push: Pusher, idle: _IdleTimer) -> None:
+        self._push = push
+        self._idle = idle
+        self.woken: asyncio.Future[bool] = idle.loop.create_future()
+        self.position = 0
+        self.ended = False
+        self.idle = False
+
+    def offer(self, event: Event) -> bool:
+        """Push `event`; False when this reader stops being pushed to (its task is woken)."""
+        if self.woken.done():
+            return False
+        if not self._push.push(event):
+            self.woken.set_result(True)  # not taken: the reader reads it from the log
+            return False
+        self.position = event.seq
+        self._idle.reset()
+        if event.is_terminal or not self._push.wants_more:
+            self.ended = event.is_terminal
+            self.woken.set_result(True)
+            return False
+        return True
 
 
 class _IdleTimer:

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from chatstream.errors import ServiceUnavailable
 from chatstream.runs.events import EVENT_TYPES, Event, EventType, MessageStatus
 from chatstream.runs.handle import RunState
+from chatstream.runs.log import Pusher
 from chatstream.runs.redis_keys import CANCEL, Keys
 
 READ_COUNT = 1000
@@ -86,7 +87,7 @@ class RemoteRun:
 
     @asynccontextmanager
     async def follow(
-        self, after: int = 0, idle_timeout: float | None = None
+        self, after: int = 0, idle_timeout: float | None = None, push: Pusher | None = None
     ) -> AsyncIterator[AsyncIterator[list[Event]]]:
         events = self._read(after, idle_timeout or math.inf)
         try:

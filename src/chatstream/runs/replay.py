@@ -20,7 +20,7 @@ from contextlib import aclosing, asynccontextmanager
 from chatstream.runs.events import ErrorEvent, Event, MessageStatus
 from chatstream.runs.generation import CANCELLED_TOOL
 from chatstream.runs.handle import RunState
-from chatstream.runs.log import MemoryEventLog
+from chatstream.runs.log import MemoryEventLog, Pusher
 from chatstream.runs.spec import round_row_id, tool_row_id
 from chatstream.storage.records import OutputRow
 
@@ -97,9 +97,9 @@ class StoredRun:
 
     @asynccontextmanager
     async def follow(
-        self, after: int = 0, idle_timeout: float | None = None
+        self, after: int = 0, idle_timeout: float | None = None, push: Pusher | None = None
     ) -> AsyncIterator[AsyncIterator[list[Event]]]:
-        async with aclosing(self.log.follow(after, idle_timeout or math.inf)) as events:
+        async with aclosing(self.log.follow(after, idle_timeout or math.inf, push)) as events:
             yield events
 
     async def wait(self) -> None:

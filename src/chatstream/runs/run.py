@@ -42,7 +42,7 @@ from chatstream.runs.events import (
 from chatstream.runs.generation import Generation
 from chatstream.runs.handle import RunState
 from chatstream.runs.lifecycle import RunRecord
-from chatstream.runs.log import EventLog, MemoryEventLog
+from chatstream.runs.log import EventLog, MemoryEventLog, Pusher
 from chatstream.runs.spec import RunLimits, RunSpec
 from chatstream.runs.usage import run_metrics, total_usage
 from chatstream.storage.records import OutputRow, RunOutput
@@ -145,7 +145,7 @@ class Run:
 
     @asynccontextmanager
     async def follow(
-        self, after: int = 0, idle_timeout: float | None = None
+        self, after: int = 0, idle_timeout: float | None = None, push: Pusher | None = None
     ) -> AsyncIterator[AsyncIterator[list[Event]]]:
         """Read the run's events after `after`; see `EventLog.follow`.
 
@@ -154,7 +154,7 @@ class Run:
         """
         self.followers += 1
         try:
-            async with aclosing(self.log.follow(after, idle_timeout or math.inf)) as events:
+            async with aclosing(self.log.follow(after, idle_timeout or math.inf, push)) as events:
                 yield events
         finally:
             self.followers -= 1
