@@ -8,7 +8,7 @@ READY  := $(VENV)/.ready
 # Client libraries some tests drive (the browser EventSource's rules, in Node).
 JS_READY := tests/js/node_modules/.ready
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench soak clean
 
 $(READY): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "chatstream needs Python 3.11 or newer")'
@@ -35,6 +35,10 @@ lint: $(READY)
 
 bench: $(READY)
 	$(BIN)/python bench/run.py
+
+# An hour at 100 streams; fails if RSS, descriptors or tasks keep growing (not in `make test`).
+soak: $(READY)
+	$(BIN)/python bench/soak.py --minutes 60 --streams 100
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
