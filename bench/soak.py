@@ -80,12 +80,12 @@ def main() -> int:
         return 0
 
     from alembic import command
+    from tests.support.process import free_port
+    from tests.support.servers import AppServer
 
     from chatstream.app import create_app
     from chatstream.cli import alembic_config
     from chatstream.config import Settings
-    from tests.support.process import free_port
-    from tests.support.servers import AppServer
 
     tmp = tempfile.mkdtemp(prefix="chatstream-soak-")
     database = f"sqlite+aiosqlite:///{tmp}/soak.db"
