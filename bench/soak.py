@@ -1,4 +1,4 @@
-"""`make soak`: chatstream under a steady load for an hour; RSS, descriptors and tasks must stay flat.
+"""`make soak`: chatstream under steady load for an hour; RSS, descriptors, tasks stay flat.
 
 The server runs in this process (so its event loop can be asked how many
 tasks it holds); the fake upstream and the load generator run in their own
