@@ -108,6 +108,7 @@ class Generation:
         feed = accumulator.feed
         clock = self._clock
         batch: list[Any] = []
+        last: list[Any] = []  # the last chunk seen; not the whole batch, held across reads
         try:
             async with self._upstream.stream(request) as batches:
                 async for batch in batches:
@@ -116,6 +117,8 @@ class Generation:
                         text = feed(chunk)
                         if text:
                             self._emit_text(text)
+                    last = batch[-1:]
+                    batch = []
         except UpstreamError:
             if accumulator.finish_reason is None:
                 raise
@@ -123,7 +126,7 @@ class Generation:
             logger.info(
                 "run %s: upstream failed after finish_reason; answer kept", self._spec.message_id
             )
-        self.steps.note_response(batch)  # the round's last chunks name the model that answered
+        self.steps.note_response(last)  # the round's last chunk names the model that answered
         self.flush_text()
         if accumulator.finish_reason is None:
             raise UpstreamError("The model server's answer was cut short.")

@@ -163,8 +163,12 @@ async def _batches(response: httpx2.Response) -> AsyncIterator[list[Any]]:
                 continue
             ended = payloads[-1] == _DONE
             batch, malformed = _parse([p for p in payloads if p != _DONE] if ended else payloads)
+            # Nothing of this read is kept while waiting for the next one: a
+            # burst of a hundred chunks is a hundred dicts and their bytes.
+            raw = payloads = b""  # type: ignore[assignment]
             if batch:
                 yield batch
+                batch = []
             if malformed:
                 raise _not_json()
             if ended:
