@@ -25,7 +25,8 @@ MAX_SCREENSHOT_BYTES = 150_000
 def test_demo_model_shows_a_banner(
     make_server: Callable[..., AppServer], open_page: Callable[..., BrowserPage]
 ) -> None:
-    demo = make_server(openai_api_key=None, openai_base_url=None, models=["gpt-4o-mini"])
+    # As `make run` shows it: with no model server, the offline demo answers as `demo`.
+    demo = make_server(openai_api_key=None, openai_base_url=None, models=["demo"])
     view = open_page(SCREENSHOT_VIEWPORT)
     page = view.open(demo)
     expect(page.get_by_role("status").filter(has_text="Demo model")).to_be_visible()
