@@ -201,7 +201,7 @@ def test_a_cancel_from_the_other_worker_ends_the_run_at_once(
     assert (accepted.status_code, accepted.headers[INSTANCE]) == (202, canceller)
     took = ended_at[0] - asked_at
     log.info("cancel from worker %s to done on worker %s: %.1f ms", canceller, owner, took * 1000)
-    assert took < 0.5, f"{took * 1000:.0f} ms"
+    assert took < 0.1, f"{took * 1000:.0f} ms"  # as from another instance (contract §6)
     done = rest[0].done
     assert (done["status"], done["persisted"]) == ("cancelled", True)
     session_id = head.events[0].data["session_id"]
