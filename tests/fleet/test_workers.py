@@ -9,6 +9,7 @@ X-Chatstream-Instance header names it, then keeps using that connection.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -77,8 +78,9 @@ def socket_on(ws_url: str, wanted: Wanted) -> ClientConnection:
         ws = open_socket_at(ws_url)
         assert ws.response is not None
         if wanted(ws.response.headers[INSTANCE]):
-            return ws
-        ws.close()
+            return ws  # the caller enters it: `with socket_on(…) as ws`
+        with ws:  # closed the way websockets wants a connection closed
+            pass
         assert time.monotonic() < deadline, "no WebSocket reached the worker wanted"
 
 
@@ -351,8 +353,8 @@ def test_a_killed_worker_is_replaced_and_its_run_ended_by_the_other(
             )
             killed = server.current()[victim]
             # Its checkpoint, in its own spool: what its replacement will find there.
-            live = tmp_path / "workers" / "spool" / f"worker-{killed.index}" / "live"
-            wait_until(lambda: list(live.glob(f"{message_id}.json")), what="a checkpoint")
+            live = tmp_path / "workers" / "spool" / f"worker-{killed.index}" / "live.json"
+            wait_until(lambda: checkpointed(live, message_id), what="the run's checkpoint")
             killed_at = time.monotonic()
             os.kill(killed.pid, signal.SIGKILL)
             _, seen = following.result(timeout=30)
@@ -371,7 +373,7 @@ def test_a_killed_worker_is_replaced_and_its_run_ended_by_the_other(
     with client_on(server.base_url, exactly(victim)) as (replacement, _):
         assert replacement.get("/readyz").json()["instance"] == victim
     server.wait_for_line("recovered 1 run(s) interrupted by the last stop")
-    assert not list(live.glob("*.json"))
+    assert not checkpointed(live, message_id)
     assert assistant_rows(shared_database, session_id) == [(message_id, "interrupted", seen.text)]
     assert len(server.current()) == 2
 
@@ -383,6 +385,16 @@ def test_workers_stop_by_themselves_when_the_parent_is_gone(workers: WorkersFact
     server.process.wait(10)
     wait_until(lambda: not any(running(pid) for pid in pids), timeout=30, what="workers gone")
     assert "the supervisor process is gone: stopping" in server.log_text()
+
+
+def checkpointed(live: Path, message_id: str) -> bool:
+    """The run's text so far is in this spool's checkpoint file (chatstream.storage.spool)."""
+    try:
+        return any(
+            output["rows"][-1]["id"] == message_id for output in json.loads(live.read_text())
+        )
+    except FileNotFoundError:
+        return False
 
 
 def running(pid: int) -> bool:

@@ -6,7 +6,8 @@
                                       worker that comes back recovers its own runs
 
 A spool holds answers the database has not taken yet (`pending/`) and the
-checkpoints of runs that were live when their process died (`live/`). Going
+checkpoints of runs that were live when their process died (`live.json`, or
+`live/` as earlier releases wrote them). Going
 from one process to N workers, or from N workers to fewer (or to one), would
 leave some in a spool no process opens; `gather` moves them, before anything
 serves, into one that will be opened (worker 1's, or the single process's),
@@ -21,14 +22,16 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 
-from chatstream.storage.spool import Spool
+from chatstream.storage.records import RunOutput
+from chatstream.storage.spool import Spool, encode
 
 logger = logging.getLogger(__name__)
 
 WORKER_PREFIX = "worker-"
-_MOVED_FOLDERS = ("pending", "live")
+LIVE_FILE = "live.json"  # every live run's checkpoint, in one file (chatstream.storage.spool)
 
 
 def worker_spool(base: Path, index: int) -> Path:
@@ -39,7 +42,7 @@ def worker_spool(base: Path, index: int) -> Path:
 def gather(base: Path, workers: int) -> int:
     """Move answers from spools none of `workers` processes opens into one they do; how many.
 
-    Each spool is locked while its files move, so a spool another process
+    Each spool is locked while its answers move, so a spool another process
     still uses is never emptied under it: `SpoolInUse` says which.
     """
     target = base if workers == 1 else worker_spool(base, 1)
@@ -55,14 +58,12 @@ def gather(base: Path, workers: int) -> int:
         for source in sources:
             held = Spool(source)
             try:
-                moved += _move_answers(source, target)
+                moved += _move_pending(source, target) + _move_checkpoints(held, into)
             finally:
                 held.close()
     finally:
         into.close()
-    logger.info(
-        "moved %d spooled answer(s) into %s, where they are written at start-up", moved, target
-    )
+    logger.info("moved %d spooled answer(s) into %s, to be written at start-up", moved, target)
     return moved
 
 
@@ -76,18 +77,44 @@ def _worker_spools(base: Path) -> list[tuple[Path, int]]:
 
 
 def _holds_answers(spool: Path) -> bool:
-    return any(any((spool / folder).glob("*.json")) for folder in _MOVED_FOLDERS)
+    if any((spool / "pending").glob("*.json")) or any((spool / "live").glob("*.json")):
+        return True
+    try:
+        return (spool / LIVE_FILE).stat().st_size > len(b"[]")
+    except FileNotFoundError:
+        return False
 
 
-def _move_answers(source: Path, target: Path) -> int:
+def _move_pending(source: Path, target: Path) -> int:
     moved = 0
-    for folder in _MOVED_FOLDERS:
-        for path in sorted((source / folder).glob("*.json")):
-            destination = target / folder / path.name
-            if destination.exists():
-                # The same run in both: the target's copy is written, this one stays for a human.
-                logger.warning("%s is also in %s; left where it is", path, destination.parent)
-                continue
-            os.replace(path, destination)  # same file system: atomic
-            moved += 1
+    for path in sorted((source / "pending").glob("*.json")):
+        destination = target / "pending" / path.name
+        if destination.exists():
+            # The same run in both: the target's copy is written, this one stays for a human.
+            logger.warning("%s is also in %s; left where it is", path, destination.parent)
+            continue
+        os.replace(path, destination)  # same file system: atomic
+        moved += 1
     return moved
+
+
+def _move_checkpoints(source: Spool, target: Spool) -> int:
+    """Live runs' checkpoints, each as its own file in the target's `live/` (still read there)."""
+    present = {_run_id(output) for output in target.checkpoints()}
+    moved = []
+    for output in source.checkpoints():
+        run_id = _run_id(output)
+        if run_id in present:
+            logger.warning("checkpoint of run %s is also in %s; left where it is", run_id, target)
+            continue
+        path = target.directory / "live" / f"{run_id}.json"
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_bytes(encode(output))
+        os.replace(temporary, path)
+        moved.append(run_id)
+    source.clear_checkpoints(moved)
+    return len(moved)
+
+
+def _run_id(output: RunOutput) -> uuid.UUID:
+    return output.rows[-1].id  # the final assistant row's id is the run's
