@@ -12,6 +12,11 @@ concurrent streams it measures, in the same run:
               CHATSTREAM_METRICS=false: the cost of metrics is the CPU-s/1k difference
               between the two rows (the chatstream row is scraped every
               --scrape-interval seconds meanwhile, as Prometheus would)
+  workers     the chatstream load through `chatstream serve --workers 2` (--workers),
+              its runs shared through the machine's Redis (--redis-url, a key prefix of
+              its own, removed afterwards); on the same core as the others, so its
+              figures say what sharing runs costs, not what a second core would add.
+              Its CPU is the parent's and its workers' (Redis's own is not counted)
 
 and prints tokens/s, time to first token added over direct, and CPU-seconds
 per 1,000 tokens of each server, as ratios against the upstream's own figures
@@ -19,6 +24,7 @@ from the same run (absolute times on shared machines are noise).
 
     python bench/run.py [--levels 50,200,1000] [--tokens 100] [--interval-ms 20]
     python bench/run.py --levels 200 --targets chatstream,nometrics   # metrics on vs off
+    python bench/run.py --targets chatstream,workers --workers 2       # one process vs two
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,16 +51,78 @@ ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process under it (a server's workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int(_stat(int(entry.name))[1])
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime, all threads
+    """utime + stime of the process and its descendants, all threads."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = _stat(member)
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += next(
+            (int(line.split()[1]) / 1024 for line in lines if line.startswith("VmRSS:")), 0.0
+        )
+    return total or float("nan")
+
+
+def check_redis(url: str) -> None:
+    """The workers scenario shares runs through Redis: fail at once, saying so, without it."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise SystemExit(
+            f"bench: the workers scenario needs Redis at {url} ({type(exc).__name__}: {exc}); "
+            "start it, pass --redis-url, or leave workers out of --targets"
+        ) from None
+    finally:
+        client.close()
+
+
+def forget_redis_keys(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+    try:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
 
 
 def pinned(core: int | None) -> Callable[[], None] | None:
@@ -144,6 +213,28 @@ class Servers:
             )
             wait_http(f"http://127.0.0.1:{self.nometrics_port}/healthz")
 
+        self.workers: subprocess.Popen[bytes] | None = None
+        self.workers_port = 0
+        self.redis_prefix = f"chatstream-bench-{uuid.uuid4().hex[:12]}"
+        if "workers" in args.targets.split(","):
+            # The chatstream server with --workers N and runs shared through Redis,
+            # on a database and a spool of its own (the parent migrates it).
+            self.workers_port = free_port()
+            wk_env = {
+                **cs_env,
+                "CHATSTREAM_PORT": str(self.workers_port),
+                "CHATSTREAM_DATABASE_URL": f"sqlite+aiosqlite:///{self.tmp.name}/workers.db",
+                "CHATSTREAM_SPOOL_DIR": f"{self.tmp.name}/workers-spool",
+                "CHATSTREAM_REDIS_URL": args.redis_url,
+                "CHATSTREAM_REDIS_KEY_PREFIX": self.redis_prefix,
+            }
+            self.workers = self._start(
+                [sys.executable, "-m", "chatstream", "serve", "--workers", str(args.workers)],
+                wk_env,
+                server_core,
+            )
+            wait_http(f"http://127.0.0.1:{self.workers_port}/healthz", timeout=60)
+
         self.relay_port = free_port()
         self.relay = self._start(
             [sys.executable, "-m", "uvicorn", "tutorial_relay:create_app", "--factory",
@@ -160,11 +251,13 @@ class Servers:
         self.procs.append(proc)
         return proc
 
-    def close(self) -> None:
+    def close(self, args: argparse.Namespace) -> None:
         for proc in self.procs:
             proc.terminate()
         for proc in self.procs:
-            proc.wait(30)
+            proc.wait(60)
+        if self.workers is not None:
+            forget_redis_keys(args.redis_url, self.redis_prefix)
         self.tmp.cleanup()
 
 
@@ -182,7 +275,7 @@ async def measure(
     loop.call_later(args.warmup, sample)
     loop.call_later(args.warmup + args.window, sample)
     scraper = None
-    if target.name in ("chatstream", "websocket") and args.scrape_interval > 0:
+    if target.name in ("chatstream", "websocket", "workers") and args.scrape_interval > 0:
         scraper = asyncio.create_task(scrape_metrics(target.port, args.scrape_interval))
     try:
         if isinstance(target, SocketTarget):
@@ -232,6 +325,8 @@ def targets(servers: Servers) -> dict[str, Target | SocketTarget]:
                         b'{"message":"bench"}', b'{"text"'),
         "nometrics": Target("nometrics", "127.0.0.1", servers.nometrics_port,
                             "/api/chat/stream", b'{"message":"bench"}', b"event: delta"),
+        "workers": Target("workers", "127.0.0.1", servers.workers_port, "/api/chat/stream",
+                          b'{"message":"bench"}', b"event: delta"),
     }  # fmt: skip
 
 
@@ -250,8 +345,9 @@ COLUMNS = (
 LEGEND = """
 tokens/s: delivered to clients in the window; vs direct: ratio to the upstream served directly.
 TTFT+: time to first token added over talking to the upstream directly (ms).
-CPU-s/1k: the server's CPU-seconds per 1,000 relayed tokens; vs upstream: ratio to
-the fake upstream's own CPU-seconds per 1,000 tokens it generated, in the direct run."""
+CPU-s/1k: the server's CPU-seconds per 1,000 relayed tokens (workers: the parent's
+and its workers', Redis's own not counted); vs upstream: ratio to the fake upstream's
+own CPU-seconds per 1,000 tokens it generated, in the direct run."""
 
 
 def _cell(value: object) -> str:
@@ -286,7 +382,7 @@ def report(results: dict[int, dict[str, dict[str, Any]]], args: argparse.Namespa
             _row(users, "upstream", direct["tokens_per_s"], "1.00", "0", "0", upstream_cpu, "1.00",
                  direct["upstream_rss_mb"], direct["failures"])
         )  # fmt: skip
-        for name in ("chatstream", "nometrics", "websocket", "relay"):
+        for name in ("chatstream", "nometrics", "workers", "websocket", "relay"):
             row = by_target.get(name)
             if row is None:
                 continue
@@ -316,10 +412,16 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument(
-        "--targets", default="chatstream,websocket,relay", help="add nometrics: metrics on vs off"
+        "--targets",
+        default="chatstream,workers,websocket,relay",
+        help="add nometrics: metrics on vs off; workers needs Redis (--redis-url)",
     )
     parser.add_argument(
         "--scrape-interval", type=float, default=5.0, help="GET /metrics every N s (0: never)"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="processes of the workers target")
+    parser.add_argument(
+        "--redis-url", default="redis://127.0.0.1:6379/0", help="the workers target's Redis"
     )
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
@@ -335,6 +437,8 @@ def main() -> int:
     except ImportError:
         pass
 
+    if "workers" in args.targets.split(","):
+        check_redis(args.redis_url)  # before anything is started
     servers = Servers(args, server_core, client_core)
     try:
         all_targets = targets(servers)
@@ -346,6 +450,8 @@ def main() -> int:
         }
         if servers.nometrics is not None:
             pids["nometrics"] = servers.nometrics.pid
+        if servers.workers is not None:
+            pids["workers"] = servers.workers.pid
         results: dict[int, dict[str, dict[str, Any]]] = {}
         for users in (int(level) for level in args.levels.split(",")):
             results[users] = {}
@@ -358,7 +464,7 @@ def main() -> int:
                 )
                 print(f"  {users:>5} streams  {name:<10} done", file=sys.stderr, flush=True)
     finally:
-        servers.close()
+        servers.close(args)
 
     text = report(results, args)
     print(text)

@@ -25,6 +25,7 @@ from chatstream.api.body_limit import BodyLimit
 from chatstream.api.deps import AppState, get_principal
 from chatstream.api.docs import install_docs
 from chatstream.api.errors import install_error_handlers
+from chatstream.api.instance import InstanceHeader
 from chatstream.api.openai_schemas import document_openai_errors, openai_stream_schemas
 from chatstream.api.schemas import document_errors, event_schemas
 from chatstream.api.sse import SERVER_SEND
@@ -207,6 +208,7 @@ def create_app(
                 client_address=client_address,
                 journal=journal,
                 limits=limits,
+                instance=spool.instance_id,
             )
             # Only now: the database answered at the current schema, and Redis, when used.
             logger.info(
@@ -272,6 +274,9 @@ def create_app(
         BodyLimit, max_body_bytes=settings.max_body_bytes, too_large=openai_compat.too_large
     )
     app.add_middleware(RequestIdMiddleware)
+    if settings.redis_url is not None:
+        # Several instances serve as one: each answer says which served it.
+        app.add_middleware(InstanceHeader)
     if metrics is not None:
         # Outside the other layers: every answer counts, their 413s and 500s too.
         app.add_middleware(HttpMetrics, collectors=metrics.collectors)

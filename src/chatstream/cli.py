@@ -4,7 +4,9 @@ Exit statuses: 0 done; 2 a configuration or usage error (one line on stderr,
 never a traceback); 3 something could not be used or reached (`serve` and
 `migrate`: the database, its schema, Redis, with one line saying which and
 what to do; `chat`: the server); `chat` also exits 1 when the answer ended in
-error or was refused, and 130 when stopped with Ctrl-C.
+error or was refused, and 130 when stopped with Ctrl-C. `serve --workers N`
+exits with the status of a worker that could not start (2 or 3, its one line
+on stderr), and 1 when a worker had to be killed for not stopping in time.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("--host", help="overrides CHATSTREAM_HOST")
     serve.add_argument("--port", type=int, help="overrides CHATSTREAM_PORT")
+    serve.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        help="serve with N processes on one socket (needs CHATSTREAM_REDIS_URL; default 1)",
+    )
 
     commands.add_parser("migrate", help="bring the database schema to the latest revision")
 
@@ -125,16 +133,55 @@ def _check_configuration(settings: Settings) -> None:
         fail(str(exc))
 
 
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (1 or more)")
+    return count
+
+
 def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(host=args.host, port=args.port)
+    if args.workers > 1:
+        return _serve_workers(settings, args.workers)
     from chatstream.app import create_app
     from chatstream.server import serve
+    from chatstream.storage.spool import SpoolInUse
+    from chatstream.storage.spool_layout import gather
 
-    settings = _settings(host=args.host, port=args.port)
     try:
         app = create_app(settings)
+        configure_logging(settings.log_level, secrets_of(settings))
+        gather(settings.spool_dir, workers=1)  # what workers left, should there be any
     except ConfigurationError as exc:
         fail(str(exc))
+    except SpoolInUse as exc:
+        fail(str(exc), STARTUP_FAILED)
     return serve(app, settings)
+
+
+def _serve_workers(settings: Settings, workers: int) -> int:
+    if settings.redis_url is None:
+        fail(
+            f"--workers {workers} needs CHATSTREAM_REDIS_URL: the workers share runs, limits "
+            "and the run cap through Redis; set it (redis://host:6379/0), or serve with one "
+            "process"
+        )
+    _check_configuration(settings)
+    from chatstream.storage.spool import SpoolInUse
+    from chatstream.supervisor import WorkerCouldNotStart, serve_workers
+
+    try:
+        return serve_workers(settings, workers)
+    except ConfigurationError as exc:
+        fail(str(exc))
+    except (StartupError, SpoolInUse) as exc:
+        fail(str(exc), STARTUP_FAILED)
+    except WorkerCouldNotStart as exc:
+        fail(str(exc), exc.status)
 
 
 def _telegram_set_webhook(args: argparse.Namespace) -> int:

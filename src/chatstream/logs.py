@@ -126,9 +126,13 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str, secrets: Iterable[str | None] = ()) -> None:
+def configure_logging(
+    level: str, secrets: Iterable[str | None] = (), *, process: str | None = None
+) -> None:
+    """`process` names this process on every line (`worker-2`), when several serve as one."""
     handler = logging.StreamHandler()
-    handler.setFormatter(SafeFormatter(LOG_FORMAT, Redactor(secrets)))
+    fmt = LOG_FORMAT if process is None else LOG_FORMAT.replace("%(name)s", f"{process} %(name)s")
+    handler.setFormatter(SafeFormatter(fmt, Redactor(secrets)))
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

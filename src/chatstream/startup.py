@@ -192,3 +192,12 @@ def _already_explained(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_already_explained(inner) for inner in exc.exceptions)
     return False
+
+
+def explanation(exc: BaseException) -> str | None:
+    """The one line a known start-up failure carries (the first, in an exception group)."""
+    if isinstance(exc, StartupError | ConfigurationError):
+        return str(exc)
+    if isinstance(exc, BaseExceptionGroup) and _already_explained(exc):
+        return explanation(exc.exceptions[0])
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import uuid
 from pathlib import Path
@@ -172,7 +173,14 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "database": "ok", "live_runs": 0, "spooled_runs": 0}
+    body = ready.json()
+    instance = body.pop("instance")
+    assert body == {"status": "ready", "database": "ok", "live_runs": 0, "spooled_runs": 0}
+    # This instance's id, the same on every answer; named in a header only when
+    # several instances serve as one (CHATSTREAM_REDIS_URL).
+    assert re.fullmatch(r"[0-9a-f]{32}", instance)
+    assert client.get("/readyz").json()["instance"] == instance
+    assert "x-chatstream-instance" not in ready.headers
 
 
 def test_readiness_fails_when_the_schema_is_not_current(

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.support.sentinels import WATCH
@@ -47,15 +48,22 @@ class ServeProcess:
     (Unread, a full pipe would block the server on its next log line.)
     """
 
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        cwd: Path,
+        args: Sequence[str] = (),
+        ready_line: str = READY_LINE,
+    ) -> None:
         self.port = int(env["CHATSTREAM_PORT"])
+        self.ready_line = ready_line
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self._eof = False
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "chatstream", "serve"],
+            [sys.executable, "-m", "chatstream", "serve", *args],
             env=env,
             cwd=cwd,
             stdout=subprocess.PIPE,
@@ -89,7 +97,7 @@ class ServeProcess:
         return line
 
     def wait_ready(self) -> None:
-        self.wait_for_line(READY_LINE)
+        self.wait_for_line(self.ready_line)
 
     def log_text(self) -> str:
         with self._changed:

@@ -32,6 +32,9 @@ class AppState:
     client_address: ClientAddress
     journal: RunJournal
     limits: ChatLimits
+    # This instance's id, kept in its spool (so the same across restarts):
+    # /readyz, and X-Chatstream-Instance on every answer.
+    instance: str
 
 
 async def get_state(connection: HTTPConnection) -> AppState:

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 from fastapi import APIRouter
+from pydantic import Field
 from starlette.responses import JSONResponse
 
 from chatstream.api.deps import AppState, SettingsDep, State
@@ -16,6 +17,16 @@ router = APIRouter()  # health: open to anyone
 api_router = APIRouter()  # under /api: behind auth like the rest of /api
 
 READY_TIMEOUT_S = 2.0
+
+
+class Readiness(Health):
+    instance: str | None = Field(
+        default=None,
+        description="This instance's id: the same across its restarts (it is kept in its spool "
+        "directory), different for every instance and every `serve --workers` worker. With "
+        "CHATSTREAM_REDIS_URL, every answer names the instance that served it in the "
+        "X-Chatstream-Instance header.",
+    )
 
 
 @api_router.get(
@@ -42,8 +53,8 @@ async def healthz() -> Health:
 
 @router.get(
     "/readyz",
-    response_model=Health,
-    responses={503: {"model": Health, "description": "A dependency is unreachable."}},
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "A dependency is unreachable."}},
     tags=["health"],
     summary="Readiness: the database answers at the current schema (and Redis, when used); "
     "not shutting down",
@@ -55,12 +66,13 @@ async def readyz(state: State) -> JSONResponse:
     redis = await _probe(state.limits.ping) if state.limits.uses_redis else None
     accepting = state.registry.accepting
     ready = database == "ok" and redis in (None, "ok") and accepting
-    body = Health(
+    body = Readiness(
         status="ready" if ready else ("shutting_down" if not accepting else "unavailable"),
         database=database,
         redis=redis,
         live_runs=state.registry.live_count,
         spooled_runs=await state.journal.spooled_count(),
+        instance=state.instance,
     )
     return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ready else 503)
 
