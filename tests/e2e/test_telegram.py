@@ -49,15 +49,10 @@ class Bot:
         self.http = httpx.Client(base_url=server.base_url, timeout=10)
 
     def post(self, update: dict[str, Any], secret: str | None = SECRET) -> httpx.Response:
+        # The webhook never waits for the model: test_the_webhook_answers_before_the_model
+        # shows it by what happened, not by a clock on a shared machine.
         headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret is not None else {}
-        started = time.monotonic()
-        response = self.http.post("/telegram/webhook", json=update, headers=headers)
-        if response.status_code == 200:
-            # The webhook waits at most half a second for the message to be saved,
-            # never for the model (see test_the_webhook_answers_before_the_model);
-            # the bound here is loose because the test machine's CPUs are shared.
-            assert time.monotonic() - started < 2.0
-        return response
+        return self.http.post("/telegram/webhook", json=update, headers=headers)
 
     def say(self, text: str, chat_id: int = CHAT) -> dict[str, Any]:
         update = message_update(text, chat_id)
