@@ -97,6 +97,12 @@ class ChatLimits:
         self._down = False  # in an outage of the shared storage (logged at its start and end)
         self._unslotted: set[uuid.UUID] = set()  # runs let through in an outage (fail open)
         storage = settings.limits_storage
+        # Which setting named that Redis, for a start-up error that says what to fix.
+        self._storage_variable = (
+            "CHATSTREAM_REDIS_URL"
+            if settings.rate_limit_storage.startswith("memory://")
+            else "CHATSTREAM_RATE_LIMIT_STORAGE"
+        )
         self._redis_url = None if storage.startswith("memory://") else storage
         self._window = MovingWindowRateLimiter(storage_from_string("async+memory://"))
         self._slots: RunSlots = MemoryRunSlots(self._cap)
@@ -111,7 +117,7 @@ class ChatLimits:
                     await self._redis.ping()
             except (*_OUTAGES, TimeoutError) as exc:
                 await self._redis.aclose()
-                raise redis_failure(self._redis_url, exc, "CHATSTREAM_RATE_LIMIT_STORAGE") from None
+                raise redis_failure(self._redis_url, exc, self._storage_variable) from None
             self._window = MovingWindowRateLimiter(
                 storage_from_string(
                     f"async+{self._redis_url}",
