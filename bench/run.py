@@ -274,6 +274,14 @@ async def measure(
 
     loop.call_later(args.warmup, sample)
     loop.call_later(args.warmup + args.window, sample)
+    peaks: dict[str, float] = dict.fromkeys(pids, 0.0)
+
+    def sample_rss() -> None:
+        for name, pid in pids.items():
+            peaks[name] = max(peaks[name], rss_mb(pid))
+        loop.call_later(1.0, sample_rss)
+
+    sample_rss()
     scraper = None
     if target.name in ("chatstream", "websocket", "workers") and args.scrape_interval > 0:
         scraper = asyncio.create_task(scrape_metrics(target.port, args.scrape_interval))
@@ -294,6 +302,7 @@ async def measure(
         )
     for name, pid in pids.items():
         summary[f"{name}_rss_mb"] = rss_mb(pid)
+        summary[f"{name}_peak_rss_mb"] = max(peaks[name], summary[f"{name}_rss_mb"])
     return summary
 
 
@@ -327,6 +336,24 @@ def targets(servers: Servers) -> dict[str, Target | SocketTarget]:
                             "/api/chat/stream", b'{"message":"bench"}', b"event: delta"),
         "workers": Target("workers", "127.0.0.1", servers.workers_port, "/api/chat/stream",
                           b'{"message":"bench"}', b"event: delta"),
+    }  # fmt: skip
+
+
+BURST = "[[fake tokens=500 interval_ms=0]] bench"  # answers sent as fast as the upstream can
+SHORT = "[[fake tokens=5]] bench"  # many streams one after another: time to first token
+
+
+def scripted_targets(servers: Servers, message: str) -> dict[str, Target]:
+    """Upstream and chatstream, with answers scripted by `message`."""
+    direct_body = json.dumps(
+        {"model": "bench", "stream": True, "messages": [{"role": "user", "content": message}]}
+    ).encode()
+    return {
+        "direct": Target("direct", "127.0.0.1", servers.upstream_port, "/v1/chat/completions",
+                         direct_body, b'"delta":{"content"'),
+        "chatstream": Target("chatstream", "127.0.0.1", servers.chatstream_port,
+                             "/api/chat/stream", json.dumps({"message": message}).encode(),
+                             b"event: delta"),
     }  # fmt: skip
 
 
@@ -402,6 +429,53 @@ def report(results: dict[int, dict[str, dict[str, Any]]], args: argparse.Namespa
     return "\n".join(lines) + "\n" + LEGEND
 
 
+GOALS = (
+    ("TTFT added p50 / p99, sequential streams (ms)", "<= 2 / <= 5"),
+    ("tokens/s at 1000 streams x 50 tokens/s, vs direct", ">= 0.60"),
+    ("CPU per token at 1000 streams (us)", "<= 50"),
+    ("CPU-s per 1,000 tokens, bursty (50 x 500 tokens)", "<= 0.015"),
+    ("peak RSS at 1000 streams (MB)", "<= 150"),
+)
+
+
+def goals_report(
+    results: dict[int, dict[str, dict[str, Any]]], extra: dict[str, dict[str, dict[str, Any]]]
+) -> str:
+    """The figures the performance goals are stated in, measured in this same run."""
+    measured: list[str] = []
+    sequential = extra.get("sequential")
+    if sequential is not None:
+        direct, ours = sequential["direct"], sequential["chatstream"]
+        measured.append(
+            f"{ours['ttft_p50_ms'] - direct['ttft_p50_ms']:.1f} / "
+            f"{ours['ttft_p99_ms'] - direct['ttft_p99_ms']:.1f}"
+        )
+    else:
+        measured.append("-")
+    busy = results.get(1000)
+    if busy is not None and "chatstream" in busy:
+        ours = busy["chatstream"]
+        measured.append(f"{ours['tokens_per_s'] / busy['direct']['tokens_per_s']:.2f}")
+        measured.append(f"{ours['chatstream_cpu_per_1k_tokens'] * 1000:.0f}")
+    else:
+        measured += ["-", "-"]
+    bursty = extra.get("bursty")
+    measured.append(
+        f"{bursty['chatstream']['chatstream_cpu_per_1k_tokens']:.4f}" if bursty else "-"
+    )
+    measured.append(
+        f"{busy['chatstream']['chatstream_peak_rss_mb']:.0f}"
+        if busy is not None and "chatstream" in busy
+        else "-"
+    )
+    width = max(len(name) for name, _ in GOALS)
+    lines = ["", "", "performance goals (one core), measured in this run:", ""]
+    lines.append(f"{'figure':<{width}}  {'measured':>13}  goal")
+    for (name, goal), value in zip(GOALS, measured, strict=True):
+        lines.append(f"{name:<{width}}  {value:>13}  {goal}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -424,6 +498,12 @@ def main() -> int:
         "--redis-url", default="redis://127.0.0.1:6379/0", help="the workers target's Redis"
     )
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "latest.json"))
+    parser.add_argument(
+        "--no-goals",
+        dest="goals",
+        action="store_false",
+        help="skip the sequential and bursty scenarios of the performance goals",
+    )
     args = parser.parse_args()
 
     cores = sorted(os.sched_getaffinity(0))
@@ -463,15 +543,37 @@ def main() -> int:
                     measure(all_targets[name], users, args, measured)
                 )
                 print(f"  {users:>5} streams  {name:<10} done", file=sys.stderr, flush=True)
+        extra: dict[str, dict[str, dict[str, Any]]] = {}
+        if args.goals:
+            scenarios = {
+                "sequential": (1, scripted_targets(servers, SHORT)),
+                "bursty": (50, scripted_targets(servers, BURST)),
+            }
+            for scenario, (users, chosen) in scenarios.items():
+                extra[scenario] = {}
+                for name in ("direct", "chatstream"):
+                    measured = {"upstream": servers.upstream.pid}
+                    if name == "chatstream":
+                        measured[name] = servers.chatstream.pid
+                    extra[scenario][name] = asyncio.run(
+                        measure(chosen[name], users, args, measured)
+                    )
+                print(f"  {scenario:<10} done", file=sys.stderr, flush=True)
     finally:
         servers.close(args)
 
-    text = report(results, args)
+    text = report(results, args) + (goals_report(results, extra) if args.goals else "")
     print(text)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
-    failed = sum(row["failures"] for by_target in results.values() for row in by_target.values())
+    output.write_text(
+        json.dumps({"args": vars(args), "results": results, "goals": extra}, indent=2)
+    )
+    failed = sum(
+        row["failures"]
+        for by_target in [*results.values(), *extra.values()]
+        for row in by_target.values()
+    )
     if failed:
         # A refused or broken stream costs next to nothing, so the figures above
         # would flatter the server: say so, and fail.
