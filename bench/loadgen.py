@@ -292,3 +292,18 @@ async def run_socket_level(
     await asyncio.gather(*(user(i) for i in range(users)))
     result.tokens = window.tokens
     return result
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    """Block until something accepts connections on 127.0.0.1:`port`."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import gc
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from loadgen import wait_for_port  # noqa: E402
 
 
 async def open_streams(port: int, count: int, message: str, first_events: int) -> list[object]:
@@ -72,18 +74,6 @@ def clients(port: int, count: int, message: str) -> None:
 async def _drain(reader: asyncio.StreamReader) -> None:
     while await reader.read(65536):
         pass
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def main() -> int:

@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from loadgen import wait_for_port  # noqa: E402
+
 # Allowed growth from the start to the end of the soak (after warm-up).
 ALLOWED = {"rss_mb": 15.0, "fds": 10, "tasks": 10}
 
@@ -47,20 +49,6 @@ def load(port: int, streams: int, seconds: float) -> None:
     )
     result = asyncio.run(run_level(target, streams, 1.0, seconds))
     print(json.dumps(result.summary()), flush=True)
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def rss_mb() -> float:

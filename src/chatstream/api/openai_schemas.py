@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from typing_extensions import TypedDict
 
+from chatstream.api.schemas import done_terminated_stream
 from chatstream.errors import ChatstreamError
 
 # --- request ---------------------------------------------------------------------
@@ -189,25 +190,7 @@ def completion_responses() -> dict[int | str, dict[str, Any]]:
                 "X-Chatstream-Session-Id": {"description": "The session.", **identifier},
                 "X-Chatstream-Message-Id": {"description": "The run.", **identifier},
             },
-            "content": {
-                "text/event-stream": {
-                    "itemSchema": {
-                        "type": "object",
-                        "required": ["data"],
-                        "properties": {
-                            "data": {
-                                "type": "string",
-                                # The last event is the literal `[DONE]`; every other one is JSON.
-                                "if": {"const": "[DONE]"},
-                                "else": {
-                                    "contentMediaType": "application/json",
-                                    "contentSchema": {"$ref": "#/components/schemas/StreamedItem"},
-                                },
-                            }
-                        },
-                    }
-                }
-            },
+            "content": done_terminated_stream("StreamedItem"),
         }
     }
 

@@ -239,6 +239,33 @@ def sse_responses() -> dict[int | str, dict[str, Any]]:
     }
 
 
+def done_terminated_stream(component: str) -> dict[str, Any]:
+    """The OpenAPI `content` of `data: <JSON>` events that end with `data: [DONE]`.
+
+    (The AI SDK's UI message stream and OpenAI's chunk stream are both this,
+    each JSON event being the named component.)
+    """
+    return {
+        "text/event-stream": {
+            "itemSchema": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "data": {
+                        "type": "string",
+                        # The last event is the literal `[DONE]`; every other one is JSON.
+                        "if": {"const": "[DONE]"},
+                        "else": {
+                            "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": f"#/components/schemas/{component}"},
+                        },
+                    }
+                },
+            }
+        }
+    }
+
+
 def event_schemas() -> dict[str, Any]:
     """`StreamEvent` and every event type, as OpenAPI component schemas."""
     schema = TypeAdapter(StreamEvent).json_schema(ref_template="#/components/schemas/{model}")

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from typing_extensions import TypedDict
 
+from chatstream.api.schemas import done_terminated_stream
+
 # --- request ---------------------------------------------------------------------
 
 
@@ -180,25 +182,7 @@ def ui_stream_response() -> dict[str, Any]:
                 "schema": {"type": "string", "enum": ["v1"]},
             }
         },
-        "content": {
-            "text/event-stream": {
-                "itemSchema": {
-                    "type": "object",
-                    "required": ["data"],
-                    "properties": {
-                        "data": {
-                            "type": "string",
-                            # The last event is the literal `[DONE]`; every other one is JSON.
-                            "if": {"const": "[DONE]"},
-                            "else": {
-                                "contentMediaType": "application/json",
-                                "contentSchema": {"$ref": "#/components/schemas/UIMessageChunk"},
-                            },
-                        }
-                    },
-                }
-            }
-        },
+        "content": done_terminated_stream("UIMessageChunk"),
     }
 
 
