@@ -209,6 +209,7 @@ def create_app(
                 journal=journal,
                 limits=limits,
                 instance=spool.instance_id,
+                shared_redis_ping=link.ping if link is not None else None,
             )
             # Only now: the database answered at the current schema, and Redis, when used.
             logger.info(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -35,6 +36,8 @@ class AppState:
     # This instance's id, kept in its spool (so the same across restarts):
     # /readyz, and X-Chatstream-Instance on every answer.
     instance: str
+    # With CHATSTREAM_REDIS_URL: reach the Redis runs are shared through.
+    shared_redis_ping: Callable[[], Awaitable[object]] | None = None
 
 
 async def get_state(connection: HTTPConnection) -> AppState:

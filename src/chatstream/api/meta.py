@@ -63,7 +63,13 @@ async def readyz(state: State) -> JSONResponse:
     database = await _probe(state.database.ping)
     if database == "ok":
         database = await _schema(state)
-    redis = await _probe(state.limits.ping) if state.limits.uses_redis else None
+    pings: list[Callable[[], Awaitable[object]]] = (
+        [state.limits.ping] if state.limits.uses_redis else []
+    )
+    if state.shared_redis_ping is not None:
+        pings.append(state.shared_redis_ping)  # when limits use another Redis, this one too
+    answers = [await _probe(ping) for ping in pings]
+    redis = next((a for a in answers if a != "ok"), "ok") if answers else None
     accepting = state.registry.accepting
     ready = database == "ok" and redis in (None, "ok") and accepting
     body = Readiness(
