@@ -14,6 +14,7 @@ import aiohttp
 import httpx2
 import openai
 
+from chatstream.errors import UpstreamError
 from chatstream.upstream.stream import ChatUpstream, UpstreamRequest, _reader
 from tests.support.servers import FakeUpstreamThread
 
@@ -32,7 +33,7 @@ def test_the_sdks_aiohttp_stream_is_read_directly(fake: FakeUpstreamThread) -> N
             max_tokens=10,
         )
         response = await ChatUpstream(client)._post(request)
-        read = _reader(response)
+        read, _ = _reader(response)
         await response.aclose()
         texts: list[str] = []
         async with ChatUpstream(client).stream(request) as batches:
@@ -46,3 +47,45 @@ def test_the_sdks_aiohttp_stream_is_read_directly(fake: FakeUpstreamThread) -> N
     read, texts = asyncio.run(scenario())
     assert getattr(read, "__self__", None).__class__ is aiohttp.StreamReader
     assert "".join(texts) == "stream every token the moment "
+
+
+def test_what_came_before_a_dropped_connection_is_read_before_the_error(
+    fake: FakeUpstreamThread,
+) -> None:
+    """The body is read only after the model server sent 7 tokens and hung up."""
+
+    async def scenario() -> tuple[list[str], BaseException | None]:
+        client = openai.AsyncOpenAI(
+            api_key="unused",
+            base_url=fake.base_url,
+            max_retries=0,
+            http_client=openai.DefaultAioHttpClient(timeout=httpx2.Timeout(10, read=None)),
+        )
+        request = UpstreamRequest(
+            model="m",
+            messages=[
+                {"role": "user", "content": f"[[fake tokens=20 drop_after=7]] {uuid.uuid4()}"}
+            ],
+            max_tokens=30,
+        )
+        texts: list[str] = []
+        failure: BaseException | None = None
+        try:
+            async with ChatUpstream(client).stream(request) as batches:
+                # Not reading until the server has sent its 7 tokens and closed.
+                deadline = asyncio.get_running_loop().time() + 10
+                while fake.fake.open_connections:
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.01)
+                async for batch in batches:
+                    for chunk in batch:
+                        for choice in chunk.get("choices") or []:
+                            texts.append((choice.get("delta") or {}).get("content") or "")
+        except UpstreamError as exc:
+            failure = exc
+        await client.close()
+        return texts, failure
+
+    texts, failure = asyncio.run(scenario())
+    assert len([t for t in texts if t]) == 7
+    assert failure is not None

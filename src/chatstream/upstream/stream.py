@@ -19,6 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -86,7 +87,9 @@ class ChatUpstream:
         response = await self._client.post(
             "/chat/completions",
             cast_to=httpx2.Response,
-            body=request.body(),
+            # Bytes, encoded by orjson rather than by the SDK's standard-library
+            # `json`: a long history is the largest thing a chat sends.
+            content=orjson.dumps(request.body()),
             stream=True,
             stream_cls=openai.AsyncStream[Any],
         )
@@ -122,8 +125,9 @@ class ChatUpstream:
 Read = Callable[[], Awaitable[bytes]]
 
 
-def _reader(response: httpx2.Response) -> Read:
-    """A function that returns the body's next bytes (b"" at the end), as cheaply as possible.
+def _reader(response: httpx2.Response) -> tuple[Read, Callable[[], bytes]]:
+    """A function that returns the body's next bytes (b"" at the end), as cheaply as possible;
+    and one that returns what a broken connection left unread (see `_unread`).
 
     With the SDK's aiohttp transport and no content encoding to undo, that is
     aiohttp's own `readany()` on the response: whatever has arrived, one await
@@ -137,7 +141,7 @@ def _reader(response: httpx2.Response) -> Read:
     adapter = getattr(response.stream, "_stream", None)  # httpx2's timing wrapper
     content = getattr(getattr(adapter, "_aiohttp_response", None), "content", None)
     if identity and isinstance(content, aiohttp.StreamReader):
-        return content.readany
+        return content.readany, partial(_unread, content)
     chunks = (
         response.stream
         if identity and isinstance(response.stream, httpx2.AsyncByteStream)
@@ -150,12 +154,32 @@ def _reader(response: httpx2.Response) -> Read:
         except StopAsyncIteration:
             return b""
 
-    return read
+    return read, bytes
+
+
+def _unread(content: aiohttp.StreamReader) -> bytes:
+    """The body's bytes that arrived before its connection broke and were not read yet.
+
+    aiohttp raises a broken connection's error as soon as it is set, even
+    with bytes of the body still in its buffer: text the model server sent
+    just before it dropped would be lost, the likelier the busier the server
+    (the further behind its reads). That text is part of the answer and is
+    kept. aiohttp's buffer is private, so its shape is checked; anything
+    else gives nothing, as before.
+    """
+    buffer = getattr(content, "_buffer", None)
+    read_now = getattr(content, "_read_nowait", None)
+    if not buffer or not callable(read_now):
+        return b""
+    try:
+        return bytes(read_now(-1))
+    except Exception:
+        return b""
 
 
 async def _batches(response: httpx2.Response) -> AsyncIterator[list[Any]]:
     decoder = SSEDecoder()
-    read = _reader(response)
+    read, unread = _reader(response)
     try:
         while raw := await read():
             payloads = decoder.feed(raw)
@@ -179,7 +203,15 @@ async def _batches(response: httpx2.Response) -> AsyncIterator[list[Any]]:
         if malformed:
             raise _not_json()
     except (httpx2.HTTPError, aiohttp.ClientError, OSError) as exc:
-        raise from_transport_error(exc) from None
+        error = from_transport_error(exc)
+        try:
+            # Whole events that came before the break are part of the answer.
+            rest, _ = _parse([p for p in decoder.feed(unread()) if p != _DONE])
+        except EventTooLarge:
+            rest = []
+        if rest:
+            yield rest
+        raise error from None
     except EventTooLarge:
         raise UpstreamError(
             "The model server sent a malformed stream (an oversized event)."
