@@ -38,6 +38,17 @@ def test_text_is_returned_as_it_arrives_and_kept() -> None:
     assert acc.tool_calls == []
 
 
+def test_a_long_answer_is_kept_whole_and_in_order() -> None:
+    acc = ChunkAccumulator()
+    pieces = [f"w{i} " for i in range(1000)]
+    for index, piece in enumerate(pieces):
+        assert acc.feed(chunk({"content": piece})) == piece
+        if index % 97 == 0:  # mid-way, across the points where pieces are joined
+            assert acc.text == "".join(pieces[: index + 1])
+    assert acc.text == "".join(pieces)
+    assert acc.content_chunks == 1000
+
+
 def test_tool_call_fragments_assemble_by_index() -> None:
     acc = ChunkAccumulator()
     acc.feed(

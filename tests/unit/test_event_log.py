@@ -34,6 +34,30 @@ def test_sequence_numbers_and_replay() -> None:
     assert events[0].json == b'{"type":"delta","text":"0"}'
 
 
+def test_any_position_of_a_long_log_reads_the_same_live_and_ended() -> None:
+    """Newest events come back as they were appended, older ones from the JSON buffer."""
+    log = MemoryEventLog()
+    texts = [f"t{i} ✓" for i in range(300)]
+    for text in texts:
+        log.append(delta(text))
+
+    def check(after: int) -> None:
+        events = log.after(after)
+        assert [e.seq for e in events] == list(range(after + 1, 301 + log.closed))
+        assert [e.data.get("text") for e in events[: 300 - after]] == texts[after:]
+        assert b"".join(e.json for e in events[: 300 - after]) == b"".join(
+            b'{"type":"delta","text":"%s"}' % t.encode() for t in texts[after:]
+        )
+
+    for after in (0, 1, 150, 250, 267, 268, 299, 300):
+        check(after)
+    log.append(DONE)
+    for after in (0, 150, 299, 300):
+        check(after)
+    assert log.after(301) == []
+    assert log.last_seq == 301
+
+
 def test_append_after_done_is_refused() -> None:
     log = MemoryEventLog()
     log.append(DONE)

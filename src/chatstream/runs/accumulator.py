@@ -42,6 +42,8 @@ class _ToolCallFragments:
 # are clipped here, so the stream and the stored row agree and no strange
 # value can make the final write fail.
 FINISH_REASON_MAX_CHARS = 64
+# Text pieces kept before they are joined into one string.
+_PARTS_KEPT = 64
 TOOL_FIELD_MAX_CHARS = 255
 
 
@@ -112,7 +114,12 @@ class ChunkAccumulator:
         if "\x00" in content:
             # PostgreSQL text cannot hold NUL; the stream and the row must agree.
             content = content.replace("\x00", "\ufffd")
-        self._parts.append(content)
+        parts = self._parts
+        parts.append(content)
+        if len(parts) >= _PARTS_KEPT:
+            # A token's string costs ~50 bytes beside its few characters: the
+            # text so far is kept as one string, not one per token.
+            self._parts = ["".join(parts)]
         self.content_chunks += 1
         return content
 

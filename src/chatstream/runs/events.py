@@ -114,10 +114,10 @@ EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 class Event:
     """One entry of a run's log: a sequence number and its payload.
 
-    A live event holds its payload and encodes it when asked; an event read
-    back from a finished (frozen) log holds only its JSON and decodes it
-    when asked. Neither keeps both: orjson's output buffers are not shrunk to
-    size, so a cached encoding would pin about 4 KB per event.
+    A live event holds its payload, and its JSON once the log has encoded it
+    (`encode_once`); an event read back from the log's buffer holds only its
+    JSON and decodes it when asked. orjson's output buffers are not shrunk to
+    size (4 KB for a token's event), so the JSON kept is a copy at its size.
     """
 
     __slots__ = ("_data", "_json", "seq", "type")
@@ -147,6 +147,12 @@ class Event:
     def json(self) -> bytes:
         if self._json is None:
             return orjson.dumps(self._data)
+        return self._json
+
+    def encode_once(self) -> bytes:
+        """The event's JSON, encoded now and kept for every reader that sends it."""
+        if self._json is None:
+            self._json = bytes(memoryview(orjson.dumps(self._data)))
         return self._json
 
     @property

@@ -21,6 +21,10 @@ from typing import Protocol
 
 from chatstream.runs.events import EVENT_TYPES, Event, EventPayload
 
+# Events kept as objects besides their JSON: the newest, which readers that
+# keep up are still to read (between this many and twice as many).
+RECENT_EVENTS = 32
+
 
 class Pusher(Protocol):
     """A caught-up reader that takes events the moment they are appended (no task switch).
@@ -65,24 +69,27 @@ class EventLog(Protocol):
 class MemoryEventLog:
     """The log of one run in this process.
 
-    While the run lives, events are kept as objects. Once the terminal event
-    is appended, the log freezes into one JSON blob with an offset per event
-    (about 40 bytes per event instead of about 400), which is what an ended
-    run's replay, kept for `CHATSTREAM_RUN_RETENTION_S`, needs.
+    Every event is kept as its JSON in one growing buffer, with an offset and
+    a type code per event (about 50 bytes for a token's event, where the
+    event object and its payload take about 300), and is frozen into one
+    exact-size blob when the terminal event is appended: that is all an ended
+    run's replay, kept for `CHATSTREAM_RUN_RETENTION_S`, needs. The newest
+    events are also kept as objects, so that readers who keep up (nearly
+    all) read them without decoding anything.
     """
 
-    __slots__ = ("_closed", "_events", "_frozen", "_pushers", "_waiters")
+    __slots__ = ("_closed", "_encoded", "_pushers", "_recent", "_waiters")
 
     def __init__(self) -> None:
-        self._events: list[Event] = []
-        self._frozen: _FrozenEvents | None = None
+        self._encoded = _EncodedEvents()
+        self._recent: list[Event] = []  # the newest events, oldest first
         self._waiters: list[asyncio.Future[bool]] = []
         self._pushers: list[_Pushing] = []
         self._closed = False
 
     @property
     def last_seq(self) -> int:
-        return len(self._frozen) if self._frozen is not None else len(self._events)
+        return len(self._encoded)
 
     @property
     def closed(self) -> bool:
@@ -91,12 +98,17 @@ class MemoryEventLog:
     def append(self, payload: EventPayload) -> Event:
         if self._closed:
             raise RuntimeError("append to a closed event log")
-        event = Event(len(self._events) + 1, payload)
-        self._events.append(event)
+        event = Event(len(self._encoded) + 1, payload)
+        # Encoded once, here, for the log and for every reader that sends it.
+        self._encoded.append(event)
+        recent = self._recent
+        recent.append(event)
+        if len(recent) >= 2 * RECENT_EVENTS:
+            del recent[:-RECENT_EVENTS]
         if event.is_terminal:
             self._closed = True
-            self._frozen = _FrozenEvents(self._events)
-            self._events = []
+            self._encoded.freeze()
+            self._recent = []
         if self._pushers:
             self._pushers = [pushing for pushing in self._pushers if pushing.offer(event)]
         if self._waiters:
@@ -107,10 +119,11 @@ class MemoryEventLog:
         return event
 
     def after(self, seq: int) -> list[Event]:
-        if self._frozen is not None:
-            return self._frozen.after(seq)
-        # Sequence numbers are list positions + 1, so "after seq" is a slice.
-        return self._events[max(seq, 0) :]
+        recent = self._recent
+        # Sequence numbers are consecutive, so "after seq" is a slice of the window.
+        if recent and seq >= recent[0].seq - 1:
+            return recent[seq - recent[0].seq + 1 :]
+        return self._encoded.after(seq)
 
     async def follow(
         self, after: int, idle_timeout: float, push: Pusher | None = None
@@ -241,32 +254,43 @@ class _IdleTimer:
             self._handle = None
 
 
-class _FrozenEvents:
-    """A finished run's events: one JSON blob, an offset and a type code per event."""
+class _EncodedEvents:
+    """A run's events as JSON: one buffer, an offset and a type code per event."""
 
     __slots__ = ("_blob", "_offsets", "_types")
 
-    def __init__(self, events: list[Event]) -> None:
-        encoded = [event.json for event in events]
-        self._blob = b"".join(encoded)
+    def __init__(self) -> None:
+        self._blob: bytes | bytearray = bytearray()
         self._offsets = array("I", [0])
-        position = 0
-        for item in encoded:
-            position += len(item)
-            self._offsets.append(position)
-        self._types = bytes(_TYPE_CODES[event.type] for event in events)
+        self._types = bytearray()
 
     def __len__(self) -> int:
         return len(self._types)
 
+    def append(self, event: Event) -> None:
+        encoded = event.encode_once()
+        blob = self._blob
+        assert isinstance(blob, bytearray), "append to frozen events"
+        blob += encoded
+        self._offsets.append(len(blob))
+        self._types.append(_TYPE_CODES[event.type])
+
+    def freeze(self) -> None:
+        """No more events: keep the buffer at its exact size."""
+        self._blob = bytes(self._blob)
+
     def after(self, seq: int) -> list[Event]:
-        blob, offsets, types = self._blob, self._offsets, self._types
-        return [
-            Event.from_json(
-                index + 1, EVENT_TYPES[types[index]], blob[offsets[index] : offsets[index + 1]]
-            )
-            for index in range(max(seq, 0), len(types))
-        ]
+        offsets, types = self._offsets, self._types
+        # A view, released before returning: a growing buffer cannot grow while viewed.
+        with memoryview(self._blob) as blob:
+            return [
+                Event.from_json(
+                    index + 1,
+                    EVENT_TYPES[types[index]],
+                    bytes(blob[offsets[index] : offsets[index + 1]]),
+                )
+                for index in range(max(seq, 0), len(types))
+            ]
 
 
 _TYPE_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}

@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from chatstream.jsonbytes import dumps_to_keep
 from chatstream.storage.records import OutputRow, RunOutput
 
 logger = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ def _run_id(output: RunOutput) -> uuid.UUID:
 
 
 def encode(output: RunOutput) -> bytes:
-    return orjson.dumps(output)
+    return dumps_to_keep(output)  # kept: a live run's checkpoint, until it changes
 
 
 def _decode(data: bytes) -> RunOutput:

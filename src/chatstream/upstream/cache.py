@@ -41,6 +41,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from chatstream.config import Settings
+from chatstream.jsonbytes import dumps_to_keep
 from chatstream.upstream.stream import ChatUpstream, UpstreamRequest
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class CachingUpstream(ChatUpstream):
         async with self._inner.stream(request) as batches, aclosing(copying(batches)) as copy:
             yield copy
         if ended and complete_answer(kept):
-            await self._put(key, orjson.dumps(kept))
+            await self._put(key, dumps_to_keep(kept))
 
     async def _get(self, key: str) -> list[list[Any]] | None:
         try:

@@ -29,6 +29,7 @@ import openai
 import orjson
 
 from chatstream.errors import UpstreamError
+from chatstream.jsonbytes import dumps_to_keep
 from chatstream.upstream.errors import Redact, explain, from_transport_error
 from chatstream.upstream.sse import EventTooLarge, SSEDecoder
 
@@ -89,7 +90,7 @@ class ChatUpstream:
             cast_to=httpx2.Response,
             # Bytes, encoded by orjson rather than by the SDK's standard-library
             # `json`: a long history is the largest thing a chat sends.
-            content=orjson.dumps(request.body()),
+            content=dumps_to_keep(request.body()),
             stream=True,
             stream_cls=openai.AsyncStream[Any],
         )
