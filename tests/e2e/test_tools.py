@@ -107,7 +107,8 @@ def test_a_tool_round_streams_text_first_and_persists_every_row_once(
     )
     assert rows[3]["id"] == stream.done["message_id"]
     assert rows[1]["content"] + rows[3]["content"] == stream.text
-    assert len(sql_log.matching("INSERT INTO messages")) == 4
+    # The user's row; then the run's three rows, in one statement of one transaction.
+    assert len(sql_log.matching("INSERT INTO messages")) == 2
     assert sql_log.matching("UPDATE") == []
 
 

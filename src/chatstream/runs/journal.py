@@ -28,6 +28,7 @@ import anyio.to_thread
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from chatstream.logs import log_fault
+from chatstream.storage.group_commit import GroupCommit
 from chatstream.storage.records import OutputRow, RunOutput
 from chatstream.storage.repository import SessionGone, Store
 from chatstream.storage.spool import Spool, encode
@@ -64,6 +65,10 @@ class RunJournal:
         known: Callable[[uuid.UUID], bool],
     ) -> None:
         self._store = store
+        # Runs that end together are written together (one transaction).
+        self._commit = GroupCommit[RunOutput](
+            write_many=store.write_run_outputs, write_one=store.write_run_output
+        )
         self._spool = spool
         self._interval = checkpoint_interval_s
         self._live_runs = live_runs
@@ -99,7 +104,7 @@ class RunJournal:
         """Write the run's rows; True if the database has them, False if the spool does."""
         try:
             with anyio.fail_after(DATABASE_WRITE_TIMEOUT_S):
-                await self._store.write_run_output(output)
+                await self._commit.write(output)
             return True
         except SessionGone:
             logger.info(

@@ -547,34 +547,22 @@ class Store:
             rows = (await db.execute(query)).all()
         return [OrphanedReply(row.owner, row.session_id, row.reply_id) for row in rows]
 
+    async def write_run_outputs(self, outputs: Sequence[RunOutput]) -> None:
+        """Several runs' rows in one transaction and one INSERT (`storage/group_commit.py`).
+
+        Any failure fails them all; the caller then writes each on its own.
+        """
+        now = utcnow()
+        rows = [row for output in outputs for row in _insert_rows(output, now)]
+        async with self._db.write_engine.begin() as db:
+            await db.execute(insert(messages_table), rows)
+
     async def write_run_output(self, output: RunOutput) -> None:
         """All of a run's rows in one transaction: INSERTs only, never an UPDATE."""
-        now = utcnow()
-        run_id = output.rows[-1].id
-        rows = [
-            {
-                "id": row.id,
-                "run_id": run_id,
-                "session_id": output.session_id,
-                "owner": output.owner,
-                "role": row.role,
-                "content": row.content,
-                "status": row.status,
-                "model": row.model,
-                "finish_reason": row.finish_reason,
-                "tool_calls": row.tool_calls,
-                "tool_call_id": row.tool_call_id,
-                "name": row.name,
-                "usage": row.usage,
-                "metrics": row.metrics,
-                "created_at": now,
-            }
-            for row in output.rows
-        ]
+        rows = _insert_rows(output, utcnow())
         try:
             async with self._db.write_engine.begin() as db:
-                for row in rows:
-                    await db.execute(insert(messages_table), row)
+                await db.execute(insert(messages_table), rows)
         except IntegrityError:
             # Rows already written (a retry after an uncertain commit), or the
             # session was deleted while the run ran (the foreign key says so);
@@ -597,6 +585,31 @@ class Store:
                 .where(MessageRow.id.in_(ids), MessageRow.owner == owner)
             )
         return int(found or 0) == len(ids)
+
+
+def _insert_rows(output: RunOutput, now: datetime) -> list[dict[str, Any]]:
+    """A run's rows as INSERT parameters."""
+    run_id = output.rows[-1].id
+    return [
+        {
+            "id": row.id,
+            "run_id": run_id,
+            "session_id": output.session_id,
+            "owner": output.owner,
+            "role": row.role,
+            "content": row.content,
+            "status": row.status,
+            "model": row.model,
+            "finish_reason": row.finish_reason,
+            "tool_calls": row.tool_calls,
+            "tool_call_id": row.tool_call_id,
+            "name": row.name,
+            "usage": row.usage,
+            "metrics": row.metrics,
+            "created_at": now,
+        }
+        for row in output.rows
+    ]
 
 
 def _output_row(row: MessageRow) -> OutputRow:
