@@ -23,12 +23,14 @@ from chatstream.logs import FAULT
 from chatstream.runs.accumulator import ChunkAccumulator
 from chatstream.runs.journal import RunJournal
 from chatstream.storage.records import RunOutput
+from chatstream.storage.repository import Store
 from chatstream.tools.registry import ToolSet
 from chatstream.upstream.stream import ChatUpstream, UpstreamRequest
 from tests.e2e.test_lifecycle import Recorder
 from tests.support.servers import AppServer
 from tests.support.sse import Stream, read_stream
 from tests.support.wait import wait_until
+from tests.support.ws import dones, open_socket, recv, recv_until, send
 
 HEALTHY = "[[fake tokens=30 interval_ms=15]] a healthy question"
 MALFORMED_KINDS = [
@@ -243,3 +245,27 @@ def test_a_fault_at_any_stage_ends_that_run_alone(
 
     after = stream_chat(server.base_url, {"message": "[[fake tokens=3]] still serving?"})
     assert after.done["status"] == "complete"
+
+
+def test_a_websocket_chat_that_fails_unexpectedly_is_an_internal_frame(
+    server: AppServer, monkeypatch: pytest.MonkeyPatch, fault_log: pytest.LogCaptureFixture
+) -> None:
+    """A fault while starting a chat (here, in the store) ends that chat, not the socket."""
+    original = Store.begin_turn
+
+    async def begin_turn(self: Store, owner: str, **values: Any) -> Any:
+        if MARK in values["message"]:
+            raise Boom("while starting a chat")
+        return await original(self, owner, **values)
+
+    monkeypatch.setattr(Store, "begin_turn", begin_turn)
+    with open_socket(server) as ws:
+        send(ws, {"type": "chat", "request_id": "bad", "message": f"{MARK} hi"})
+        error = recv(ws)
+        assert (error["type"], error["code"], error["request_id"]) == ("error", "internal", "bad")
+        assert "Boom" not in str(error)
+        send(ws, {"type": "chat", "request_id": "good", "message": "[[fake tokens=4]] hi"})
+        frames = recv_until(ws, lambda fs: dones(fs) == 1)
+    assert frames[-1]["status"] == "complete"
+    faults = [r for r in fault_log.records if getattr(r, FAULT, False)]
+    assert len(faults) == 1 and faults[0].exc_info is not None

@@ -62,6 +62,7 @@ from chatstream.api.ws_frames import (
 )
 from chatstream.auth import Principal
 from chatstream.errors import ChatstreamError, Unauthorized
+from chatstream.logs import log_fault
 from chatstream.runs.handle import RunHandle
 
 logger = logging.getLogger(__name__)
@@ -264,6 +265,13 @@ class ChatSocket:
                 retry_after=exc.retry_after,
                 details=problem_details(exc, where=()),
             )
+            return
+        except Exception:
+            # A bug or a broken dependency the service did not name: this chat
+            # fails, the socket and its other runs go on (as a 500 would, over HTTP).
+            self._starting -= 1
+            log_fault(logger, "a WebSocket chat failed unexpectedly")
+            await self._error("internal", "Internal error.", request_id=frame.request_id)
             return
         except BaseException:
             self._starting -= 1
