@@ -175,6 +175,9 @@ class Servers:
             "OPENAI_API_KEY": "bench",
             "CHATSTREAM_MODELS": "bench",
             "CHATSTREAM_DATABASE_URL": f"sqlite+aiosqlite:///{self.tmp.name}/bench.db",
+            # A spool of its own: the default (./spool) would carry one run's
+            # leftovers into the next bench, which would recover them.
+            "CHATSTREAM_SPOOL_DIR": f"{self.tmp.name}/spool",
             "CHATSTREAM_PORT": str(self.chatstream_port),
             "CHATSTREAM_MAX_LIVE_RUNS": "100000",
             "CHATSTREAM_LOG_LEVEL": "warning",
