@@ -19,19 +19,28 @@ from chatstream.upstream.stream import ChatUpstream, UpstreamRequest, _reader
 from tests.support.servers import FakeUpstreamThread
 
 
+def sdk_client(fake: FakeUpstreamThread) -> openai.AsyncOpenAI:
+    """The SDK with its aiohttp transport, as chatstream builds it."""
+    return openai.AsyncOpenAI(
+        api_key="unused",
+        base_url=fake.base_url,
+        max_retries=0,
+        http_client=openai.DefaultAioHttpClient(timeout=httpx2.Timeout(10, read=None)),
+    )
+
+
+def asked(directives: str) -> UpstreamRequest:
+    return UpstreamRequest(
+        model="m",
+        messages=[{"role": "user", "content": f"{directives} {uuid.uuid4()}"}],
+        max_tokens=30,
+    )
+
+
 def test_the_sdks_aiohttp_stream_is_read_directly(fake: FakeUpstreamThread) -> None:
     async def scenario() -> tuple[object, list[str]]:
-        client = openai.AsyncOpenAI(
-            api_key="unused",
-            base_url=fake.base_url,
-            max_retries=0,
-            http_client=openai.DefaultAioHttpClient(timeout=httpx2.Timeout(10, read=None)),
-        )
-        request = UpstreamRequest(
-            model="m",
-            messages=[{"role": "user", "content": f"[[fake tokens=5]] {uuid.uuid4()}"}],
-            max_tokens=10,
-        )
+        client = sdk_client(fake)
+        request = asked("[[fake tokens=5]]")
         response = await ChatUpstream(client)._post(request)
         read, _ = _reader(response)
         await response.aclose()
@@ -55,19 +64,8 @@ def test_what_came_before_a_dropped_connection_is_read_before_the_error(
     """The body is read only after the model server sent 7 tokens and hung up."""
 
     async def scenario() -> tuple[list[str], BaseException | None]:
-        client = openai.AsyncOpenAI(
-            api_key="unused",
-            base_url=fake.base_url,
-            max_retries=0,
-            http_client=openai.DefaultAioHttpClient(timeout=httpx2.Timeout(10, read=None)),
-        )
-        request = UpstreamRequest(
-            model="m",
-            messages=[
-                {"role": "user", "content": f"[[fake tokens=20 drop_after=7]] {uuid.uuid4()}"}
-            ],
-            max_tokens=30,
-        )
+        client = sdk_client(fake)
+        request = asked("[[fake tokens=20 drop_after=7]]")
         texts: list[str] = []
         failure: BaseException | None = None
         try:
