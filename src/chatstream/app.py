@@ -40,10 +40,8 @@ from chatstream.metrics import HttpMetrics, Metrics
 from chatstream.ratelimit import ChatLimits
 from chatstream.runs.journal import RunJournal
 from chatstream.runs.lifecycle import RunListener, RunListeners
-from chatstream.runs.redis_registry import SharedRunRegistry
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.service import ChatService
-from chatstream.runs.shared import SharedRunsLink
 from chatstream.startup import StartupReport, database_location, prepare_database
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
@@ -54,6 +52,7 @@ from chatstream.upstream.client import open_client
 from chatstream.upstream.stream import ChatUpstream
 
 if TYPE_CHECKING:
+    from chatstream.runs.shared import SharedRunsLink
     from chatstream.tracing import Tracing
 
 logger = logging.getLogger(__name__)
@@ -298,6 +297,10 @@ async def _open_registry(
             listeners=listeners,
         )
         return None, await stack.enter_async_context(registry)
+    # Imported here: redis-py stays out of a process that does not use it.
+    from chatstream.runs.redis_registry import SharedRunRegistry
+    from chatstream.runs.shared import SharedRunsLink
+
     try:
         link = await stack.enter_async_context(SharedRunsLink(settings, instance))
     except StartupError as exc:

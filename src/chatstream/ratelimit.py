@@ -29,7 +29,6 @@ is logged once when it starts and once when it ends.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import contextlib
 import logging
@@ -39,28 +38,29 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
-import redis.asyncio as aioredis
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
-from redis.exceptions import RedisError
 
 from chatstream.config import Settings
 from chatstream.errors import RateLimited, RateLimiterUnavailable, TooManyRuns
 from chatstream.startup import redis_failure
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 logger = logging.getLogger(__name__)
 
 SLOT_TTL_S = 60.0  # a slot not renewed for this long is free (its process died)
 STARTUP_PING_TIMEOUT_S = 10.0
 
-# What the storage raises when Redis cannot be reached.
-_OUTAGES = (RedisError, StorageError, OSError)
+# What the storage raises when it cannot be reached (with Redis, RedisError too).
+_OUTAGES: tuple[type[Exception], ...] = (StorageError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,15 +109,25 @@ class ChatLimits:
         self._window = MovingWindowRateLimiter(InlineExpiryMemoryStorage())
         self._slots: RunSlots = MemoryRunSlots(self._cap)
         self._redis: aioredis.Redis | None = None
+        self._outages = _OUTAGES
         self._tasks: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> ChatLimits:
         if self._redis_url is not None:
+            # Imported only with Redis storage: redis-py (and the cryptography it
+            # loads) would be ~15 MB resident in every process for nothing.
+            import redis.asyncio as aioredis
+            from redis.exceptions import RedisError
+
+            from chatstream.redis_slots import RedisRunSlots
+
+            self._outages = (RedisError, *_OUTAGES)
             self._redis = aioredis.Redis.from_url(self._redis_url)
+            unreachable: tuple[type[Exception], ...] = (*self._outages, TimeoutError)
             try:
                 with anyio.fail_after(STARTUP_PING_TIMEOUT_S):
                     await self._redis.ping()
-            except (*_OUTAGES, TimeoutError) as exc:
+            except unreachable as exc:
                 await self._redis.aclose()
                 raise redis_failure(self._redis_url, exc, self._storage_variable) from None
             self._window = MovingWindowRateLimiter(
@@ -168,7 +178,7 @@ class ChatLimits:
         failed = [False]
         try:
             yield failed
-        except _OUTAGES as exc:
+        except self._outages as exc:
             self._outage(exc)
             if not self._fail_open:
                 raise RateLimiterUnavailable(retry_after=1) from None
@@ -210,7 +220,7 @@ class ChatLimits:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
                 await self._slots.release(key, run_id)
-            except _OUTAGES as exc:  # the slot expires on its own in Redis
+            except self._outages as exc:  # the slot expires on its own in Redis
                 self._outage(exc)
             except Exception as exc:
                 logger.warning("could not release a run slot (%s)", type(exc).__name__)
@@ -240,7 +250,7 @@ class ChatLimits:
             return None
         try:
             await self._window.hit(item, key)
-        except _OUTAGES as exc:
+        except self._outages as exc:
             self._outage(exc)
             return None
         return await self.peek_window(key)
@@ -260,7 +270,7 @@ class ChatLimits:
             return None
         try:
             stats = await self._window.get_window_stats(item, key)
-        except _OUTAGES as exc:
+        except self._outages as exc:
             self._outage(exc)
             return None
         self._outage(None)
@@ -318,78 +328,3 @@ class MemoryRunSlots:
             held.discard(run_id)
             if not held:
                 del self._held[key]
-
-
-# KEYS[1]: the key's slot set. ARGV: now, expiry, cap, run id, key lifetime (ms).
-_ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 1
-"""
-
-# KEYS[1]: the key's slot set. ARGV: expiry, key lifetime (ms), run ids held here.
-# The slots' expiry and the set's lifetime move together: renewing only the
-# scores would let the whole set expire under a run that outlives the TTL.
-_RENEW = """
-local renewed = 0
-for i = 3, #ARGV do
-  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[i])
-end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return renewed
-"""
-
-
-class RedisRunSlots:
-    """Slots shared by every instance using the same Redis."""
-
-    def __init__(
-        self, client: aioredis.Redis, prefix: str, cap: int, *, ttl_s: float = SLOT_TTL_S
-    ) -> None:
-        self._client = client
-        self._prefix = prefix
-        self._cap = cap
-        self._ttl_s = ttl_s
-        self._key_lifetime_ms = math.ceil(ttl_s * 2000)
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
-        self._held: dict[tuple[str, uuid.UUID], None] = {}
-
-    def _key(self, key: str) -> str:
-        return f"{self._prefix}:{key}"
-
-    async def acquire(self, key: str, run_id: uuid.UUID) -> bool:
-        now = time.time()
-        taken = await self._acquire(
-            keys=[self._key(key)],
-            args=[now, now + self._ttl_s, self._cap, str(run_id), self._key_lifetime_ms],
-        )
-        if taken:
-            self._held[(key, run_id)] = None
-        return bool(taken)
-
-    async def release(self, key: str, run_id: uuid.UUID) -> None:
-        self._held.pop((key, run_id), None)
-        await self._client.zrem(self._key(key), str(run_id))
-
-    async def keep_alive(self) -> None:
-        """Renew this process's slots, so that only a dead process's slots expire."""
-        while True:
-            await asyncio.sleep(self._ttl_s / 3)
-            by_key: dict[str, list[str]] = {}
-            for key, run_id in list(self._held):
-                by_key.setdefault(key, []).append(str(run_id))
-            expiry = time.time() + self._ttl_s
-            for key, run_ids in by_key.items():
-                try:
-                    await self._renew(
-                        keys=[self._key(key)], args=[expiry, self._key_lifetime_ms, *run_ids]
-                    )
-                except _OUTAGES as exc:  # retried at the next beat; the TTL leaves room for it
-                    logger.debug("could not renew run slots (%s)", type(exc).__name__)

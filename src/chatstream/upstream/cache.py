@@ -33,16 +33,18 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.lowlevel
 import orjson
-import redis.asyncio as aioredis
 
 from chatstream.config import Settings
 from chatstream.jsonbytes import dumps_to_keep
 from chatstream.upstream.stream import ChatUpstream, UpstreamRequest
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +248,9 @@ class RedisAnswerStore:
     """
 
     def __init__(self, url: str, prefix: str, max_bytes: int) -> None:
-        self._client = aioredis.Redis.from_url(url)
+        import redis.asyncio as aioredis  # only with a Redis store (~15 MB resident)
+
+        self._client: aioredis.Redis = aioredis.Redis.from_url(url)
         self._prefix = f"{prefix}:cache"
         self._max_bytes = max_bytes
         self._put = self._client.register_script(_PUT)
