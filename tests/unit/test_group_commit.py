@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import pytest
-
 from chatstream.storage.group_commit import MAX_BATCH, GroupCommit
 
 
@@ -116,7 +114,9 @@ def test_one_refused_output_fails_alone() -> None:
     assert sorted(database.committed) == [0, 1, 2, 3, 5, 6, 7]
 
 
-def test_a_leader_cancelled_mid_write_leaves_the_others_to_the_next() -> None:
+def test_a_caller_that_stops_waiting_mid_write_does_not_stop_the_write() -> None:
+    """Cancelling a database call midway would cost its connection (and, on SQLite, the lock)."""
+
     async def scenario() -> tuple[Database, bool]:
         database = Database()
         commit = commit_for(database)
@@ -124,12 +124,11 @@ def test_a_leader_cancelled_mid_write_leaves_the_others_to_the_next() -> None:
         first = await held_first_write(database, commit)
         batch = [asyncio.create_task(commit.write(i)) for i in (1, 2, 3)]
         await asyncio.sleep(0)
-        # 0's write ends; 1 leads the next batch (1, 2, 3) and is held in it.
         database.gate.set()
         await asyncio.wait_for(first, 5)
         await asyncio.wait_for(until(lambda: len(database.transactions) == 2), 5)
         assert database.transactions[1] == [1, 2, 3]
-        batch[0].cancel()
+        batch[0].cancel()  # 1's caller stops waiting while its batch is being written
         await asyncio.sleep(0)
         second_transaction.set()
         await asyncio.wait_for(asyncio.gather(*batch[1:]), 5)
@@ -137,32 +136,43 @@ def test_a_leader_cancelled_mid_write_leaves_the_others_to_the_next() -> None:
 
     database, cancelled = asyncio.run(scenario())
     assert cancelled
-    assert database.transactions[-1] == [2, 3]
-    assert sorted(database.committed) == [0, 2, 3]
+    assert database.transactions == [[0], [1, 2, 3]]  # written once, whole
+    assert sorted(database.committed) == [0, 1, 2, 3]
 
 
-def test_a_caller_cancelled_when_told_to_lead_passes_the_lead_on() -> None:
-    async def scenario() -> Database:
+def test_a_caller_that_stops_waiting_before_its_batch_is_not_written() -> None:
+    async def scenario() -> tuple[Database, bool]:
         database = Database()
         commit = commit_for(database)
         first = await held_first_write(database, commit)
         second = asyncio.create_task(commit.write(1))
         third = asyncio.create_task(commit.write(2))
         await asyncio.sleep(0)
-        pass_the_lead = commit._pass_the_lead
-
-        def then_cancel_the_new_leader() -> None:
-            pass_the_lead()
-            second.cancel()  # told to lead, cancelled before it resumes
-
-        commit._pass_the_lead = then_cancel_the_new_leader  # type: ignore[method-assign]
+        second.cancel()
+        await asyncio.sleep(0)
         database.gate.set()
-        await first
-        commit._pass_the_lead = pass_the_lead  # type: ignore[method-assign]
-        with pytest.raises(asyncio.CancelledError):
-            await second
-        await asyncio.wait_for(third, 5)
-        return database
+        await asyncio.wait_for(asyncio.gather(first, third), 5)
+        return database, second.cancelled()
 
-    database = asyncio.run(scenario())
-    assert database.committed == [0, 2]
+    database, cancelled = asyncio.run(scenario())
+    assert cancelled
+    assert database.transactions == [[0], [2]]
+
+
+def test_a_write_that_hangs_is_abandoned_and_the_next_ones_go() -> None:
+    async def scenario() -> tuple[Database, BaseException | None]:
+        database = Database()
+        commit = GroupCommit(
+            write_many=database.write_many, write_one=database.write_one, hang_timeout_s=0.2
+        )
+        database.held[0] = asyncio.Event()  # never set: transaction 0 hangs
+        hung = asyncio.create_task(commit.write(0))
+        await asyncio.wait_for(database.entered.wait(), 5)
+        later = asyncio.create_task(commit.write(1))
+        failure = (await asyncio.wait_for(asyncio.gather(hung, return_exceptions=True), 5))[0]
+        await asyncio.wait_for(later, 5)
+        return database, failure
+
+    database, failure = asyncio.run(scenario())
+    assert isinstance(failure, TimeoutError)
+    assert database.committed == [1]

@@ -8,9 +8,18 @@ the trips of all the others. Here the runs that are waiting are written
 together: one transaction, one INSERT of all their rows, one commit. One
 run alone is written as before, at once.
 
-No task of its own: the first caller writes (the leader); whoever comes
-meanwhile queues; when the leader's batch is done, the next waiting caller
-leads the next batch, so no caller writes for others longer than one batch.
+One writer task while there is anything to write: it takes every caller
+waiting (up to MAX_BATCH) as one batch, writes it, and takes the next, and
+ends when the queue is empty. A caller that stops waiting (its own timeout,
+a cancellation) leaves the queue if its batch has not begun; a write that
+has begun is never cancelled for it: cancelling a database call midway
+makes SQLAlchemy throw its connection away, and on SQLite the abandoned
+connection can keep the write lock, so that the next writers fail with
+"database is locked" (seen at 1,000 streams, when the event loop was seconds
+behind). Such a caller keeps its output elsewhere (the journal spools it);
+written twice, the second write finds the rows there (their ids are
+primary keys) and does nothing. Only a write that hangs past
+`hang_timeout_s` is abandoned, so that the writes behind it can go.
 
     commit = GroupCommit(write_many=store.write_run_outputs, write_one=store.write_run_output)
     await commit.write(output)      # returns once its rows are committed, or raises
@@ -30,19 +39,14 @@ T = TypeVar("T")
 
 # Outputs written in one transaction at most.
 MAX_BATCH = 64
-
-
-class _Lead:
-    """The result that tells a waiting caller to write the next batch."""
-
-
-LEAD = _Lead()
+# A write still not done after this is abandoned (well past the callers' own timeouts).
+HANG_TIMEOUT_S = 30.0
 
 
 @dataclass(slots=True)
 class _Waiting(Generic[T]):
     item: T
-    done: asyncio.Future[object] = field(
+    done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
@@ -53,56 +57,48 @@ class GroupCommit(Generic[T]):
         *,
         write_many: Callable[[list[T]], Awaitable[None]],
         write_one: Callable[[T], Awaitable[None]],
+        hang_timeout_s: float = HANG_TIMEOUT_S,
     ) -> None:
         self._write_many = write_many
         self._write_one = write_one
+        self._hang_timeout_s = hang_timeout_s
         self._queue: list[_Waiting[T]] = []
-        self._writing = False
+        self._writer: asyncio.Task[None] | None = None
 
     async def write(self, item: T) -> None:
         """Commit `item` (alone or with others); raise what its own write raised."""
         waiting = _Waiting(item)
         self._queue.append(waiting)
-        if self._writing:
-            try:
-                outcome = await waiting.done  # written (or failed) by a leader, or told to lead
-            except BaseException:
-                if _told_to_lead(waiting):  # and cancelled before it could: the next one leads
-                    self._queue.remove(waiting)
-                    self._pass_the_lead()
-                raise
-            if outcome is not LEAD:
-                return
-            waiting.done = asyncio.get_running_loop().create_future()
-        self._writing = True
-        batch = self._take_batch()
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_all(), name="group-commit")
+        # Cancelled, this cancels `done` (so its batch skips it), never the write.
+        await waiting.done
+
+    async def _write_all(self) -> None:
+        batch: list[_Waiting[T]] = []
         try:
-            await self._write(batch)
-        except BaseException:
-            # Cancelled mid-write (nothing was committed): the others of the
-            # batch go back to the front of the queue, for the next leader.
-            self._queue[:0] = [w for w in batch if w is not waiting and not w.done.done()]
+            while batch := self._take_batch():
+                try:
+                    async with asyncio.timeout(self._hang_timeout_s):
+                        await self._write(batch)
+                except TimeoutError as exc:
+                    logger.error("a database write hung for %ss; abandoned", self._hang_timeout_s)
+                    for waiting in batch:
+                        _settle(waiting, exc)
+        except BaseException as exc:  # the loop is closing: nobody is left waiting for ever
+            for waiting in [*batch, *self._queue]:
+                _settle(waiting, exc if isinstance(exc, Exception) else RuntimeError("stopped"))
             raise
         finally:
-            self._pass_the_lead()
-        waiting.done.result()  # raises this item's own failure, if it had one
+            self._writer = None
 
     def _take_batch(self) -> list[_Waiting[T]]:
-        # Callers that stopped waiting (cancelled) are not written for: they
-        # keep their output elsewhere (the journal spools it).
+        # Callers that stopped waiting are not written for: they keep their
+        # output elsewhere (the journal spools it).
         live = [w for w in self._queue if not w.done.done()]
         batch, rest = live[:MAX_BATCH], live[MAX_BATCH:]
         self._queue = rest
         return batch
-
-    def _pass_the_lead(self) -> None:
-        while self._queue:
-            waiting = self._queue[0]
-            if not waiting.done.done():
-                waiting.done.set_result(LEAD)
-                return
-            self._queue.pop(0)
-        self._writing = False
 
     async def _write(self, batch: list[_Waiting[T]]) -> None:
         try:
@@ -130,17 +126,10 @@ class GroupCommit(Generic[T]):
             _settle(waiting, None)
 
 
-def _told_to_lead(waiting: _Waiting[T]) -> bool:
-    done = waiting.done
-    return (
-        done.done() and not done.cancelled() and done.exception() is None and done.result() is LEAD
-    )
-
-
 def _settle(waiting: _Waiting[T], failure: BaseException | None) -> None:
     if waiting.done.done():
         return
     if failure is None:
-        waiting.done.set_result(True)
+        waiting.done.set_result(None)
     else:
         waiting.done.set_exception(failure)
