@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from chatstream.runs.events import EventPayload
+from chatstream.runs.events import Event, EventPayload
 from chatstream.runs.log import MemoryEventLog
 
 
@@ -128,3 +128,51 @@ def test_cancelled_follower_leaves_no_waiter() -> None:
         return len(log._waiters)
 
     assert asyncio.run(scenario()) == 0
+
+
+class RecordingPusher:
+    """A caught-up reader whose writes always finish at once; records each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[list[int]] = []
+
+    def push(self, events: list[Event]) -> bool:
+        self.writes.append([e.seq for e in events])
+        return True
+
+    @property
+    def wants_more(self) -> bool:
+        return True
+
+    async def drain(self) -> None:
+        pass
+
+
+def test_what_one_upstream_read_appends_reaches_a_pushed_reader_in_one_write() -> None:
+    async def scenario() -> tuple[RecordingPusher, list[list[int]]]:
+        log = MemoryEventLog()
+        log.append(delta("a"))
+        pusher = RecordingPusher()
+        batches: list[list[int]] = []
+
+        async def follow() -> None:
+            async for batch in log.follow(0, 60, pusher):
+                batches.append([e.seq for e in batch])
+
+        reader = asyncio.create_task(follow())
+        while not log._pushers:  # read event 1 from the log, then waits to be pushed to
+            await asyncio.sleep(0)
+        log.append(delta("b"))  # alone: a write of its own
+        with log.held():
+            for text in "cde":
+                log.append(delta(text))
+            with log.held():  # nested: the outer block hands them on
+                log.append(delta("f"))
+            assert pusher.writes == [[2]]  # nothing of the block has left yet
+        log.append(DONE)
+        await asyncio.wait_for(reader, 5)
+        return pusher, batches
+
+    pusher, batches = asyncio.run(scenario())
+    assert batches == [[1]]
+    assert pusher.writes == [[2], [3, 4, 5, 6], [7]]

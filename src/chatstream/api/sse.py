@@ -122,11 +122,11 @@ class EagerSend:
     def wants_more(self) -> bool:
         return self._pending is None
 
-    def push(self, event: Event) -> bool:
+    def push(self, events: list[Event]) -> bool:
         if self._pending is not None:
             return False
         sending = self._send(
-            {"type": "http.response.body", "body": encode_events([event]), "more_body": True}
+            {"type": "http.response.body", "body": encode_events(events), "more_body": True}
         )
         try:
             waiting_on = sending.send(None)  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import anyio
@@ -44,11 +45,13 @@ class Generation:
         limits: RunLimits,
         append: Callable[[EventPayload], object],
         clock: Callable[[], float],
+        held: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self._spec = spec
         self._upstream = upstream
         self._limits = limits
         self._append = append
+        self._held = held  # one read's events reach caught-up readers in one write
         self._clock = clock
         # The current round: when it started, when the upstream last sent
         # anything, whether text has come in it, whether tools are running.
@@ -107,16 +110,18 @@ class Generation:
         self.text_in_round = False
         feed = accumulator.feed
         clock = self._clock
+        held = self._held
         batch: list[Any] = []
         last: list[Any] = []  # the last chunk seen; not the whole batch, held across reads
         try:
             async with self._upstream.stream(request) as batches:
                 async for batch in batches:
                     self.last_activity = clock()
-                    for chunk in batch:
-                        text = feed(chunk)
-                        if text:
-                            self._emit_text(text)
+                    with held():
+                        for chunk in batch:
+                            text = feed(chunk)
+                            if text:
+                                self._emit_text(text)
                     last = batch[-1:]
                     batch = []
         except UpstreamError:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import math
 from array import array
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Protocol
 
 from chatstream.runs.events import EVENT_TYPES, Event, EventPayload
@@ -29,13 +29,14 @@ RECENT_EVENTS = 32
 class Pusher(Protocol):
     """A caught-up reader that takes events the moment they are appended (no task switch).
 
-    `push` runs inside `append`, so it must return at once. It returns False
-    when it did not take the event (the reader then reads it from the log).
-    After a push it could not finish at once, `wants_more` is False and the
-    reader's task `drain`s it before anything else.
+    `push` runs inside `append` (or at the end of a `held` block, with all
+    the events appended in it), so it must return at once. It returns False
+    when it did not take the events (the reader then reads them from the
+    log). After a push it could not finish at once, `wants_more` is False
+    and the reader's task `drain`s it before anything else.
     """
 
-    def push(self, event: Event) -> bool: ...
+    def push(self, events: list[Event]) -> bool: ...
 
     @property
     def wants_more(self) -> bool: ...
@@ -51,6 +52,10 @@ class EventLog(Protocol):
     def closed(self) -> bool: ...
 
     def append(self, payload: EventPayload) -> Event: ...
+
+    def held(self) -> contextlib.AbstractContextManager[None]:
+        """Events appended in the block reach caught-up readers together, at its end."""
+        ...
 
     def follow(
         self, after: int, idle_timeout: float, push: Pusher | None = None
@@ -78,13 +83,14 @@ class MemoryEventLog:
     all) read them without decoding anything.
     """
 
-    __slots__ = ("_closed", "_encoded", "_pushers", "_recent", "_waiters")
+    __slots__ = ("_closed", "_encoded", "_held", "_pushers", "_recent", "_waiters")
 
     def __init__(self) -> None:
         self._encoded = _EncodedEvents()
         self._recent: list[Event] = []  # the newest events, oldest first
         self._waiters: list[asyncio.Future[bool]] = []
         self._pushers: list[_Pushing] = []
+        self._held: list[Event] | None = None  # in a `held` block: what it appended
         self._closed = False
 
     @property
@@ -110,13 +116,36 @@ class MemoryEventLog:
             self._encoded.freeze()
             self._recent = []
         if self._pushers:
-            self._pushers = [pushing for pushing in self._pushers if pushing.offer(event)]
+            if self._held is not None:
+                self._held.append(event)
+            else:
+                self._pushers = [pushing for pushing in self._pushers if pushing.offer([event])]
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(True)
         return event
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Events appended in the block reach caught-up readers together, at its end.
+
+        For the events of one read from the upstream (a burst can bring
+        dozens): one write to each client instead of one per token. Nothing
+        waits longer: the block does not await, so the events would only
+        have left one by one within the same turn of the event loop.
+        """
+        if self._held is not None:  # nested: the outermost block hands them on
+            yield
+            return
+        self._held = []
+        try:
+            yield
+        finally:
+            events, self._held = self._held, None
+            if events and self._pushers:
+                self._pushers = [pushing for pushing in self._pushers if pushing.offer(events)]
 
     def after(self, seq: int) -> list[Event]:
         recent = self._recent
@@ -196,13 +225,14 @@ class _Pushing:
         self.ended = False
         self.idle = False
 
-    def offer(self, event: Event) -> bool:
-        """Push `event`; False when this reader stops being pushed to (its task is woken)."""
+    def offer(self, events: list[Event]) -> bool:
+        """Push `events`; False when this reader stops being pushed to (its task is woken)."""
         if self.woken.done():
             return False
-        if not self._push.push(event):
-            self.woken.set_result(True)  # not taken: the reader reads it from the log
+        if not self._push.push(events):
+            self.woken.set_result(True)  # not taken: the reader reads them from the log
             return False
+        event = events[-1]
         self.position = event.seq
         self._idle.reset()
         if event.is_terminal or not self._push.wants_more:

@@ -98,7 +98,12 @@ class Run:
         self._clock = time.monotonic  # the loop's clock once running
         self._started_at = 0.0
         self.generation: Generation | None = Generation(
-            spec, upstream=upstream, limits=limits, append=self._append, clock=self._now
+            spec,
+            upstream=upstream,
+            limits=limits,
+            append=self._append,
+            clock=self._now,
+            held=self.log.held,
         )
         self._append(
             {
