@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
 from chatstream.runs.events import Event, EventPayload
@@ -176,3 +177,18 @@ def test_what_one_upstream_read_appends_reaches_a_pushed_reader_in_one_write() -
     pusher, batches = asyncio.run(scenario())
     assert batches == [[1]]
     assert pusher.writes == [[2], [3, 4, 5, 6], [7]]
+
+
+def test_a_delta_event_is_encoded_exactly_as_its_payload() -> None:
+    for text in [
+        "",
+        "plain",
+        'quote " and \\ back',
+        "tab\tnew\nline\x01",
+        "é ✓ 🙂 中文",
+        "</script>",
+    ]:
+        log = MemoryEventLog()
+        event = log.append(delta(text))
+        assert event.json == orjson.dumps(delta(text))
+        assert log.after(0)[0].data == delta(text)

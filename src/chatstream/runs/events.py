@@ -110,6 +110,8 @@ EventPayload = (
 
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 
+DELTA_JSON = b'{"type":"delta","text":%b}'  # a `delta` payload's JSON, as orjson writes it
+
 
 class Event:
     """One entry of a run's log: a sequence number and its payload.
@@ -152,7 +154,14 @@ class Event:
     def encode_once(self) -> bytes:
         """The event's JSON, encoded now and kept for every reader that sends it."""
         if self._json is None:
-            self._json = bytes(memoryview(orjson.dumps(self._data)))
+            data = self._data
+            if data is not None and data["type"] == "delta":
+                # Nearly every event: built around its text's JSON, which is
+                # the same bytes as encoding the whole payload, at its size
+                # with no copy (half the time of dumps-then-copy).
+                self._json = DELTA_JSON % orjson.dumps(data["text"])
+            else:
+                self._json = bytes(memoryview(orjson.dumps(data)))
         return self._json
 
     @property
