@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -18,6 +19,8 @@ from tests.support.servers import FakeUpstreamThread
 from tests.support.services import fresh_postgres_database, redis_prefix, service_url
 
 FleetFactory = Callable[..., ServeProcess]
+
+logger = logging.getLogger("tests.fleet")
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -43,7 +46,7 @@ def fleet(
     Each instance has its own spool directory (one process per spool), kept
     across restarts of the same name.
     """
-    started: list[ServeProcess] = []
+    started: list[tuple[str, ServeProcess]] = []
     prefix = redis_prefix()
 
     def start(name: str, env: dict[str, str] | None = None, **settings: str) -> ServeProcess:
@@ -53,15 +56,19 @@ def fleet(
         values.update({f"CHATSTREAM_{key.upper()}": value for key, value in settings.items()})
         values.update(env or {})
         process = ServeProcess(clean_env(**values), cwd=home)
-        started.append(process)
+        started.append((name, process))
         process.wait_ready()
         return process
 
     yield start
-    for process in started:
+    for name, process in started:
         if process.process.poll() is None:
             process.process.kill()
         process.stop()
+        # Shown by pytest only when the test failed: what each instance logged.
+        logger.info(
+            "instance %s (pid %d) logged:\n%s", name, process.process.pid, process.log_text()
+        )
 
 
 def instance_env(
