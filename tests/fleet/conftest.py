@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from alembic import command
 
@@ -69,6 +70,19 @@ def fleet(
         logger.info(
             "instance %s (pid %d) logged:\n%s", name, process.process.pid, process.log_text()
         )
+
+
+def last_seq(response: httpx.Response) -> int:
+    """A `GET /api/runs/{id}` answer's `last_seq`; 0 while the run is not known there.
+
+    Another instance learns of a run when its first events reach Redis, a
+    few milliseconds after it starts, later under load: until then it
+    answers 404.
+    """
+    if response.status_code == 404:
+        return 0
+    response.raise_for_status()
+    return int(response.json()["last_seq"])
 
 
 def instance_env(

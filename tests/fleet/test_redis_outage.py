@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.fleet.conftest import FleetFactory
+from tests.fleet.conftest import FleetFactory, last_seq
 from tests.fleet.test_shared_runs import follow, messages
 from tests.support.redis_server import RedisServer
 from tests.support.servers import FakeUpstreamThread
@@ -105,10 +105,7 @@ def test_an_outage_longer_than_the_lease_takes_over_nothing(
             head = read_stream(events, stop_after=5)
             message_id = head.events[0].data["message_id"]
             wait_until(
-                lambda: (
-                    httpx.get(f"{b.base_url}/api/runs/{message_id}", timeout=5).json()["last_seq"]
-                    >= 5
-                )
+                lambda: last_seq(httpx.get(f"{b.base_url}/api/runs/{message_id}", timeout=5)) >= 5
             )
             proxy.cut()
             down_at = time.monotonic()

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fleet.conftest import FleetFactory
+from tests.fleet.conftest import FleetFactory, last_seq
 from tests.support.servers import FakeUpstreamThread
 from tests.support.sse import Stream, iter_sse, read_stream
 from tests.support.wait import wait_until
@@ -131,10 +131,7 @@ def test_an_instance_killed_mid_run_is_ended_by_another(
         with ThreadPoolExecutor(max_workers=1) as pool:
             on_b = pool.submit(follow, b.base_url, message_id)
             wait_until(
-                lambda: (
-                    httpx.get(f"{b.base_url}/api/runs/{message_id}", timeout=5).json()["last_seq"]
-                    >= 8
-                ),
+                lambda: last_seq(httpx.get(f"{b.base_url}/api/runs/{message_id}", timeout=5)) >= 8,
                 what="B sees the run's events",
             )
             killed_at = time.monotonic()

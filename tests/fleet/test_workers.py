@@ -30,7 +30,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from websockets.sync.client import ClientConnection
 
-from tests.fleet.conftest import WorkersFactory
+from tests.fleet.conftest import WorkersFactory, last_seq
 from tests.support.process import clean_env, free_port
 from tests.support.prometheus import Scrape, parse
 from tests.support.servers import FakeUpstreamThread
@@ -348,7 +348,7 @@ def test_a_killed_worker_is_replaced_and_its_run_ended_by_the_other(
         with ThreadPoolExecutor(max_workers=1) as pool:
             following = pool.submit(follow_on, server.base_url, exactly(survivor), message_id)
             wait_until(
-                lambda: survivor_client.get(f"/api/runs/{message_id}").json()["last_seq"] >= 8,
+                lambda: last_seq(survivor_client.get(f"/api/runs/{message_id}")) >= 8,
                 what="the other worker sees the run's events",
             )
             killed = server.current()[victim]
