@@ -38,10 +38,9 @@ def imported_packages(log: str) -> set[str]:
     return names
 
 
-def test_a_server_without_redis_or_jwt_never_loads_them(
-    tmp_path: Path, fake: FakeUpstreamThread
-) -> None:
-    env = clean_env(
+def serve_env(tmp_path: Path, fake: FakeUpstreamThread) -> dict[str, str]:
+    """A server on SQLite with its defaults: no Redis, no JWT."""
+    return clean_env(
         OPENAI_API_KEY=SENTINEL_API_KEY,
         OPENAI_BASE_URL=fake.base_url,
         CHATSTREAM_MODELS="test-model",
@@ -49,6 +48,12 @@ def test_a_server_without_redis_or_jwt_never_loads_them(
         CHATSTREAM_SPOOL_DIR=str(tmp_path / "spool"),
         CHATSTREAM_PORT=str(free_port()),
     )
+
+
+def test_a_server_without_redis_or_jwt_never_loads_them(
+    tmp_path: Path, fake: FakeUpstreamThread
+) -> None:
+    env = serve_env(tmp_path, fake)
     migrate(env)  # in its own process: a current schema is what a server usually finds
     server = ServeProcess({**env, "PYTHONPROFILEIMPORTTIME": "1"}, cwd=tmp_path)
     try:
@@ -68,15 +73,7 @@ def test_a_server_without_redis_or_jwt_never_loads_them(
 def test_a_server_migrating_an_empty_database_loads_alembic_for_it(
     tmp_path: Path, fake: FakeUpstreamThread
 ) -> None:
-    env = clean_env(
-        OPENAI_API_KEY=SENTINEL_API_KEY,
-        OPENAI_BASE_URL=fake.base_url,
-        CHATSTREAM_MODELS="test-model",
-        CHATSTREAM_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/chatstream.db",
-        CHATSTREAM_SPOOL_DIR=str(tmp_path / "spool"),
-        CHATSTREAM_PORT=str(free_port()),
-        PYTHONPROFILEIMPORTTIME="1",
-    )
+    env = {**serve_env(tmp_path, fake), "PYTHONPROFILEIMPORTTIME": "1"}
     server = ServeProcess(env, cwd=tmp_path)  # no `migrate` first: it upgrades at start
     try:
         server.wait_ready()
