@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chatstream.storage.migrations import head_revision
+from chatstream.storage.migrations import HEAD_REVISION
 from tests.support.process import ServeProcess, clean_env, free_port
 from tests.support.sentinels import SENTINEL_API_KEY, SENTINEL_DB_PASSWORD
 from tests.support.servers import FakeUpstreamThread
@@ -176,7 +176,7 @@ def test_serve_migrates_an_old_schema_before_it_says_ready(
         server.stop()
     with sqlite3.connect(tmp_path / "chatstream.db") as db:
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [
-            (head_revision(),)
+            (HEAD_REVISION,)
         ]
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Any
 
 import anyio
@@ -45,7 +45,7 @@ class Generation:
         limits: RunLimits,
         append: Callable[[EventPayload], object],
         clock: Callable[[], float],
-        held: Callable[[], AbstractContextManager[None]] = nullcontext,
+        held: Callable[[], AbstractContextManager[None]],
     ) -> None:
         self._spec = spec
         self._upstream = upstream

@@ -119,7 +119,7 @@ class MemoryEventLog:
             if self._held is not None:
                 self._held.append(event)
             else:
-                self._pushers = [pushing for pushing in self._pushers if pushing.offer([event])]
+                self._offer([event])
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
@@ -145,7 +145,11 @@ class MemoryEventLog:
         finally:
             events, self._held = self._held, None
             if events and self._pushers:
-                self._pushers = [pushing for pushing in self._pushers if pushing.offer(events)]
+                self._offer(events)
+
+    def _offer(self, events: list[Event]) -> None:
+        """Hand `events` to each pushed reader; keep those that still take more."""
+        self._pushers = [pushing for pushing in self._pushers if pushing.offer(events)]
 
     def after(self, seq: int) -> list[Event]:
         recent = self._recent

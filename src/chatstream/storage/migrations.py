@@ -88,11 +88,6 @@ def find_alembic_ini() -> Path:
     )
 
 
-def head_revision() -> str:
-    """This release's schema revision."""
-    return HEAD_REVISION
-
-
 def _current(connection: Connection) -> str | None:
     # Read directly: Alembic's MigrationContext logs two INFO lines per use,
     # and /readyz asks on every probe.
@@ -109,8 +104,8 @@ async def check_schema(engine: AsyncEngine) -> None:
     """Raise `SchemaOutdated` unless the database is at this release's revision."""
     async with engine.connect() as connection:
         current = await current_revision(connection)
-    if current != head_revision():
-        raise SchemaOutdated(current, head_revision())
+    if current != HEAD_REVISION:
+        raise SchemaOutdated(current, HEAD_REVISION)
 
 
 async def bring_to_head(engine: AsyncEngine, *, upgrade: bool) -> str | None:
@@ -118,7 +113,7 @@ async def bring_to_head(engine: AsyncEngine, *, upgrade: bool) -> str | None:
 
     With `upgrade=False` an outdated schema raises `SchemaOutdated` instead.
     """
-    head = head_revision()
+    head = HEAD_REVISION
     async with engine.connect() as connection:
         current = await current_revision(connection)
         await connection.rollback()
