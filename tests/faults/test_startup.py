@@ -154,6 +154,7 @@ def test_without_auto_migrate_an_old_schema_refuses_to_start_naming_migrate(
     server = ServeProcess(env, cwd=tmp_path)
     try:
         server.wait_for_line(READY)
+        server.wait_ready()  # the app's line comes before uvicorn has bound its socket
         assert httpx.get(f"{server.base_url}/readyz", timeout=10).json()["database"] == "ok"
     finally:
         server.stop()
