@@ -52,7 +52,7 @@ async def prepare_database(database: Database, *, auto_migrate: bool, redact: Re
     except Exception as exc:
         raise StartupError(f"{where} {_database_failure(database.url, exc, redact)}") from None
     try:
-        await bring_to_head(database.write_engine, upgrade=auto_migrate)
+        await bring_to_head(database.engine, upgrade=auto_migrate)
     except SchemaOutdated as exc:
         raise StartupError(
             f"{where} has an older schema (revision {exc.current or 'none: an empty database'}; "

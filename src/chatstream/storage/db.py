@@ -1,27 +1,43 @@
-"""Engines and session factories.
+"""Engines, and the one way rows are changed: `Database.write`.
 
-Two factories: `writer` for transactions that change rows and `reader` for
-the rest. On PostgreSQL they share one engine. On SQLite the writer is a
-single connection: writers queue in the pool (in asyncio, cheaply) instead of
-racing inside SQLite. Its transactions begin implicitly at their first
-INSERT, UPDATE or DELETE (the sqlite3 driver's own behaviour), and every
-write transaction chatstream runs starts with one, so none ever reads first
-and then upgrades to a write, the pattern that fails at once with
-SQLITE_BUSY_SNAPSHOT whatever the busy timeout; and no separate BEGIN
-statement costs a round trip to the driver's thread. Readers keep their own
-connections, each query its own implicit read transaction; WAL mode lets
-them run beside the writer.
+Reads go through `reader` (async sessions of `engine`). Writes are
+synchronous transaction bodies, `work(connection, *args)`, that
+`Database.write` runs in one transaction:
+
+- on SQLite, in a writer thread of its own, on a single synchronous
+  connection: a whole transaction is one trip from the event loop and back,
+  where the async driver makes three per statement (each a wait for the
+  driver's thread and for a turn of the loop, which under load is most of a
+  write's time). Writers queue for the thread instead of racing inside
+  SQLite. A transaction begins implicitly at its first INSERT, UPDATE or
+  DELETE (the sqlite3 driver's own behaviour), and every write chatstream
+  makes starts with one, so none ever reads first and then upgrades to a
+  write, the pattern that fails at once with SQLITE_BUSY_SNAPSHOT whatever
+  the busy timeout. Readers keep their own connections, each query its own
+  implicit read transaction; WAL mode lets them run beside the writer.
+- on PostgreSQL, through `AsyncConnection.run_sync` on the one async
+  engine's pool: the same bodies, many writers at once.
+
+A caller that stops waiting (cancelled, timed out) drops its write if it has
+not begun; one that has begun finishes in its thread, committed or rolled
+back whole, never cut midway.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from chatstream.config import Settings
 from chatstream.storage.migrations import check_schema
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Database:
@@ -30,52 +46,71 @@ class Database:
     ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._sqlite_writer: Engine | None = None
+        self._writer_thread: ThreadPoolExecutor | None = None
         if self.is_sqlite:
-            # Every use of the writer is an `engine.begin()` block that commits or
-            # rolls back, so the pool's ROLLBACK on check-in would be a round trip
-            # to the driver's thread for nothing.
-            self.write_engine = create_async_engine(
-                url, pool_size=1, max_overflow=0, pool_timeout=60, pool_reset_on_return=None
+            self.engine = create_async_engine(url, pool_size=4, max_overflow=4, pool_timeout=60)
+            _configure_sqlite(self.engine.sync_engine, busy_timeout_s)
+            # One connection, used by one thread only. Every use is an
+            # `engine.begin()` block that commits or rolls back, so the pool's
+            # ROLLBACK on check-in would be work for nothing.
+            self._sqlite_writer = create_engine(
+                make_url(url).set(drivername="sqlite"),
+                pool_size=1,
+                max_overflow=0,
+                pool_reset_on_return=None,
             )
-            self.read_engine = create_async_engine(
-                url, pool_size=4, max_overflow=4, pool_timeout=60
-            )
-            for engine in (self.write_engine, self.read_engine):
-                _configure_sqlite(engine, busy_timeout_ms=int(busy_timeout_s * 1000))
+            _configure_sqlite(self._sqlite_writer, busy_timeout_s)
+            self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         else:
-            self.write_engine = create_async_engine(
+            self.engine = create_async_engine(
                 url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
             )
-            self.read_engine = self.write_engine
-        self.writer = async_sessionmaker(self.write_engine, expire_on_commit=False)
-        self.reader = async_sessionmaker(self.read_engine, expire_on_commit=False)
+        self.reader = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
         return cls(settings.database_url, busy_timeout_s=settings.database_busy_timeout_s)
 
-    @property
-    def engines(self) -> list[AsyncEngine]:
-        return (
-            [self.write_engine]
-            if self.read_engine is self.write_engine
-            else [
-                self.write_engine,
-                self.read_engine,
-            ]
+    async def write(
+        self, work: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """`work(connection, *args, **kwargs)` in one transaction, committed when it returns.
+
+        An exception it raises rolls the transaction back and is raised here.
+        """
+        if self._writer_thread is None:
+            async with self.engine.begin() as connection:
+                return await connection.run_sync(work, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._writer_thread, lambda: self._write_in_thread(work, args, kwargs)
         )
 
+    def _write_in_thread(
+        self, work: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        assert self._sqlite_writer is not None
+        with self._sqlite_writer.begin() as connection:
+            return work(connection, *args, **kwargs)
+
     async def ping(self) -> None:
-        async with self.read_engine.connect() as connection:
+        async with self.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
 
     async def check_schema(self) -> None:
         """Raise `SchemaOutdated` unless the schema is at this release's revision."""
-        await check_schema(self.read_engine)
+        await check_schema(self.engine)
 
     async def aclose(self) -> None:
-        for engine in self.engines:
-            await engine.dispose()
+        await self.engine.dispose()
+        if self._writer_thread is not None and self._sqlite_writer is not None:
+            # Closed in its own thread (sqlite3 connections belong to theirs),
+            # after any write still queued there.
+            writer_thread, self._writer_thread = self._writer_thread, None
+            await asyncio.get_running_loop().run_in_executor(
+                writer_thread, self._sqlite_writer.dispose
+            )
+            writer_thread.shutdown(wait=False)
 
     async def __aenter__(self) -> Database:
         return self
@@ -84,8 +119,10 @@ class Database:
         await self.aclose()
 
 
-def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:
+    busy_timeout_ms = int(busy_timeout_s * 1000)
+
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")

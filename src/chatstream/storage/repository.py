@@ -18,25 +18,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from sqlalchemy import Select, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Select, and_, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import aliased
 
 from chatstream.errors import Conflict, DatabaseUnavailable, InvalidRequest, NotFound
+from chatstream.storage import writes
 from chatstream.storage.db import Database
 from chatstream.storage.models import (
     MessageRow,
     SessionRow,
-    messages_table,
-    sessions_table,
     utcnow,
 )
 from chatstream.storage.records import HistoryMessage, OutputRow, RunOutput
+from chatstream.storage.writes import TITLE_CHARS, TurnStart, title_from
 
+__all__ = ["TITLE_CHARS", "Store", "TurnStart", "title_from"]
 logger = logging.getLogger(__name__)
 
-TITLE_CHARS = 80
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -75,15 +75,6 @@ T = TypeVar("T")
 class Page(Generic[T]):
     items: list[T]
     next_cursor: str | None
-
-
-@dataclass(slots=True)
-class TurnStart:
-    session_id: uuid.UUID
-    session_model: str | None
-    system_prompt: str | None
-    user_message_id: uuid.UUID
-    history: list[HistoryMessage]  # newest first, the new user message included
 
 
 def _outage_is_unavailable(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -152,8 +143,7 @@ class Store:
             created_at=now,
             updated_at=now,
         )
-        async with self._db.writer() as db, db.begin():
-            db.add(row)
+        await self._db.write(writes.add_session, row)
         return row
 
     @_outage_is_unavailable
@@ -194,14 +184,7 @@ class Store:
     async def update_session(
         self, owner: str, session_id: uuid.UUID, changes: dict[str, Any]
     ) -> SessionRow:
-        async with self._db.writer() as db, db.begin():
-            row = await db.scalar(_owned_session(owner, session_id))
-            if row is None:
-                raise NotFound("No such session.")
-            for name, value in changes.items():
-                setattr(row, name, value)
-            row.updated_at = utcnow()
-        return row
+        return await self._db.write(writes.update_session, owner, session_id, changes, utcnow())
 
     @_outage_is_unavailable
     async def untitled_first_message(self, owner: str, session_id: uuid.UUID) -> str | None:
@@ -226,26 +209,11 @@ class Store:
     @_outage_is_unavailable
     async def set_title_if_untitled(self, owner: str, session_id: uuid.UUID, title: str) -> bool:
         """Title a session that has none; a title set meanwhile (PATCH) is kept. True if set."""
-        async with self._db.write_engine.begin() as db:
-            result = await db.execute(
-                update(sessions_table)
-                .where(
-                    sessions_table.c.id == session_id,
-                    sessions_table.c.owner == owner,
-                    sessions_table.c.title.is_(None),
-                )
-                .values(title=title[:TITLE_CHARS])
-            )
-        return bool(result.rowcount)
+        return await self._db.write(writes.set_title_if_untitled, owner, session_id, title)
 
     @_outage_is_unavailable
     async def delete_session(self, owner: str, session_id: uuid.UUID) -> None:
-        async with self._db.writer() as db, db.begin():
-            row = await db.scalar(_owned_session(owner, session_id))
-            if row is None:
-                raise NotFound("No such session.")
-            await db.execute(delete(MessageRow).where(MessageRow.session_id == row.id))
-            await db.delete(row)
+        await self._db.write(writes.delete_session, owner, session_id)
 
     # --- messages --------------------------------------------------------------
 
@@ -312,104 +280,32 @@ class Store:
         (a user message of `session_id`) nothing is inserted and the turn is
         that message's, with the history up to it.
 
-        Runs once per chat, so it speaks SQL Core on one connection: the ORM's
-        unit of work costs more CPU than these few statements themselves.
         """
         if reanswer is not None:
             if session_id is None:
                 raise NotFound("No such session.")
-            return await self._reopen_turn(owner, session_id, reanswer, history_limit)
-        now = utcnow()
-        sessions, messages = sessions_table, messages_table
-        created = False
-        # An untitled session is titled from its first message, in the same
-        # statement; without `title_from_message`, a hook titles it later.
-        title = title_from(message) if title_from_message else None
-        untitled = {"title": func.coalesce(sessions.c.title, title)} if title else {}
+            return await self._db.write(
+                writes.reopen_turn, owner, session_id, reanswer, history_limit, utcnow()
+            )
         try:
-            async with self._db.write_engine.begin() as db:
-                if session_id is not None:
-                    # One statement finds the caller's session and marks its activity.
-                    found = (
-                        await db.execute(
-                            update(sessions)
-                            .where(sessions.c.id == session_id, sessions.c.owner == owner)
-                            .values(updated_at=now, **untitled)
-                            .returning(sessions.c.model, sessions.c.system_prompt)
-                        )
-                    ).first()
-                    if found is None:
-                        raise NotFound("No such session.")
-                    model, system_prompt = found.model, found.system_prompt
-                else:
-                    created = True
-                    session_id = uuid.uuid4()
-                    model, system_prompt = new_session_model, new_session_system_prompt
-                    first_question = next((m.content for m in earlier if m.role == "user"), message)
-                    await db.execute(
-                        insert(sessions),
-                        {
-                            "id": session_id,
-                            "owner": owner,
-                            "title": title_from(first_question) if title_from_message else None,
-                            "model": model,
-                            "system_prompt": system_prompt,
-                            "created_at": now,
-                            "updated_at": now,
-                            "external_id": new_session_external_id,
-                        },
-                    )
-                    if earlier:
-                        await db.execute(
-                            insert(messages),
-                            [
-                                {
-                                    "id": uuid.uuid4(),
-                                    "session_id": session_id,
-                                    "owner": owner,
-                                    "role": row.role,
-                                    "content": row.content,
-                                    "status": "complete",
-                                    "created_at": now,
-                                }
-                                for row in earlier
-                            ],
-                        )
-                user_message_id = uuid.uuid4()
-                await db.execute(
-                    insert(messages),
-                    {
-                        "id": user_message_id,
-                        "session_id": session_id,
-                        "owner": owner,
-                        "role": "user",
-                        "content": message,
-                        "status": "complete",
-                        "created_at": now,
-                        "client_message_id": client_message_id,
-                        "reply_id": reply_id,
-                        "runner": runner,
-                    },
-                )
-                if created:  # a new session has no history but this message (and `earlier`)
-                    history = [HistoryMessage(role="user", content=message), *reversed(earlier)]
-                    history = history[:history_limit]
-                else:
-                    recent = await db.execute(
-                        select(
-                            messages.c.role,
-                            messages.c.content,
-                            messages.c.tool_calls,
-                            messages.c.tool_call_id,
-                            messages.c.name,
-                        )
-                        .where(messages.c.session_id == session_id)
-                        .order_by(messages.c.pk.desc())
-                        .limit(history_limit)
-                    )
-                    history = [HistoryMessage(*row) for row in recent]
+            return await self._db.write(
+                writes.begin_turn,
+                owner,
+                now=utcnow(),
+                session_id=session_id,
+                new_session_model=new_session_model,
+                new_session_system_prompt=new_session_system_prompt,
+                message=message,
+                history_limit=history_limit,
+                reply_id=reply_id,
+                runner=runner,
+                client_message_id=client_message_id,
+                new_session_external_id=new_session_external_id,
+                earlier=earlier,
+                title_from_message=title_from_message,
+            )
         except IntegrityError:
-            if created and new_session_external_id is not None:
+            if session_id is None and new_session_external_id is not None:
                 # A concurrent first message of the same chat created its session.
                 raise Conflict(
                     "This chat is being started by another request; send again."
@@ -417,47 +313,6 @@ class Store:
             if client_message_id is None:
                 raise
             raise DuplicateRequest() from None
-        return TurnStart(session_id, model, system_prompt, user_message_id, history)
-
-    async def _reopen_turn(
-        self, owner: str, session_id: uuid.UUID, user_message_id: uuid.UUID, history_limit: int
-    ) -> TurnStart:
-        """The turn of a stored user message, to answer it again: its history up to it."""
-        sessions, messages = sessions_table, messages_table
-        async with self._db.write_engine.begin() as db:
-            found = (
-                await db.execute(
-                    update(sessions)
-                    .where(sessions.c.id == session_id, sessions.c.owner == owner)
-                    .values(updated_at=utcnow())
-                    .returning(sessions.c.model, sessions.c.system_prompt)
-                )
-            ).first()
-            if found is None:
-                raise NotFound("No such session.")
-            anchor = await db.scalar(
-                select(messages.c.pk).where(
-                    messages.c.id == user_message_id,
-                    messages.c.session_id == session_id,
-                    messages.c.role == "user",
-                )
-            )
-            if anchor is None:
-                raise NotFound("No such user message in this session.")
-            recent = await db.execute(
-                select(
-                    messages.c.role,
-                    messages.c.content,
-                    messages.c.tool_calls,
-                    messages.c.tool_call_id,
-                    messages.c.name,
-                )
-                .where(messages.c.session_id == session_id, messages.c.pk <= anchor)
-                .order_by(messages.c.pk.desc())
-                .limit(history_limit)
-            )
-            history = [HistoryMessage(*row) for row in recent]
-        return TurnStart(session_id, found.model, found.system_prompt, user_message_id, history)
 
     # --- for protocol adapters -----------------------------------------------------
 
@@ -552,17 +407,12 @@ class Store:
 
         Any failure fails them all; the caller then writes each on its own.
         """
-        now = utcnow()
-        rows = [row for output in outputs for row in _insert_rows(output, now)]
-        async with self._db.write_engine.begin() as db:
-            await db.execute(insert(messages_table), rows)
+        await self._db.write(writes.insert_outputs, outputs, utcnow())
 
     async def write_run_output(self, output: RunOutput) -> None:
         """All of a run's rows in one transaction: INSERTs only, never an UPDATE."""
-        rows = _insert_rows(output, utcnow())
         try:
-            async with self._db.write_engine.begin() as db:
-                await db.execute(insert(messages_table), rows)
+            await self._db.write(writes.insert_outputs, [output], utcnow())
         except IntegrityError:
             # Rows already written (a retry after an uncertain commit), or the
             # session was deleted while the run ran (the foreign key says so);
@@ -587,31 +437,6 @@ class Store:
         return int(found or 0) == len(ids)
 
 
-def _insert_rows(output: RunOutput, now: datetime) -> list[dict[str, Any]]:
-    """A run's rows as INSERT parameters."""
-    run_id = output.rows[-1].id
-    return [
-        {
-            "id": row.id,
-            "run_id": run_id,
-            "session_id": output.session_id,
-            "owner": output.owner,
-            "role": row.role,
-            "content": row.content,
-            "status": row.status,
-            "model": row.model,
-            "finish_reason": row.finish_reason,
-            "tool_calls": row.tool_calls,
-            "tool_call_id": row.tool_call_id,
-            "name": row.name,
-            "usage": row.usage,
-            "metrics": row.metrics,
-            "created_at": now,
-        }
-        for row in output.rows
-    ]
-
-
 def _output_row(row: MessageRow) -> OutputRow:
     return OutputRow(
         id=row.id,
@@ -634,12 +459,6 @@ def _owned(owner: str, session_id: uuid.UUID) -> tuple[Any, Any]:
 
 def _owned_session(owner: str, session_id: uuid.UUID) -> Select[SessionRow]:
     return select(SessionRow).where(*_owned(owner, session_id))
-
-
-def title_from(message: str) -> str:
-    """A session title from a message: its words on one line, at most TITLE_CHARS."""
-    first_line = " ".join(message.split())
-    return first_line if len(first_line) <= TITLE_CHARS else first_line[: TITLE_CHARS - 1] + "…"
 
 
 # A cursor is a position in the list: the last row's activity time (microseconds

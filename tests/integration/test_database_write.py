@@ -1,0 +1,85 @@
+"""`Database.write` on SQLite: one transaction in the writer thread, and what a caller that
+stops waiting does to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import uuid
+
+from sqlalchemy import Connection, func, insert, select
+
+from chatstream.storage.db import Database
+from chatstream.storage.models import SessionRow, sessions_table, utcnow
+
+
+def _insert_session(connection: Connection, title: str) -> str:
+    now = utcnow()
+    connection.execute(
+        insert(sessions_table),
+        {"id": uuid.uuid4(), "owner": "o", "title": title, "created_at": now, "updated_at": now},
+    )
+    return threading.current_thread().name
+
+
+def _blocked_insert(connection: Connection, started: threading.Event, go: threading.Event) -> None:
+    _insert_session(connection, "begun")
+    started.set()
+    assert go.wait(30)
+
+
+async def _titles(database: Database) -> list[str]:
+    async with database.reader() as db:
+        return sorted(await db.scalars(select(SessionRow.title)))
+
+
+async def _count(database: Database) -> int:
+    async with database.reader() as db:
+        return int(await db.scalar(select(func.count()).select_from(SessionRow)) or 0)
+
+
+def test_a_write_runs_whole_in_the_writer_thread_and_a_failure_rolls_it_back(
+    database_url: str,
+) -> None:
+    async def main() -> None:
+        async with Database(database_url) as database:
+            thread = await database.write(_insert_session, "kept")
+            assert thread.startswith("sqlite-writer")
+
+            def fails(connection: Connection) -> None:
+                _insert_session(connection, "rolled back")
+                raise LookupError("refused")
+
+            try:
+                await database.write(fails)
+            except LookupError:
+                pass
+            else:
+                raise AssertionError("the failure was not raised to the caller")
+            assert await _titles(database) == ["kept"]
+
+    asyncio.run(main())
+
+
+def test_a_caller_that_stops_waiting_drops_a_queued_write_but_never_cuts_a_begun_one(
+    database_url: str,
+) -> None:
+    async def main() -> None:
+        async with Database(database_url) as database:
+            started, go = threading.Event(), threading.Event()
+            begun = asyncio.create_task(database.write(_blocked_insert, started, go))
+            await asyncio.to_thread(started.wait, 30)
+            queued = asyncio.create_task(database.write(_insert_session, "queued"))
+            await asyncio.sleep(0)  # one step: the task hands its work to the writer thread
+            queued.cancel()
+            begun.cancel()
+            go.set()
+            for task in (begun, queued):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await database.write(_insert_session, "after")  # the thread still writes
+            assert await _titles(database) == ["after", "begun"]
+            assert await _count(database) == 2
+
+    asyncio.run(main())
