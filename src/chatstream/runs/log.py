@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import math
 from array import array
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from chatstream.runs.events import EVENT_TYPES, Event, EventPayload
@@ -83,7 +83,7 @@ class MemoryEventLog:
     all) read them without decoding anything.
     """
 
-    __slots__ = ("_closed", "_encoded", "_held", "_pushers", "_recent", "_waiters")
+    __slots__ = ("_closed", "_encoded", "_held", "_held_block", "_pushers", "_recent", "_waiters")
 
     def __init__(self) -> None:
         self._encoded = _EncodedEvents()
@@ -91,6 +91,7 @@ class MemoryEventLog:
         self._waiters: list[asyncio.Future[bool]] = []
         self._pushers: list[_Pushing] = []
         self._held: list[Event] | None = None  # in a `held` block: what it appended
+        self._held_block = _HeldBlock(self)  # one per log: entered once per upstream read
         self._closed = False
 
     @property
@@ -127,8 +128,7 @@ class MemoryEventLog:
                     waiter.set_result(True)
         return event
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
+    def held(self) -> contextlib.AbstractContextManager[None]:
         """Events appended in the block reach caught-up readers together, at its end.
 
         For the events of one read from the upstream (a burst can bring
@@ -136,16 +136,12 @@ class MemoryEventLog:
         waits longer: the block does not await, so the events would only
         have left one by one within the same turn of the event loop.
         """
-        if self._held is not None:  # nested: the outermost block hands them on
-            yield
-            return
-        self._held = []
-        try:
-            yield
-        finally:
-            events, self._held = self._held, None
-            if events and self._pushers:
-                self._offer(events)
+        return self._held_block
+
+    def _hand_on_held(self) -> None:
+        events, self._held = self._held, None
+        if events and self._pushers:
+            self._offer(events)
 
     def _offer(self, events: list[Event]) -> None:
         """Hand `events` to each pushed reader; keep those that still take more."""
@@ -286,6 +282,26 @@ class _IdleTimer:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+
+class _HeldBlock:
+    """`MemoryEventLog.held()`: a plain object, not a generator per block (once per read)."""
+
+    __slots__ = ("_depth", "_log")
+
+    def __init__(self, log: MemoryEventLog) -> None:
+        self._log = log
+        self._depth = 0  # nested blocks: the outermost hands the events on
+
+    def __enter__(self) -> None:
+        if not self._depth:
+            self._log._held = []
+        self._depth += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._depth -= 1
+        if not self._depth:
+            self._log._hand_on_held()
 
 
 class _EncodedEvents:
