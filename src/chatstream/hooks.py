@@ -36,7 +36,8 @@ from anyio.abc import TaskGroup
 
 from chatstream.runs.accumulator import ChunkAccumulator
 from chatstream.runs.lifecycle import RunRecord, RunStarted
-from chatstream.storage.repository import TITLE_CHARS, Store, title_from
+from chatstream.storage.repository import Store
+from chatstream.storage.writes import TITLE_CHARS, title_from
 from chatstream.upstream.stream import ChatUpstream, UpstreamRequest
 
 logger = logging.getLogger(__name__)

@@ -32,9 +32,8 @@ from chatstream.storage.models import (
     utcnow,
 )
 from chatstream.storage.records import HistoryMessage, OutputRow, RunOutput
-from chatstream.storage.writes import TITLE_CHARS, TurnStart, title_from
+from chatstream.storage.writes import TurnStart
 
-__all__ = ["TITLE_CHARS", "Store", "TurnStart", "title_from"]
 logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
@@ -279,7 +278,6 @@ class Store:
         and assistant text, oldest first) before this one; with `reanswer`
         (a user message of `session_id`) nothing is inserted and the turn is
         that message's, with the history up to it.
-
         """
         if reanswer is not None:
             if session_id is None:
