@@ -9,6 +9,7 @@ import threading
 import uuid
 
 from sqlalchemy import Connection, func, insert, select
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from chatstream.storage.db import Database
 from chatstream.storage.models import SessionRow, sessions_table, utcnow
@@ -81,5 +82,28 @@ def test_a_caller_that_stops_waiting_drops_a_queued_write_but_never_cuts_a_begun
             await database.write(_insert_session, "after")  # the thread still writes
             assert await _titles(database) == ["after", "begun"]
             assert await _count(database) == 2
+
+    asyncio.run(main())
+
+
+def test_a_write_that_waited_too_long_for_the_writer_is_refused_as_a_pool_timeout(
+    database_url: str,
+) -> None:
+    async def main() -> None:
+        # Every write has waited longer than a negative timeout.
+        async with Database(database_url, queue_timeout_s=-1.0) as database:
+            try:
+                await database.write(_insert_session, "late")
+            except SQLAlchemyTimeoutError as exc:
+                assert "busy" in str(exc)
+            else:
+                raise AssertionError("a write past the queue timeout ran")
+            assert await _count(database) == 0
+        try:
+            await database.write(_insert_session, "closed")
+        except RuntimeError as exc:
+            assert "closed" in str(exc)
+        else:
+            raise AssertionError("a closed Database wrote")
 
     asyncio.run(main())

@@ -20,31 +20,45 @@ synchronous transaction bodies, `work(connection, *args)`, that
 
 A caller that stops waiting (cancelled, timed out) drops its write if it has
 not begun; one that has begun finishes in its thread, committed or rolled
-back whole, never cut midway.
+back whole, never cut midway (so a caller cancelled in that moment does not
+know that its rows were written). A write that waited over a minute for the
+writer thread is refused with the pool's timeout error, as on PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from chatstream.config import Settings
 from chatstream.storage.migrations import check_schema
 
+# SQLite: a write that waited this long for the writer thread is refused (as
+# the pool's timeout refuses one that waited for a connection on PostgreSQL).
+WRITE_QUEUE_TIMEOUT_S = 60.0
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 class Database:
     def __init__(
-        self, url: str, *, pool_size: int = 10, max_overflow: int = 20, busy_timeout_s: float = 5.0
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        max_overflow: int = 20,
+        busy_timeout_s: float = 5.0,
+        queue_timeout_s: float = WRITE_QUEUE_TIMEOUT_S,
     ) -> None:
         self.url = url
+        self._queue_timeout_s = queue_timeout_s
         self.is_sqlite = url.startswith("sqlite")
         self._sqlite_writer: Engine | None = None
         self._writer_thread: ThreadPoolExecutor | None = None
@@ -79,16 +93,29 @@ class Database:
 
         An exception it raises rolls the transaction back and is raised here.
         """
-        if self._writer_thread is None:
+        if not self.is_sqlite:
             async with self.engine.begin() as connection:
                 return await connection.run_sync(work, *args, **kwargs)
+        if self._writer_thread is None:
+            raise RuntimeError("write to a closed Database")
+        queued_at = time.monotonic()
         return await asyncio.get_running_loop().run_in_executor(
-            self._writer_thread, lambda: self._write_in_thread(work, args, kwargs)
+            self._writer_thread, lambda: self._write_in_thread(work, args, kwargs, queued_at)
         )
 
     def _write_in_thread(
-        self, work: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        work: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        queued_at: float,
     ) -> R:
+        if time.monotonic() - queued_at > self._queue_timeout_s:
+            # As a pool that has no connection to give in time: the caller
+            # answers 503, rather than a queue that only ever grows.
+            raise SQLAlchemyTimeoutError(
+                f"the SQLite writer was busy for over {self._queue_timeout_s:.0f} s"
+            )
         assert self._sqlite_writer is not None
         with self._sqlite_writer.begin() as connection:
             return work(connection, *args, **kwargs)

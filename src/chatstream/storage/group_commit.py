@@ -19,7 +19,9 @@ connection can keep the write lock, so that the next writers fail with
 behind). Such a caller keeps its output elsewhere (the journal spools it);
 written twice, the second write finds the rows there (their ids are
 primary keys) and does nothing. Only a write that hangs past
-`hang_timeout_s` is abandoned, so that the writes behind it can go.
+`hang_timeout_s` is abandoned: its callers are answered (and spool), and
+the writes behind it go (on PostgreSQL at once; on SQLite once the writer
+thread, which finishes what it began, is free).
 
     commit = GroupCommit(write_many=store.write_run_outputs, write_one=store.write_run_output)
     await commit.write(output)      # returns once its rows are committed, or raises

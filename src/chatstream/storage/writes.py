@@ -3,7 +3,9 @@
 Each function takes the connection of a transaction that `Database.write`
 opened and commits (`storage/db.py`): on SQLite it runs whole in the writer
 thread, one trip from the event loop; on PostgreSQL through `run_sync`. None
-reads before its first write (see `db.py` for why that matters on SQLite).
+reads inside a transaction before its first write (see `db.py` for why that
+matters on SQLite): `update_session` reads the row first, but on SQLite that
+read is outside the transaction, which begins at the UPDATE.
 `storage/repository.py` calls them and turns failures into the caller's terms.
 
 Once per chat, so they speak SQL Core: the ORM's unit of work costs more CPU
