@@ -1,5 +1,5 @@
-"""`Database.write` on SQLite: one transaction in the writer thread, and what a caller that
-stops waiting does to it."""
+"""`Database.write` on SQLite: one transaction in the writer thread; what a caller that stops
+waiting does to it; a write that waited too long, and one after close."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import threading
 import uuid
 
+import pytest
 from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
@@ -52,12 +53,8 @@ def test_a_write_runs_whole_in_the_writer_thread_and_a_failure_rolls_it_back(
                 _insert_session(connection, "rolled back")
                 raise LookupError("refused")
 
-            try:
+            with pytest.raises(LookupError):
                 await database.write(fails)
-            except LookupError:
-                pass
-            else:
-                raise AssertionError("the failure was not raised to the caller")
             assert await _titles(database) == ["kept"]
 
     asyncio.run(main())
@@ -92,18 +89,10 @@ def test_a_write_that_waited_too_long_for_the_writer_is_refused_as_a_pool_timeou
     async def main() -> None:
         # Every write has waited longer than a negative timeout.
         async with Database(database_url, queue_timeout_s=-1.0) as database:
-            try:
+            with pytest.raises(SQLAlchemyTimeoutError, match="busy"):
                 await database.write(_insert_session, "late")
-            except SQLAlchemyTimeoutError as exc:
-                assert "busy" in str(exc)
-            else:
-                raise AssertionError("a write past the queue timeout ran")
             assert await _count(database) == 0
-        try:
+        with pytest.raises(RuntimeError, match="closed"):
             await database.write(_insert_session, "closed")
-        except RuntimeError as exc:
-            assert "closed" in str(exc)
-        else:
-            raise AssertionError("a closed Database wrote")
 
     asyncio.run(main())
