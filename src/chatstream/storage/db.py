@@ -11,10 +11,12 @@ synchronous transaction bodies, `work(connection, *args)`, that
   write's time). Writers queue for the thread instead of racing inside
   SQLite. A transaction begins implicitly at its first INSERT, UPDATE or
   DELETE (the sqlite3 driver's own behaviour), and every write chatstream
-  makes starts with one, so none ever reads first and then upgrades to a
-  write, the pattern that fails at once with SQLITE_BUSY_SNAPSHOT whatever
-  the busy timeout. Readers keep their own connections, each query its own
-  implicit read transaction; WAL mode lets them run beside the writer.
+  makes starts with one (a read before it, as `update_session`'s, runs
+  outside the transaction), so none ever reads inside a transaction and
+  then upgrades to a write, the pattern that fails at once with
+  SQLITE_BUSY_SNAPSHOT whatever the busy timeout. Readers keep their own
+  connections, each query its own implicit read transaction; WAL mode lets
+  them run beside the writer.
 - on PostgreSQL, through `AsyncConnection.run_sync` on the one async
   engine's pool: the same bodies, many writers at once.
 
