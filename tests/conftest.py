@@ -23,7 +23,7 @@ from chatstream.runs.lifecycle import RunListener
 from chatstream.tools import ToolRegistry
 from tests.support.sentinels import SENTINEL_API_KEY, WATCH, WatchingHandler
 from tests.support.servers import AppServer, FakeUpstreamThread
-from tests.support.services import SESSION_REDIS_PREFIX
+from tests.support.services import HANDED_OUT, SESSION_REDIS_PREFIX, sweep_redis_keys
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,24 +53,33 @@ def _no_secret_ever_leaks() -> Iterator[None]:
     assert not WATCH.violations, "secrets leaked:\n" + "\n".join(WATCH.violations)
 
 
+def _forever(ttls: dict[str, int]) -> list[str]:
+    return sorted(key for key, ttl in ttls.items() if ttl == -1)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _redis_keys_expire_and_are_cleaned() -> Iterator[None]:
-    """After the run: no key this run wrote to Redis lacks an expiry; then all are deleted."""
+def _redis_keys_all_cleaned() -> Iterator[None]:
+    """After the run: nothing is left under its Redis prefix (each test deleted its keys)."""
     yield
     url = os.environ.get("CHATSTREAM_TEST_REDIS_URL")
-    if not url:
-        return
-    import redis
+    if url:
+        left = sweep_redis_keys(url, f"{SESSION_REDIS_PREFIX}*")
+        # Only a writer that outlived its test (or a prefix not from redis_prefix()) leaves any.
+        assert not left, f"Redis keys left after the run (key: TTL s): {dict(sorted(left.items()))}"
 
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{SESSION_REDIS_PREFIX}*", count=1000))
-        forever = [key.decode() for key in keys if client.ttl(key) == -1]
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-    assert not forever, f"Redis keys left without an expiry: {forever[:20]}"
+
+@pytest.fixture(autouse=True)
+def _redis_keys_expire() -> Iterator[None]:
+    """After each test, its servers stopped: every key under the Redis prefixes it was
+    handed has an expiry (even those of a process killed mid-run); then they are deleted."""
+    HANDED_OUT.clear()
+    yield
+    prefixes, url = list(HANDED_OUT), os.environ.get("CHATSTREAM_TEST_REDIS_URL")
+    HANDED_OUT.clear()
+    if not (prefixes and url):
+        return
+    forever = [key for p in prefixes for key in _forever(sweep_redis_keys(url, f"{p}:*"))]
+    assert not forever, f"Redis keys written without an expiry: {forever}"
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ import httpx
 import pytest
 
 from tests.support.servers import AppServer, FakeUpstreamThread
-from tests.support.services import service_url
+from tests.support.services import redis_prefix, service_url
 from tests.support.sse import Stream, read_stream
 from tests.support.wait import wait_until
 
@@ -118,7 +116,7 @@ def test_the_cache_is_shared_through_redis(
     settings = {
         "cache_ttl_s": 60,
         "cache_storage": url,
-        "redis_key_prefix": f"test-cache-{uuid.uuid4().hex}-{os.getpid()}",
+        "redis_key_prefix": redis_prefix(),
     }
     one = make_server(**settings)
     two = make_server(**settings, spool_dir=tmp_path / "second-spool")

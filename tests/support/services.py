@@ -52,7 +52,33 @@ def fresh_postgres_database(base_url: str, prefix: str = "chatstream_t") -> Iter
 # (and clean) exactly its own keys, whatever else shares the server.
 SESSION_REDIS_PREFIX = f"chatstream-test-{uuid.uuid4().hex[:12]}"
 
+# The prefixes handed out since the current test began: when it ends, the
+# keys under them are checked (each must expire) and deleted (tests/conftest.py).
+HANDED_OUT: list[str] = []
+
 
 def redis_prefix() -> str:
     """A fresh key prefix for one test, under this test run's own prefix."""
-    return f"{SESSION_REDIS_PREFIX}-{uuid.uuid4().hex[:8]}"
+    prefix = f"{SESSION_REDIS_PREFIX}-{uuid.uuid4().hex[:8]}"
+    HANDED_OUT.append(prefix)
+    return prefix
+
+
+def sweep_redis_keys(url: str, pattern: str) -> dict[str, int]:
+    """Delete the keys matching `pattern` on the Redis at `url`; each one's TTL before (s)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if not keys:
+            return {}
+        pipeline = client.pipeline(transaction=False)
+        for key in keys:
+            pipeline.ttl(key)
+        ttls = pipeline.execute()
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+    return {key.decode(): int(ttl) for key, ttl in zip(keys, ttls, strict=True) if ttl != -2}

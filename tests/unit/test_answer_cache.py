@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 
 import pytest
 
@@ -15,7 +13,7 @@ from chatstream.upstream.cache import (
     complete_answer,
 )
 from chatstream.upstream.stream import UpstreamRequest
-from tests.support.services import service_url
+from tests.support.services import redis_prefix, service_url
 
 
 class Clock:
@@ -103,7 +101,7 @@ def test_memory_stays_within_its_byte_budget() -> None:
 @pytest.mark.redis
 def test_redis_stays_within_its_byte_budget_and_expires() -> None:
     url = service_url("CHATSTREAM_TEST_REDIS_URL")
-    store = RedisAnswerStore(url, f"test-{uuid.uuid4().hex}-{os.getpid()}", 100)
+    store = RedisAnswerStore(url, redis_prefix(), 100)
 
     async def scenario() -> None:
         try:

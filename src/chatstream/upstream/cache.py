@@ -17,8 +17,10 @@ like any other.
 Entries live for `CHATSTREAM_CACHE_TTL_S`, in this process's memory or in
 Redis (`CHATSTREAM_CACHE_STORAGE`), within `CHATSTREAM_CACHE_MAX_BYTES`:
 past the budget the least recently used (memory) or the soonest to expire
-(Redis) entries go first. The cache is a convenience: a store that fails is
-logged and treated as a miss, never as a failed run.
+(Redis) entries go first. In Redis the books kept for that budget expire
+with the last entry they count, so no key stays forever. The cache is a
+convenience: a store that fails is logged and treated as a miss, never as a
+failed run.
 
 It is shared by every owner (the key is the conversation, not who had it):
 turn it on where identical conversations may share an answer.
@@ -204,9 +206,21 @@ class MemoryAnswerStore:
 
 # KEYS: the entry, the index (entry -> expiry, ms), the sizes (entry -> bytes), the total.
 # ARGV: the value, its ttl (ms), now (ms), the byte budget.
+# The books (index, sizes, total) expire too, as late as the latest entry they
+# list: each write moves their expiry out to its entry's (never nearer), so
+# they outlive every entry they count, and go once all of those have.
 _PUT = """
 local now = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[2])
 local budget = tonumber(ARGV[4])
+local function keep_books()
+  for i = 2, 4 do
+    -- PTTL: -1 when a key has no expiry, -2 when it is absent (PEXPIRE then does nothing).
+    if redis.call('PTTL', KEYS[i]) < ttl then
+      redis.call('PEXPIRE', KEYS[i], ttl)
+    end
+  end
+end
 local function forget(entry)
   local size = tonumber(redis.call('HGET', KEYS[3], entry) or '0')
   redis.call('DECRBY', KEYS[4], size)
@@ -219,11 +233,12 @@ for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
 end
 local size = string.len(ARGV[1])
 if size > budget then
+  keep_books()  -- a DECRBY above may have created the total
   return 0
 end
 forget(KEYS[1])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('ZADD', KEYS[2], now + ttl, KEYS[1])
 redis.call('HSET', KEYS[3], KEYS[1], size)
 local total = redis.call('INCRBY', KEYS[4], size)
 while total > budget do
@@ -235,6 +250,7 @@ while total > budget do
   forget(oldest)
   total = tonumber(redis.call('GET', KEYS[4]) or '0')
 end
+keep_books()  -- last: the SET above clears the total's expiry
 return 1
 """
 
