@@ -8,6 +8,11 @@ The formatter is the last line of defence for secrets: it removes the values
 of the configured secrets (API key, JWT secret, database and Redis
 passwords) and anything shaped like a bearer token, a JWT or an API key,
 whoever logged it (uvicorn logs request URLs, libraries log what they like).
+It is also the last line of defence for what people wrote: a database
+error's text can carry the values of its statement (SQLAlchemy's
+`[parameters: …]`, which the engines already hide, and PostgreSQL's
+`DETAIL:  Failing row contains (…)`); those are cut from every line,
+tracebacks included.
 An exception is one line, its type and message: an expected failure (an
 outage, a refused request) needs no stack trace. The exception is a fault,
 a bug in chatstream or a plugin, logged with `log_fault`: that record carries
@@ -44,6 +49,23 @@ _PATTERNS = (
     re.compile(r"\d{5,}:[A-Za-z0-9_-]{30,}"),  # Telegram bot token (also in Bot API URLs)
 )
 REDACTED = "[redacted]"
+
+# A database error's values, to the end of their line (in an exception's
+# repr, where a value's newlines are escapes, the rest of the line goes too):
+# (pattern, what stands in their place).
+_DATABASE_VALUES = (
+    (re.compile(r"\[parameters: [^\n]*"), "[parameters hidden]"),
+    (re.compile(r"\bDETAIL:  [^\n]*"), "DETAIL:  [hidden]"),
+)
+
+
+def without_database_values(text: str) -> str:
+    """`text` without the statement parameters and row details a database error carries."""
+    if "[parameters: " not in text and "DETAIL:  " not in text:
+        return text
+    for pattern, replacement in _DATABASE_VALUES:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class Redactor:
@@ -117,7 +139,8 @@ class SafeFormatter(logging.Formatter):
             text = super().format(record)
         finally:
             record.exc_text = cached
-        return self._redact(text).replace("\r", " ").replace("\n", " | ")
+        text = without_database_values(self._redact(text))
+        return text.replace("\r", " ").replace("\n", " | ")
 
 
 class RequestIdFilter(logging.Filter):

@@ -25,6 +25,9 @@ not begun; one that has begun finishes in its thread, committed or rolled
 back whole, never cut midway (so a caller cancelled in that moment does not
 know that its rows were written). A write that waited over a minute for the
 writer thread is refused with the pool's timeout error, as on PostgreSQL.
+
+Every engine hides statement parameters from its errors: they are what
+people wrote, and an error's text ends up in the log.
 """
 
 from __future__ import annotations
@@ -65,7 +68,9 @@ class Database:
         self._sqlite_writer: Engine | None = None
         self._writer_thread: ThreadPoolExecutor | None = None
         if self.is_sqlite:
-            self.engine = create_async_engine(url, pool_size=4, max_overflow=4, pool_timeout=60)
+            self.engine = create_async_engine(
+                url, pool_size=4, max_overflow=4, pool_timeout=60, hide_parameters=True
+            )
             _configure_sqlite(self.engine.sync_engine, busy_timeout_s)
             # One connection, used by one thread only. Every use is an
             # `engine.begin()` block that commits or rolls back, so the pool's
@@ -75,12 +80,17 @@ class Database:
                 pool_size=1,
                 max_overflow=0,
                 pool_reset_on_return=None,
+                hide_parameters=True,
             )
             _configure_sqlite(self._sqlite_writer, busy_timeout_s)
             self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         else:
             self.engine = create_async_engine(
-                url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+                url,
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                pool_pre_ping=True,
+                hide_parameters=True,
             )
         self.reader = async_sessionmaker(self.engine, expire_on_commit=False)
 
