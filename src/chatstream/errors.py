@@ -31,6 +31,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+_ENDS_A_SENTENCE = (".", "!", "?", "…")
+
+
+def sentence(text: str) -> str:
+    """`text` ending in one full stop: none added after one of its own ("Bad thing." stays)."""
+    text = text.rstrip()
+    return text if text.endswith(_ENDS_A_SENTENCE) else text + "."
+
 
 class ChatstreamError(Exception):
     status: ClassVar[int] = 500
@@ -81,7 +89,7 @@ class InvalidChat(InvalidRequest):
 
     def __init__(self, problems: list[Problem]) -> None:
         said = "; ".join(f"{p.field} {p.message}" for p in problems)
-        super().__init__(f"The chat request is not valid: {said}.")
+        super().__init__(sentence(f"The chat request is not valid: {said}"))
         self.problems = problems
 
 

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from chatstream.errors import ChatstreamError, InvalidChat
+from chatstream.errors import ChatstreamError, InvalidChat, sentence
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +92,8 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     ]
     said = "; ".join(f"{_field(d['loc'])} {d['msg']}" for d in details[:3])
     more = f" (and {len(details) - 3} more)" if len(details) > 3 else ""
-    return error_response(
-        422, "invalid_request", f"The request is not valid: {said}{more}.", details=details
-    )
+    message = sentence(f"The request is not valid: {said}{more}")
+    return error_response(422, "invalid_request", message, details=details)
 
 
 def _body_problem(request: Request, errors: list[Any]) -> str | None:

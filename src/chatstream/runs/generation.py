@@ -29,6 +29,7 @@ from chatstream.runs.lifecycle import RunSteps
 from chatstream.runs.spec import RunLimits, RunSpec, round_row_id, tool_row_id
 from chatstream.runs.usage import round_usage
 from chatstream.storage.records import OutputRow
+from chatstream.upstream.errors import truncated
 from chatstream.upstream.stream import ChatUpstream, UpstreamRequest
 
 logger = logging.getLogger(__name__)
@@ -113,8 +114,11 @@ class Generation:
         held = self._held
         batch: list[Any] = []
         last: list[Any] = []  # the last chunk seen; not the whole batch, held across reads
-        try:
-            async with self._upstream.stream(request) as batches:
+        # A failure is raised inside the `async with`, so that the upstream
+        # logs it with what its response says (status, request id); one
+        # after the answer's `finish_reason` is no failure of the answer.
+        async with self._upstream.stream(request) as batches:
+            try:
                 async for batch in batches:
                     self.last_activity = clock()
                     with held():
@@ -124,17 +128,18 @@ class Generation:
                                 self._emit_text(text)
                     last = batch[-1:]
                     batch = []
-        except UpstreamError:
+            except UpstreamError:
+                if accumulator.finish_reason is None:
+                    raise
+                # The answer was complete; only the end of the stream was lost.
+                logger.info(
+                    "run %s: upstream failed after finish_reason; answer kept",
+                    self._spec.message_id,
+                )
+            self.steps.note_response(last)  # the round's last chunk names the model that answered
             if accumulator.finish_reason is None:
-                raise
-            # The answer was complete; only the end of the stream was lost.
-            logger.info(
-                "run %s: upstream failed after finish_reason; answer kept", self._spec.message_id
-            )
-        self.steps.note_response(last)  # the round's last chunk names the model that answered
+                raise truncated()
         self.flush_text()
-        if accumulator.finish_reason is None:
-            raise UpstreamError("The model server's answer was cut short.")
 
     def _emit_text(self, text: str) -> None:
         if not self.text_in_round:

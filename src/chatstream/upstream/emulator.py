@@ -18,6 +18,8 @@ Directives (all optional):
   retry_after=R      with status: the Retry-After header, in seconds
   fail_times=K       with status: fail only the first K requests carrying the same key=…
   echo_auth=1        with status: put the request's Authorization header in the error body
+  reason="TEXT"      the message of the error (status, error_after; default "emulated failure")
+  request_id=ID      answer with the header `x-request-id: ID`, as OpenAI's servers do
   key=K              names a request family for fail_times
   drop_after=N       close the connection after N tokens (no end of stream)
   rst_after=N        reset the connection (TCP RST) after N tokens
@@ -78,6 +80,8 @@ class Script:
     retry_after: float | None = None
     fail_times: int | None = None
     echo_auth: bool = False
+    reason: str = "emulated failure"
+    request_id: str | None = None
     key: str = ""
     drop_after: int | None = None
     rst_after: int | None = None
@@ -110,13 +114,20 @@ class Script:
         return replace(self, **changes) if changes else self
 
 
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
 def _pairs(body: str) -> Iterator[tuple[str, str]]:
-    # key=value pairs; a value may be a JSON object/array (tool_args) with spaces.
+    # key=value pairs; a value may be a JSON object/array (tool_args) or a
+    # JSON string (reason), with spaces.
     position = 0
     pattern = re.compile(r"\s*(\w+)=")
     while (match := pattern.match(body, position)) is not None:
         name, start = match.group(1), match.end()
-        if start < len(body) and body[start] in "{[":
+        quoted = _QUOTED.match(body, start)
+        if quoted is not None:
+            value, position = str(orjson.loads(quoted.group())), quoted.end()
+        elif start < len(body) and body[start] in "{[":
             depth, end = 0, start
             for end in range(start, len(body)):
                 depth += {"{": 1, "[": 1, "}": -1, "]": -1}.get(body[end], 0)
@@ -197,7 +208,7 @@ class Emulator:
         if script.status != 200 and self._should_fail(script):
             # A careless server echoes credentials in its errors; ours can, on demand.
             return _error_reply(
-                script, f"bad key: {authorization}" if script.echo_auth else "emulated failure"
+                script, f"bad key: {authorization}" if script.echo_auth else script.reason
             )
         if not request.get("stream"):
             return _error_reply(replace(script, status=400), "only stream=true is emulated")
@@ -205,7 +216,11 @@ class Emulator:
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         return Reply(
             status=200,
-            headers=[("content-type", "text/event-stream"), ("cache-control", "no-cache")],
+            headers=[
+                ("content-type", "text/event-stream"),
+                ("cache-control", "no-cache"),
+                *_request_id(script),
+            ],
             body=self._stream(script, model, request, last_user, include_usage),
         )
 
@@ -252,7 +267,7 @@ class Emulator:
             if index == script.stall_after:
                 yield Stall()
             if index == script.error_after:
-                yield Send(_sse({"error": {"message": "emulated failure", "type": "server_error"}}))
+                yield Send(_sse({"error": {"message": script.reason, "type": "server_error"}}))
                 return
             if script.malformed is not None and index == script.malformed_after:
                 yield Send(_malformed_event(script.malformed))
@@ -408,8 +423,12 @@ def _sse(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def _request_id(script: Script) -> list[tuple[str, str]]:
+    return [("x-request-id", script.request_id)] if script.request_id else []
+
+
 def _error_reply(script: Script, message: str = "emulated failure") -> Reply:
-    headers = [("content-type", "application/json")]
+    headers = [("content-type", "application/json"), *_request_id(script)]
     if script.retry_after is not None:
         headers.append(("retry-after", f"{script.retry_after:g}"))
     body = orjson.dumps({"error": {"message": message, "type": "emulated", "code": script.status}})

@@ -12,6 +12,10 @@ The operator and the client are told what actually went wrong:
   further down the exception chain, and that is what is read here.)
 
 `explain` gives both the error for the client and the one line for the log.
+A stream that fails once it has started (an error object inside it, a
+malformed event, a dropped connection, no `finish_reason`) is logged by the
+stream (`upstream/stream.py`), the reason in the client's message as well.
+A reason is put in a message as it is: no full stop is added after its own.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 import httpx2
 import openai
 
-from chatstream.errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout
+from chatstream.errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout, sentence
 
 REASON_MAX_CHARS = 300
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -56,29 +60,78 @@ def from_status(
 ) -> UpstreamError:
     said = f": {reason}" if reason else ""
     if status == 429:
+        # The reason's own full stop ends it here, before "; try again".
+        said = said.rstrip(".")
         return UpstreamRateLimited(
             f"The model server is rate limiting us (HTTP 429){said}; try again shortly.",
             retry_after=_seconds(retry_after_header),
         )
     if status in (408, 504):
-        return UpstreamTimeout(f"The model server timed out (HTTP {status}){said}.")
+        return UpstreamTimeout(sentence(f"The model server timed out (HTTP {status}){said}"))
     if status in (401, 403):
         return UpstreamError(
-            f"The model server refused chatstream's credentials (HTTP {status}){said}.",
+            sentence(f"The model server refused chatstream's credentials (HTTP {status}){said}"),
             retryable=False,
         )
     if status >= 500:
-        return UpstreamError(f"The model server failed (HTTP {status}){said}.")
+        return UpstreamError(sentence(f"The model server failed (HTTP {status}){said}"))
     return UpstreamError(
-        f"The model server rejected the request (HTTP {status}){said}.", retryable=False
+        sentence(f"The model server rejected the request (HTTP {status}){said}"), retryable=False
     )
 
 
+# --- a stream that had started -------------------------------------------------------
+
+
 def from_transport_error(exc: Exception) -> UpstreamError:
-    """An error while reading a stream that had started."""
+    """An error while reading a stream that had started, naming what happened."""
     if isinstance(exc, httpx2.TimeoutException):
         return UpstreamTimeout("The model server stopped sending mid-answer.")
-    return UpstreamError("The connection to the model server was lost mid-answer.")
+    reset = any(
+        isinstance(cause, ConnectionResetError) or "reset by peer" in str(cause)
+        for cause in _causes(exc)
+    )
+    how = "reset" if reset else "closed"
+    return UpstreamError(f"The model server {how} the connection mid-answer.")
+
+
+def from_stream_error(error: object, redact: Redact) -> UpstreamError:
+    """An `{"error": {...}}` object inside the stream: the server gave up mid-answer.
+
+    Its `message` is the reason; its `type` and `code` say whether asking
+    again can help (read as `runs.accumulator.in_stream_error` reads them).
+    """
+    kind = ""
+    if isinstance(error, dict):
+        kind = f"{error.get('type') or ''} {error.get('code') or ''}".lower()
+    reason = upstream_reason(error, redact)
+    said = f": {reason}" if reason else ""
+    if "rate" in kind or "quota" in kind:
+        return UpstreamRateLimited(sentence(f"The model server stopped: rate limited{said}"))
+    retryable = not any(word in kind for word in ("invalid", "context_length", "content_filter"))
+    return UpstreamError(
+        sentence(f"The model server reported an error mid-answer{said}"), retryable=retryable
+    )
+
+
+def truncated() -> UpstreamError:
+    """A stream that ended cleanly but without a `finish_reason`: the answer was cut short."""
+    return UpstreamError(
+        "The model server's answer was cut short: the stream ended without a finish_reason."
+    )
+
+
+def mid_answer_log(
+    error: UpstreamError, status: int, request_id: str | None, redact: Redact
+) -> str:
+    """The operator's line for a stream that failed after it started (the model is logged first).
+
+    The reason is the client's message (what happened, the model server's own
+    words when it gave some); the status and the model server's request id
+    let whoever runs it find that request in its own logs.
+    """
+    said = f", its request id {redact(_one_line(request_id, 100))}" if request_id else ""
+    return f"the stream broke off (HTTP {status}{said}): {error.message.rstrip('.')}"
 
 
 # --- HTTP error answers --------------------------------------------------------------

@@ -20,6 +20,11 @@ class SSEDecoder:
         self._buffer = b""
         self._max_event_bytes = max_event_bytes
 
+    @property
+    def holding(self) -> bool:
+        """Whether part of an event is held back: the next one `feed` completes began earlier."""
+        return bool(self._buffer)
+
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add bytes; return the data payloads of the events they completed."""
         buffer = self._buffer + chunk if self._buffer else chunk

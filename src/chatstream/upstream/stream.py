@@ -11,6 +11,13 @@ dicts, one batch per network read, with no pydantic object per token.
             ...
 
 The response is closed on every path out of the `async with`.
+
+A stream that fails once it has started is logged here, once, at WARNING,
+with the model server's reason, the response's status and its request id
+(`x-request-id`), whoever found the fault: this decoder (an error object in
+the stream, an event that is not JSON, a dropped connection), the reader's
+accumulator (a chunk of the wrong shape) or the reader itself (no
+`finish_reason`), each raising its `UpstreamError` inside the `async with`.
 """
 
 from __future__ import annotations
@@ -30,7 +37,13 @@ import orjson
 
 from chatstream.errors import UpstreamError
 from chatstream.jsonbytes import dumps_to_keep
-from chatstream.upstream.errors import Redact, explain, from_transport_error
+from chatstream.upstream.errors import (
+    Redact,
+    explain,
+    from_stream_error,
+    from_transport_error,
+    mid_answer_log,
+)
 from chatstream.upstream.sse import EventTooLarge, SSEDecoder
 
 logger = logging.getLogger(__name__)
@@ -117,7 +130,12 @@ class ChatUpstream:
                 # A server that ignored `stream: true` and sent the whole answer.
                 yield _whole_completion(http_response)
             else:
-                yield _batches(http_response)
+                yield _batches(http_response, self._redact)
+        except UpstreamError as exc:
+            upstream_id = http_response.headers.get("x-request-id")
+            line = mid_answer_log(exc, http_response.status_code, upstream_id, self._redact)
+            logger.warning("model %s: %s", request.model, line)
+            raise
         finally:
             with anyio.CancelScope(shield=True):
                 await http_response.aclose()
@@ -178,45 +196,69 @@ def _unread(content: aiohttp.StreamReader) -> bytes:
         return b""
 
 
-async def _batches(response: httpx2.Response) -> AsyncIterator[list[Any]]:
+async def _batches(response: httpx2.Response, redact: Redact) -> AsyncIterator[list[Any]]:
     decoder = SSEDecoder()
     read, unread = _reader(response)
     try:
         while raw := await read():
+            carried = decoder.holding
             payloads = decoder.feed(raw)
             if not payloads:
                 continue
             ended = payloads[-1] == _DONE
             batch, malformed = _parse([p for p in payloads if p != _DONE] if ended else payloads)
+            failure = None
+            # An error object in the stream, looked for only in a read that
+            # could hold one (one search of its bytes, not a look at each chunk).
+            if _ERROR_KEY in raw or (carried and _ERROR_KEY in payloads[0]):
+                batch, failure = _until_error(batch, redact)
             # Nothing of this read is kept while waiting for the next one: a
             # burst of a hundred chunks is a hundred dicts and their bytes.
             raw = payloads = b""  # type: ignore[assignment]
             if batch:
                 yield batch
                 batch = []
+            if failure is not None:
+                raise failure
             if malformed:
                 raise _not_json()
             if ended:
                 return
         tail, malformed = _parse([p for p in decoder.flush() if p != _DONE])
+        tail, failure = _until_error(tail, redact)
         if tail:
             yield tail
+        if failure is not None:
+            raise failure
         if malformed:
             raise _not_json()
     except (httpx2.HTTPError, aiohttp.ClientError, OSError) as exc:
         error = from_transport_error(exc)
         try:
-            # Whole events that came before the break are part of the answer.
+            # Whole events that came before the break are part of the answer;
+            # an error object among them is why it broke.
             rest, _ = _parse([p for p in decoder.feed(unread()) if p != _DONE])
         except EventTooLarge:
             rest = []
+        rest, failure = _until_error(rest, redact)
         if rest:
             yield rest
-        raise error from None
+        raise (failure or error) from None
     except EventTooLarge:
         raise UpstreamError(
             "The model server sent a malformed stream (an oversized event)."
         ) from None
+
+
+_ERROR_KEY = b'"error"'
+
+
+def _until_error(batch: list[Any], redact: Redact) -> tuple[list[Any], UpstreamError | None]:
+    """The chunks before an `{"error": …}` object, and the error it reports (None if none)."""
+    for index, chunk in enumerate(batch):
+        if type(chunk) is dict and chunk.get("error"):
+            return batch[:index], from_stream_error(chunk["error"], redact)
+    return batch, None
 
 
 def _not_json() -> UpstreamError:
