@@ -42,10 +42,9 @@ from chatstream.runs.journal import RunJournal
 from chatstream.runs.lifecycle import RunListener, RunListeners
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.service import ChatService
-from chatstream.startup import StartupReport, database_location, prepare_database
+from chatstream.startup import StartupReport, database_location, open_spool, prepare_database
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
-from chatstream.storage.spool import Spool, SpoolInUse
 from chatstream.tools import ToolRegistry
 from chatstream.upstream.cache import AnswerCache
 from chatstream.upstream.client import open_client
@@ -162,10 +161,10 @@ def create_app(
                 cache = await stack.enter_async_context(AnswerCache(settings))
                 run_upstream = cache.wrap(upstream)
             try:
-                spool = await anyio.to_thread.run_sync(Spool, settings.spool_dir)
-            except SpoolInUse as exc:
+                spool = await anyio.to_thread.run_sync(open_spool, settings.spool_dir)
+            except StartupError as exc:
                 logger.error("chatstream cannot start: %s", exc)
-                raise StartupError(str(exc)) from None
+                raise
             stack.callback(spool.close)
             link, registry = await _open_registry(stack, settings, run_listeners, spool.instance_id)
             if metrics is not None:

@@ -149,16 +149,17 @@ def _serve(args: argparse.Namespace) -> int:
         return _serve_workers(settings, args.workers)
     from chatstream.app import create_app
     from chatstream.server import serve
-    from chatstream.storage.spool import SpoolInUse
+    from chatstream.startup import spool_checked
     from chatstream.storage.spool_layout import gather
 
     try:
         app = create_app(settings)
         configure_logging(settings.log_level, secrets_of(settings))
-        gather(settings.spool_dir, workers=1)  # what workers left, should there be any
+        with spool_checked(settings.spool_dir):
+            gather(settings.spool_dir, workers=1)  # what workers left, should there be any
     except ConfigurationError as exc:
         fail(str(exc))
-    except SpoolInUse as exc:
+    except StartupError as exc:
         fail(str(exc), STARTUP_FAILED)
     return serve(app, settings)
 
@@ -171,14 +172,13 @@ def _serve_workers(settings: Settings, workers: int) -> int:
             "process"
         )
     _check_configuration(settings)
-    from chatstream.storage.spool import SpoolInUse
     from chatstream.supervisor import WorkerCouldNotStart, serve_workers
 
     try:
         return serve_workers(settings, workers)
     except ConfigurationError as exc:
         fail(str(exc))
-    except (StartupError, SpoolInUse) as exc:
+    except StartupError as exc:
         fail(str(exc), STARTUP_FAILED)
     except WorkerCouldNotStart as exc:
         fail(str(exc), exc.status)
@@ -205,21 +205,26 @@ def _migrate() -> int:
     _check_configuration(settings)
     configure_logging(settings.log_level, secrets_of(settings))
     try:
-        asyncio.run(_upgrade(settings))
+        upgraded_from = asyncio.run(_upgrade(settings))
     except ConfigurationError as exc:
         fail(str(exc))
     except StartupError as exc:
         fail(str(exc), STARTUP_FAILED)
-    logger.info("database schema is at the latest revision")
+    if upgraded_from is None:  # else the upgrade's own line said so
+        from chatstream.storage.migrations import HEAD_REVISION
+
+        logger.info("database schema is up to date (revision %s)", HEAD_REVISION)
     return 0
 
 
-async def _upgrade(settings: Settings) -> None:
+async def _upgrade(settings: Settings) -> str | None:
     from chatstream.startup import prepare_database
     from chatstream.storage.db import Database
 
     async with Database.from_settings(settings) as database:
-        await prepare_database(database, auto_migrate=True, redact=Redactor(secrets_of(settings)))
+        return await prepare_database(
+            database, auto_migrate=True, redact=Redactor(secrets_of(settings))
+        )
 
 
 def _fake_upstream(args: argparse.Namespace) -> int:

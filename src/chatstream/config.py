@@ -12,6 +12,7 @@ import re
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from limits import parse_many
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -39,6 +40,27 @@ _DATABASE_ADVICE = {
     "sqlite": "use sqlite+aiosqlite:///path/to/chatstream.db (chatstream talks to SQLite "
     "through aiosqlite)",
 }
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+unix://")
+
+
+def _check_redis_database(url: str) -> str:
+    """A Redis URL whose database number is a number: redis-py would quietly use 0 instead."""
+    parts = urlsplit(url)
+    chosen = parse_qs(parts.query).get("db")
+    if chosen is not None:
+        if not all(value.isdigit() for value in chosen):
+            raise ValueError(
+                "its db=… must be a database number (db=0), not " + repr("db=" + chosen[0])
+            )
+        return url
+    if parts.scheme != "redis+unix" and not re.fullmatch(r"/?(\d+/?)?", parts.path):
+        raise ValueError(
+            "the database after the port must be a number, as in redis://host:6379/0, "
+            f"not {parts.path!r}"
+        )
+    return url
 
 
 def _split_commas(value: object) -> object:
@@ -171,6 +193,20 @@ class Settings(BaseSettings):
         _split_commas
     )
 
+    @field_validator("openai_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if not value:
+            return value
+        parts = urlsplit(value.strip())
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            # The scheme is what is usually missing: httpx would take host:port for one.
+            raise ValueError(
+                "must be a URL with a scheme and a host: include http:// or https:// "
+                "(e.g. http://localhost:8000/v1)"
+            )
+        return value.strip()
+
     @field_validator("rate_limit")
     @classmethod
     def _check_rate_limit(cls, value: str) -> str:
@@ -198,16 +234,16 @@ class Settings(BaseSettings):
     @field_validator("rate_limit_storage")
     @classmethod
     def _check_storage(cls, value: str) -> str:
-        if not value.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
+        if not value.startswith(("memory://", *REDIS_SCHEMES)):
             raise ValueError("must be memory:// or a redis:// URL")
-        return value
+        return value if value.startswith("memory://") else _check_redis_database(value)
 
     @field_validator("cache_storage")
     @classmethod
     def _check_cache_storage(cls, value: str) -> str:
-        if not value.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
+        if not value.startswith(("memory://", *REDIS_SCHEMES)):
             raise ValueError("must be memory:// or a redis:// URL")
-        return value
+        return value if value.startswith("memory://") else _check_redis_database(value)
 
     @field_validator("telegram_webhook_secret")
     @classmethod
@@ -241,9 +277,9 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("redis://", "rediss://", "redis+unix://")):
+        if value and not value.startswith(REDIS_SCHEMES):
             raise ValueError("must be a redis:// URL (or rediss://, redis+unix://)")
-        return value or None
+        return _check_redis_database(value) if value else None
 
     @model_validator(mode="after")
     def _demo_model(self) -> Settings:

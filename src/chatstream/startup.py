@@ -5,7 +5,9 @@ The lifespan (`create_app`) does not report ready until
 - the database has answered, and its schema is this release's (upgraded at
   start-up with `CHATSTREAM_AUTO_MIGRATE=true`, the default; refused with
   `false`; see `storage.migrations`), and
-- Redis has answered, when the limits are kept there.
+- Redis has answered, when the limits are kept there, at the database
+  number its URL names, and
+- the spool directory (`CHATSTREAM_SPOOL_DIR`) can be created and written.
 
 A check that fails raises `StartupError`: one line that names what is
 unusable (host and port, never a password) and what to do about it.
@@ -15,7 +17,9 @@ left alone, Starlette hands uvicorn the whole traceback to log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +33,7 @@ from chatstream.errors import StartupError
 from chatstream.logs import Redactor
 from chatstream.storage.db import Database
 from chatstream.storage.migrations import SchemaOutdated, bring_to_head
+from chatstream.storage.spool import Spool, SpoolInUse
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +48,14 @@ _POSTGRES_REFUSALS = {
 }
 
 
-async def prepare_database(database: Database, *, auto_migrate: bool, redact: Redactor) -> None:
-    """The database answers and is at this release's schema (upgraded if allowed)."""
+async def prepare_database(
+    database: Database, *, auto_migrate: bool, redact: Redactor
+) -> str | None:
+    """The database answers and is at this release's schema (upgraded if allowed).
+
+    Returns the revision it was upgraded from ("base": an empty database), or
+    None when it was current already.
+    """
     where = database_location(database.url)
     try:
         with anyio.fail_after(CHECK_TIMEOUT_S):
@@ -52,7 +63,7 @@ async def prepare_database(database: Database, *, auto_migrate: bool, redact: Re
     except Exception as exc:
         raise StartupError(f"{where} {_database_failure(database.url, exc, redact)}") from None
     try:
-        await bring_to_head(database.engine, upgrade=auto_migrate)
+        return await bring_to_head(database.engine, upgrade=auto_migrate)
     except SchemaOutdated as exc:
         raise StartupError(
             f"{where} has an older schema (revision {exc.current or 'none: an empty database'}; "
@@ -76,7 +87,17 @@ def database_location(url: str) -> str:
 
 def redis_failure(url: str, exc: BaseException, variable: str) -> StartupError:
     parsed = make_url(url)
-    where = f"Redis at {parsed.host or 'localhost'}:{parsed.port or 6379}"
+    where = f"Redis at {parsed.host or 'localhost'}:{parsed.port or 6379} ({variable})"
+    refusal = _redis_refusal(exc)
+    if refusal is not None and "DB index" in refusal:
+        # SELECT of a database the server does not have (redis://host:6379/99).
+        return StartupError(
+            f"{where} has no database {parsed.database or '?'} (Redis: {refusal}): a server "
+            "has 16 (0-15) unless its `databases` setting says otherwise; correct the "
+            f"number after the port in {variable} (redis://host:6379/0)"
+        )
+    if refusal is not None:
+        return StartupError(f"{where} refused to serve chatstream ({refusal}): correct {variable}")
     cause = _os_cause(exc)
     if isinstance(exc, TimeoutError) and cause is None:
         said = f"did not answer within {CHECK_TIMEOUT_S:g} s"
@@ -84,7 +105,53 @@ def redis_failure(url: str, exc: BaseException, variable: str) -> StartupError:
         said = f"is unreachable ({_describe_os_error(cause)})"
     else:
         said = f"failed ({type(exc).__name__})"
-    return StartupError(f"{where} ({variable}) {said}: start it, or correct {variable}")
+    return StartupError(f"{where} {said}: start it, or correct {variable}")
+
+
+def _redis_refusal(exc: BaseException) -> str | None:
+    """The first line of an error reply Redis gave (`ERR DB index is out of range`), if any."""
+    from redis.exceptions import ResponseError  # only called with Redis in use
+
+    for cause in _chain(exc):
+        if isinstance(cause, ResponseError):
+            text = str(cause).strip().splitlines()
+            return text[0][:200] if text else type(cause).__name__
+    return None
+
+
+def open_spool(directory: Path) -> Spool:
+    """The spool at CHATSTREAM_SPOOL_DIR, or a `StartupError` that says why it cannot be used.
+
+    Blocking file I/O, like `Spool` itself: run it in a worker thread.
+    """
+    with spool_checked(directory):
+        return Spool(directory)
+
+
+@contextlib.contextmanager
+def spool_checked(directory: Path) -> Iterator[None]:
+    """Turn what goes wrong with the spool directory into the one line an operator needs."""
+    try:
+        yield
+    except SpoolInUse as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(
+            f"the spool directory {directory.absolute()} (CHATSTREAM_SPOOL_DIR) cannot be used: "
+            f"{_spool_problem(exc)}; point CHATSTREAM_SPOOL_DIR at a directory this process "
+            "can create and write"
+        ) from None
+
+
+def _spool_problem(error: OSError) -> str:
+    named = Path(os.fsdecode(error.filename)) if error.filename else None
+    if named is not None and isinstance(error, NotADirectoryError | FileExistsError):
+        for path in (named, *named.parents):
+            if path.exists() and not path.is_dir():
+                return f"{path} is a file, not a directory"
+    if named is not None and isinstance(error, PermissionError):
+        return f"permission denied on {named}"
+    return _describe_os_error(error) + (f" ({named})" if named is not None else "")
 
 
 def _database_failure(url: str, exc: BaseException, redact: Redactor) -> str:

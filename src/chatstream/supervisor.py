@@ -46,9 +46,8 @@ from chatstream.errors import StartupError
 from chatstream.logs import Redactor, configure_logging, secrets_of
 from chatstream.metrics import multiprocess
 from chatstream.server import CONNECTION_DRAIN_S
-from chatstream.startup import prepare_database
+from chatstream.startup import open_spool, prepare_database, spool_checked
 from chatstream.storage.db import Database
-from chatstream.storage.spool import Spool
 from chatstream.storage.spool_layout import gather, worker_spool
 from chatstream.worker import STARTUP_FAILED, Failed, Ready, run_worker
 
@@ -74,9 +73,10 @@ def serve_workers(settings: Settings, workers: int) -> int:
     spool, the port) and `WorkerCouldNotStart` when a worker cannot.
     """
     configure_logging(settings.log_level, secrets_of(settings), process="supervisor")
-    gather(settings.spool_dir, workers)
+    with spool_checked(settings.spool_dir):
+        gather(settings.spool_dir, workers)
     # Held while the workers serve: no other server takes this spool directory.
-    spool = Spool(settings.spool_dir)
+    spool = open_spool(settings.spool_dir)
     try:
         asyncio.run(_prepare_database(settings))
         with (

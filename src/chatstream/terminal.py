@@ -8,7 +8,8 @@ Only the answer's text goes to stdout; everything else (the session id,
 errors, the prompt) goes to stderr, one line each, so `> answer.txt` keeps
 just the answer. Exit statuses: 0 complete; 1 the answer ended in error or
 the server refused the request; 3 the server could not be reached;
-130 stopped with Ctrl-C.
+130 stopped with Ctrl-C; 141 (128 + SIGPIPE, as `cat` would end) the reader
+of stdout went away (`chatstream chat … | head`), silently.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import httpx2
 import orjson
 
 COMPLETE, FAILED, UNREACHABLE, INTERRUPTED = 0, 1, 3, 130
+READER_GONE = 128 + signal.SIGPIPE
 DEFAULT_URL = "http://127.0.0.1:8000"
 PROMPT = "you> "
 
@@ -52,10 +54,21 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
 
 def chat(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("CHATSTREAM_TOKEN") or None
-    with Client(args.url, token, session=args.session, model=args.model) as client:
-        if args.message is not None:
-            return client.send(args.message)
-        return client.interactive()
+    try:
+        with Client(args.url, token, session=args.session, model=args.model) as client:
+            if args.message is not None:
+                return client.send(args.message)
+            return client.interactive()
+    except BrokenPipeError:
+        # `| head` has read what it wanted. Nothing more to say, and nowhere to say it:
+        # point stdout and stderr at /dev/null, so that the interpreter's last flush
+        # of what is still buffered does not print its own complaint.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+        return READER_GONE
 
 
 class Unreachable(Exception):

@@ -109,6 +109,46 @@ def test_the_token_comes_from_the_flag_or_the_environment(
     assert TOKEN_ALICE not in by_env.stdout + by_env.stderr
 
 
+@pytest.mark.parametrize("interactive", [False, True], ids=["one message", "interactive"])
+def test_a_reader_that_stops_reading_ends_the_client_quietly(
+    server: AppServer, fake: FakeUpstreamThread, interactive: bool
+) -> None:
+    """`chatstream chat … | head`: once the pipe is closed, no traceback; 141, as `cat` ends."""
+    message = "[[fake tokens=40 stall_after=3]] hi"
+    process = subprocess.Popen(
+        [*CHAT, "--url", server.base_url, *([] if interactive else [message])],
+        env=clean_env(),
+        stdin=subprocess.PIPE if interactive else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        if interactive:
+            assert process.stdin is not None
+            process.stdin.write(f"{message}\n".encode())
+            process.stdin.close()
+        # The head of the answer is read, then the reader goes away, as `head` does.
+        ready, _, _ = select.select([process.stdout], [], [], 20)
+        assert ready, "the answer never began"
+        assert os.read(process.stdout.fileno(), 4096)
+        process.stdout.close()
+        fake.fake.release(wait_for=1)  # the rest of the answer meets the closed pipe
+        assert process.wait(20) == 141
+        stderr = process.stderr.read().decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        process.stderr.close()
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr, stderr
+    assert "Exception ignored" not in stderr, stderr
+    # Nothing said once the reader left: no complaint, no prompt for a next message.
+    said = re.sub(r"chatstream: session [0-9a-f-]{36}\n", "", stderr)
+    greeting = "chatstream: type a message and press Enter; Ctrl-C stops an answer, Ctrl-D quits"
+    assert said == (f"{greeting}\nyou> " if interactive else ""), stderr
+
+
 # --- the interactive loop, in a real terminal -------------------------------------------
 
 

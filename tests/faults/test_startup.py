@@ -17,12 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
+from sqlalchemy.engine import make_url
 
 from chatstream.storage.migrations import HEAD_REVISION
 from tests.support.process import ServeProcess, clean_env, free_port
 from tests.support.sentinels import SENTINEL_API_KEY, SENTINEL_DB_PASSWORD
 from tests.support.servers import FakeUpstreamThread
-from tests.support.services import fresh_postgres_database
+from tests.support.services import fresh_postgres_database, service_url
 
 READY = "ready: models"
 
@@ -86,6 +88,24 @@ CONFIGURATION_ERRORS = [
         "CHATSTREAM_RATE_LIMIT: must look like 30/minute",
         id="bad rate limit",
     ),
+    pytest.param(
+        # Taken as is, the client would fail on the first chat, not at start-up.
+        {"OPENAI_BASE_URL": "localhost:8000/v1"},
+        "OPENAI_BASE_URL: must be a URL with a scheme and a host: include http:// or https://",
+        id="base url without scheme",
+    ),
+    pytest.param(
+        # redis-py would quietly use database 0 (another application's, perhaps).
+        {"CHATSTREAM_REDIS_URL": "redis://127.0.0.1:6379/abc"},
+        "CHATSTREAM_REDIS_URL: the database after the port must be a number, "
+        "as in redis://host:6379/0, not '/abc'",
+        id="redis database not a number",
+    ),
+    pytest.param(
+        {"CHATSTREAM_RATE_LIMIT_STORAGE": "redis://127.0.0.1:6379/abc"},
+        "CHATSTREAM_RATE_LIMIT_STORAGE: the database after the port must be a number",
+        id="limits redis database not a number",
+    ),
 ]
 
 
@@ -138,6 +158,78 @@ def test_an_unreachable_redis_is_named_and_never_ready(
     assert READY not in output
 
 
+@pytest.mark.redis
+@pytest.mark.parametrize("variable", ["CHATSTREAM_REDIS_URL", "CHATSTREAM_RATE_LIMIT_STORAGE"])
+def test_a_redis_database_the_server_lacks_is_named_with_what_to_fix(
+    tmp_path: Path, fake: FakeUpstreamThread, variable: str
+) -> None:
+    base = make_url(service_url("CHATSTREAM_TEST_REDIS_URL"))
+    with redis.Redis(host=base.host or "localhost", port=base.port or 6379) as probe:
+        missing = int(probe.config_get("databases")["databases"])  # the first it lacks
+    url = base.set(database=str(missing)).render_as_string(hide_password=False)
+    result = run_command("serve", base_env(tmp_path, fake, **{variable: url}), tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 3, output
+    line = assert_one_clean_line(output, f"Redis at {base.host}:{base.port} ({variable})")
+    assert f"has no database {missing} (Redis: DB index is out of range)" in line
+    assert f"correct the number after the port in {variable} (redis://host:6379/0)" in line
+    assert READY not in output
+
+
+@pytest.mark.parametrize("args", [[], ["--workers", "2"]], ids=["one process", "workers"])
+@pytest.mark.parametrize("under", ["afile/spool", "afile"], ids=["under a file", "a file"])
+def test_an_unusable_spool_directory_is_named_with_what_to_fix(
+    tmp_path: Path, fake: FakeUpstreamThread, under: str, args: list[str]
+) -> None:
+    (tmp_path / "afile").write_text("not a directory")  # as root too: no permission to lack
+    spool = tmp_path / under
+    env = base_env(
+        tmp_path,
+        fake,
+        CHATSTREAM_SPOOL_DIR=str(spool),
+        CHATSTREAM_REDIS_URL="redis://127.0.0.1:6379/0",  # --workers needs one; never reached
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "chatstream", "serve", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 3, output
+    line = assert_one_clean_line(output, "CHATSTREAM_SPOOL_DIR")
+    assert (
+        f"the spool directory {spool} (CHATSTREAM_SPOOL_DIR) cannot be used: "
+        f"{tmp_path / 'afile'} is a file, not a directory; point CHATSTREAM_SPOOL_DIR at a "
+        "directory this process can create and write"
+    ) in line
+    assert READY not in output and "Uvicorn running" not in output
+
+
+def migration_lines(lines: list[str], tmp_path: Path) -> list[str]:
+    """The lines about the schema (the test's own directory, named after it, left out)."""
+    words = ("alembic", "migrat", "schema", "upgrade", "revision")
+    return [
+        line
+        for line in lines
+        if any(word in line.replace(str(tmp_path), "").lower() for word in words)
+    ]
+
+
+def test_migrate_says_what_it_did_in_one_line(tmp_path: Path, fake: FakeUpstreamThread) -> None:
+    env = base_env(tmp_path, fake)
+    first = run_command("migrate", env, tmp_path)  # a fresh SQLite file
+    assert first.returncode == 0, first
+    (line,) = (first.stdout + first.stderr).splitlines()
+    assert line.endswith(f"database schema upgraded from an empty database to {HEAD_REVISION}")
+    again = run_command("migrate", env, tmp_path)
+    assert again.returncode == 0, again
+    (line,) = (again.stdout + again.stderr).splitlines()
+    assert line.endswith(f"database schema is up to date (revision {HEAD_REVISION})")
+
+
 def test_without_auto_migrate_an_old_schema_refuses_to_start_naming_migrate(
     tmp_path: Path, fake: FakeUpstreamThread
 ) -> None:
@@ -167,7 +259,10 @@ def test_serve_migrates_an_old_schema_before_it_says_ready(
     try:
         server.wait_ready()
         lines = server.lines
-        upgraded = next(i for i, line in enumerate(lines) if "schema upgraded" in line)
+        # One line says it (not Alembic's plugins, its "Context impl", each revision run).
+        (said,) = migration_lines(lines, tmp_path)
+        assert said.endswith(f"database schema upgraded from an empty database to {HEAD_REVISION}")
+        upgraded = lines.index(said)
         ready = next(i for i, line in enumerate(lines) if READY in line)
         assert upgraded < ready
         with httpx.Client(base_url=server.base_url, timeout=10) as client:

@@ -24,8 +24,10 @@ it equal to the head of `alembic/versions`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -146,8 +148,23 @@ async def bring_to_head(engine: AsyncEngine, *, upgrade: bool) -> str | None:
 
 
 def _upgrade(connection: Connection) -> None:
-    from alembic import command  # only to migrate (see the module's docstring)
+    with _alembic_quiet():
+        from alembic import command  # only to migrate (see the module's docstring)
 
-    config = alembic_config("unused://")  # the connection is used, not a URL
-    config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+        config = alembic_config("unused://")  # the connection is used, not a URL
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+@contextlib.contextmanager
+def _alembic_quiet() -> Iterator[None]:
+    """Alembic's INFO lines (plugins, "Context impl", each revision run) only at debug level:
+    an upgrade says itself in one line, `bring_to_head`'s."""
+    alembic_logger = logging.getLogger("alembic")
+    previous = alembic_logger.level
+    if not logger.isEnabledFor(logging.DEBUG):
+        alembic_logger.setLevel(max(logging.WARNING, previous))
+    try:
+        yield
+    finally:
+        alembic_logger.setLevel(previous)
