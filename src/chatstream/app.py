@@ -180,6 +180,7 @@ def create_app(
                     checkpoint_interval_s=settings.checkpoint_interval_s,
                     live_runs=registry.live_runs,
                     known=registry.known,
+                    shared_status=link.statuses if link is not None else None,
                 )
             )
             if link is not None:

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     # A run's instance renews its lease this often (a third of it); when a lease
     # lapses, another instance ends the run as interrupted.
     run_lease_s: float = Field(default=15.0, gt=0)
+    # `serve --workers N`: a worker whose event loop sends no heartbeat this long
+    # (stuck, or paused) is killed and replaced.
+    worker_heartbeat_timeout_s: float = Field(default=10.0, gt=0)
     # Clients of this instance following runs of other instances at once: each
     # holds one Redis connection while it waits for events.
     redis_max_followers: int = Field(default=10000, ge=1)

@@ -5,7 +5,8 @@
       the listening socket once                CHATSTREAM_SPOOL_DIR/worker-i
     ─ starts the workers (spawn), each on    ─ ChatstreamServer on the shared socket:
       that socket                              the kernel hands each connection to one
-    ─ restarts a worker that dies            ─ tells the parent Ready(instance) or Failed
+    ─ restarts a worker that dies, or        ─ tells the parent Ready(instance) or Failed,
+      that stops beating (a stuck loop)        then a Heartbeat every second
     ─ SIGTERM/SIGINT: SIGTERM to each,       ─ SIGTERM: drains its runs, then its
       then waits for their drain               connections (chatstream.server)
 
@@ -49,7 +50,7 @@ from chatstream.server import CONNECTION_DRAIN_S
 from chatstream.startup import open_spool, prepare_database, spool_checked
 from chatstream.storage.db import Database
 from chatstream.storage.spool_layout import gather, worker_spool
-from chatstream.worker import STARTUP_FAILED, Failed, Ready, run_worker
+from chatstream.worker import STARTUP_FAILED, Failed, Heartbeat, Ready, run_worker
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,8 @@ class _Worker:
     reports: multiprocessing.connection.Connection | None
     ready: bool = False
     failed: Failed | None = None
+    beat: float = 0.0  # monotonic time of its last heartbeat (from Ready on)
+    killed_as_hung: bool = False
 
 
 class Supervisor:
@@ -186,7 +189,10 @@ class Supervisor:
             waitables.append(worker.process.sentinel)
             if worker.reports is not None:
                 waitables.append(worker.reports)
-        timeout = None if self._stop_by is None else max(0.0, self._stop_by - time.monotonic())
+        # Wake at least this often to find a worker that stopped beating.
+        timeout = self._settings.worker_heartbeat_timeout_s / 4
+        if self._stop_by is not None:
+            timeout = min(timeout, max(0.0, self._stop_by - time.monotonic()))
         ready = multiprocessing.connection.wait(waitables, timeout)  # type: ignore[arg-type]
         if wake in ready:
             with contextlib.suppress(BlockingIOError):
@@ -196,6 +202,8 @@ class Supervisor:
             self._read_reports(worker)
             if not worker.process.is_alive():
                 self._on_exit(worker)
+            else:
+                self._kill_if_hung(worker)
         if self._stop_by is not None and time.monotonic() >= self._stop_by:
             self._kill_the_rest()
 
@@ -226,8 +234,11 @@ class Supervisor:
                 worker.reports.close()
                 worker.reports = None
                 return
-            if isinstance(message, Ready):
+            if isinstance(message, Heartbeat):
+                worker.beat = time.monotonic()
+            elif isinstance(message, Ready):
                 worker.ready = True
+                worker.beat = time.monotonic()
                 logger.info(
                     "worker %d ready (pid %d, instance %s)",
                     worker.index,
@@ -237,6 +248,25 @@ class Supervisor:
                 self._announce()
             elif isinstance(message, Failed):
                 worker.failed = message
+
+    def _kill_if_hung(self, worker: _Worker) -> None:
+        """A serving worker whose loop stopped turning holds its runs and connections
+        hostage: kill it (its runs' leases lapse and another worker ends them) and,
+        once its exit is seen, start it again."""
+        if not worker.ready or worker.killed_as_hung or self._stop_by is not None:
+            return
+        silent_s = time.monotonic() - worker.beat
+        if silent_s < self._settings.worker_heartbeat_timeout_s:
+            return
+        logger.warning(
+            "worker %d stopped answering (no heartbeat for %.1f s, pid %d): killing it",
+            worker.index,
+            silent_s,
+            worker.pid,
+        )
+        worker.killed_as_hung = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGKILL)
 
     def _announce(self) -> None:
         if self._announced or self._stop_by is not None:

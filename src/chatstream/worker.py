@@ -10,7 +10,9 @@ does.
 It tells the parent, over a one-way pipe, `Ready` (serving, as which
 instance) or `Failed` (it could not start: the exit status and the one line
 that says why), so that a worker that cannot start stops the server instead
-of being restarted forever. When the parent dies, it stops as on SIGTERM.
+of being restarted forever. Once serving, it sends a `Heartbeat` every
+second from its event loop, so a worker whose loop is stuck (or that was
+paused) is found and replaced. When the parent dies, it stops as on SIGTERM.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from chatstream.startup import explanation
 
 logger = logging.getLogger(__name__)
 
+HEARTBEAT_TICKS = 10  # uvicorn's ticks (0.1 s each) between heartbeats
+
 # Exit statuses, as `chatstream serve` uses them (chatstream.cli).
 CONFIGURATION_ERROR = 2
 STARTUP_FAILED = 3
@@ -50,11 +54,19 @@ class Ready:
 
 
 @dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The worker's event loop still turns (sent from uvicorn's tick, once a second)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     """The worker could not start: its exit status and the one line that says why."""
 
     status: int
     reason: str
+
+
+HEARTBEAT = Heartbeat()
 
 
 def run_worker(
@@ -113,6 +125,13 @@ class _WorkerServer(ChatstreamServer):
         await super().startup(sockets)
         if self.started:
             self._report.send(Ready(self._app.state.chatstream.instance))
+
+    async def on_tick(self, counter: int) -> bool:
+        # uvicorn ticks every 0.1 s on the event loop: a beat a second says the loop turns.
+        if counter % HEARTBEAT_TICKS == 0:
+            with contextlib.suppress(OSError):  # the parent is gone: the parent-watch stops us
+                self._report.send(HEARTBEAT)
+        return await super().on_tick(counter)
 
 
 class _StartupWatch:

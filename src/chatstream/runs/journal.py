@@ -6,7 +6,10 @@
                       rows so far go to the spool
     recover()         at start-up: spooled outputs are written; runs this
                       instance was generating when it died are finished as
-                      `interrupted`, with the text their checkpoint holds
+                      `interrupted`, with the text their checkpoint holds;
+                      shared runs (CHATSTREAM_REDIS_URL) are left to the
+                      instance that takes them over, from Redis' copy, which
+                      is their record (runs/redis_takeover.py)
 
 Every write is idempotent on message ids, so a row lands exactly once however
 often it is retried (the database may have taken a write whose answer was
@@ -18,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Protocol
 
@@ -54,6 +57,11 @@ class Checkpointed(Protocol):
     def snapshot(self) -> RunOutput: ...
 
 
+# Where each shared run stands in Redis: its status there, or None (not shared, or gone).
+SharedStatus = Callable[[Sequence[uuid.UUID]], Awaitable[dict[uuid.UUID, str | None]]]
+_HELD_ELSEWHERE = ("live", "ending")  # still some instance's to end
+
+
 class RunJournal:
     def __init__(
         self,
@@ -63,6 +71,7 @@ class RunJournal:
         checkpoint_interval_s: float,
         live_runs: Callable[[], Iterable[Checkpointed]],
         known: Callable[[uuid.UUID], bool],
+        shared_status: SharedStatus | None = None,
     ) -> None:
         self._store = store
         # Runs that end together are written together (one transaction).
@@ -73,6 +82,7 @@ class RunJournal:
         self._interval = checkpoint_interval_s
         self._live_runs = live_runs
         self._known = known
+        self._shared_status = shared_status
         self._checkpointed: dict[uuid.UUID, tuple[int, int]] = {}
         self._encoded: dict[uuid.UUID, bytes] = {}  # each live run's last checkpoint
         self._failures: dict[uuid.UUID, int] = {}
@@ -208,7 +218,7 @@ class RunJournal:
         except Exception:
             log_fault(logger, "retrying the spool failed")
             return False
-        return left == 0
+        return left == 0 and self._recovered
 
     async def _write(self, output: RunOutput, what: str) -> bool:
         """Write one output; True when the database has it (or its session is gone).
@@ -235,27 +245,53 @@ class RunJournal:
         return self._failures.get(_run_id(output), 0) >= MAX_DATA_FAILURES
 
     async def recover(self) -> None:
-        """Finish, as `interrupted`, the runs this instance was generating when it last stopped."""
+        """Finish, as `interrupted`, the runs this instance was generating when it last stopped.
+
+        A shared run another instance may still be streaming or ending waits
+        (this is tried again until it has ended); one that has ended elsewhere
+        was written by whoever ended it, from Redis' copy: its checkpoint, which
+        may hold less than followers saw (or more than they were shown), goes.
+        """
         checkpoints = await anyio.to_thread.run_sync(self._spool.checkpoints)
         stale = [cp for cp in checkpoints if not self._known(_run_id(cp))]
-        cleared = []
+        where = await self._where([_run_id(cp) for cp in stale])
+        cleared: list[uuid.UUID] = []
+        waiting = with_text = ended_elsewhere = 0
         for output in stale:
-            if await self._write(output, "interrupted run"):
-                cleared.append(_run_id(output))
+            run_id = _run_id(output)
+            status = where.get(run_id)
+            if status in _HELD_ELSEWHERE:
+                waiting += 1
+            elif status is not None:
+                cleared.append(run_id)
+                ended_elsewhere += 1
+            elif await self._write(output, "interrupted run"):
+                cleared.append(run_id)
+                with_text += 1
             elif self._give_up(output):
-                where = await anyio.to_thread.run_sync(self._spool.set_aside, output)
+                spot = await anyio.to_thread.run_sync(self._spool.set_aside, output)
                 logger.error(
                     "interrupted run %s: the database keeps refusing its rows; set aside in %s",
-                    _run_id(output),
-                    where,
+                    run_id,
+                    spot,
                 )
-                cleared.append(_run_id(output))
+                cleared.append(run_id)
         await anyio.to_thread.run_sync(self._spool.clear_checkpoints, cleared)
+        # (After the checkpoints' rows landed: those runs are no orphans.)
         orphans = await self._store.orphaned_replies(
             self._spool.instance_id, before=self._started_at
         )
         orphans = [o for o in orphans if not self._known(o.reply_id)]
+        where = await self._where([o.reply_id for o in orphans])
+        without_text = 0
         for orphan in orphans:
+            status = where.get(orphan.reply_id)
+            if status in _HELD_ELSEWHERE:
+                waiting += 1
+                continue
+            if status is not None:
+                ended_elsewhere += 1  # its rows are on their way from whoever ended it
+                continue
             await self._write(
                 RunOutput(
                     owner=orphan.owner,
@@ -268,15 +304,32 @@ class RunJournal:
                 ),
                 "interrupted run",
             )
-        self._recovered = len(cleared) == len(stale)
-        if stale or orphans:
+            without_text += 1
+        self._recovered = not waiting and len(cleared) == len(stale)
+        if with_text or without_text or ended_elsewhere:
+            elsewhere = (
+                f", {ended_elsewhere} ended by another instance from what it streamed"
+                if ended_elsewhere
+                else ""
+            )
             logger.warning(
                 "recovered %d run(s) interrupted by the last stop: %d with their saved text, "
-                "%d with none",
-                len(cleared) + len(orphans),
-                len(cleared),
-                len(orphans),
+                "%d with none%s",
+                with_text + without_text + ended_elsewhere,
+                with_text,
+                without_text,
+                elsewhere,
             )
+
+    async def _where(self, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, str | None]:
+        """Each run's status in Redis; every one still held elsewhere while Redis cannot say."""
+        if self._shared_status is None or not run_ids:
+            return {}
+        try:
+            return await self._shared_status(run_ids)
+        except Exception as exc:
+            logger.info("recovery waits for Redis to say which runs are shared (%s)", _name(exc))
+            return dict.fromkeys(run_ids, "live")
 
 
 class _Outage(Exception):

@@ -105,7 +105,10 @@ class MemoryEventLog:
     def append(self, payload: EventPayload) -> Event:
         if self._closed:
             raise RuntimeError("append to a closed event log")
-        event = Event(len(self._encoded) + 1, payload)
+        return self._add(Event(len(self._encoded) + 1, payload))
+
+    def _add(self, event: Event) -> Event:
+        """Make `event` (numbered next) readable, and hand it to the readers waiting."""
         # Encoded once, here, for the log and for every reader that sends it.
         self._encoded.append(event)
         recent = self._recent
@@ -170,7 +173,9 @@ class MemoryEventLog:
                         return
                 elif self._closed:
                     return  # the reader already has everything, terminal event included
-                elif push is not None:
+                elif push is not None and position <= len(self._encoded):
+                    # (Not for a reader that claims to be ahead of the log: every event
+                    # pushed would be one it has already. It waits until the log passes it.)
                     pushing = await self._push_to(push, idle)
                     position = max(position, pushing.position)
                     if not push.wants_more:

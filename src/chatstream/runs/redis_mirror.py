@@ -34,12 +34,14 @@ from chatstream.runs.events import Event, EventPayload, MessageStatus
 from chatstream.runs.log import MemoryEventLog
 from chatstream.runs.redis_keys import (
     APPEND,
+    OWNER_FENCE,
     RENEW,
     RESEND_ALL,
     RESEND_FROM,
     TAKEN_OVER,
     Keys,
 )
+from chatstream.runs.redis_remote import entry_event
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +49,33 @@ FLUSH_TICK_S = 0.005  # gather a tick's appends into one pipeline
 RETRY_S = 0.5
 SHUTDOWN_FLUSH_S = 5.0
 MAX_SCRIPT_FAILURES = 5
+ADOPT_PATIENCE_S = 60.0  # for the end of a run taken over, as its taker writes it
 
 
 class MirroredEventLog(MemoryEventLog):
-    """A run's log in memory, telling the mirror about each append."""
+    """A run's log in memory, whose readers see an event once Redis has it.
 
-    __slots__ = ("_mirror", "mirrored", "owner", "run_id", "session_id")
+    Redis' copy is the run's record: if this process dies, another instance
+    ends the run from it (runs/redis_takeover.py), so no follower may have
+    seen more than it holds, and every id the taker adds is above every id
+    sent. The run appends without waiting (its events are `staged`); the
+    mirror writes them in its next pipeline and then `publish`es them to
+    this process' readers. While Redis is unreachable the log is published
+    at once (`staging` off): followers keep streaming, at the price of what
+    section "Nothing lost" of the README says.
+    """
+
+    __slots__ = (
+        "_mirror",
+        "_staged",
+        "adopted",
+        "mirrored",
+        "owner",
+        "run_id",
+        "session_id",
+        "staging",
+        "taken_over",
+    )
 
     def __init__(
         self, mirror: RunMirror, run_id: uuid.UUID, owner: str, session_id: uuid.UUID
@@ -63,11 +86,82 @@ class MirroredEventLog(MemoryEventLog):
         self.owner = owner
         self.session_id = session_id
         self.mirrored = 0  # the last seq Redis has
+        self.staging = mirror.reachable
+        self.taken_over = False  # another instance ended the run: Redis takes nothing more
+        self.adopted = False  # readers here have the end that instance wrote
+        self._staged: list[Event] = []  # appended, not yet in Redis nor readable here
+
+    @property
+    def last_seq(self) -> int:
+        staged = self._staged
+        return staged[-1].seq if staged else super().last_seq
+
+    @property
+    def closed(self) -> bool:
+        """Whether the run has appended its terminal event (readers may not have it yet)."""
+        staged = self._staged
+        return staged[-1].is_terminal if staged else super().closed
 
     def append(self, payload: EventPayload) -> Event:
-        event = super().append(payload)
-        self._mirror.changed(self)
+        if self.adopted:
+            # The run's end, as this (stale) process has it, after the taker's: never sent.
+            return Event(self.last_seq + 1, payload)
+        if not self.staging:
+            event = super().append(payload)
+        else:
+            if self.closed:
+                raise RuntimeError("append to a closed event log")
+            event = Event(self.last_seq + 1, payload)
+            event.encode_once()  # here, not in the mirror's pipeline for every run at once
+            self._staged.append(event)
+        if not self.taken_over:
+            self._mirror.changed(self)
         return event
+
+    def unmirrored(self) -> list[Event]:
+        """The events Redis does not have yet, readable or staged, in order."""
+        published = super().after(self.mirrored) if self.mirrored < super().last_seq else []
+        staged = self._staged
+        if staged and staged[0].seq <= self.mirrored:
+            staged = [event for event in staged if event.seq > self.mirrored]
+        return published + staged
+
+    def publish(self, upto: int) -> None:
+        """Let this process' readers have the staged events up to `upto`, together."""
+        staged = self._staged
+        if not staged or staged[0].seq > upto:
+            return
+        count = upto - staged[0].seq + 1
+        ready, self._staged = staged[:count], staged[count:]
+        with self.held():
+            for event in ready:
+                self._add(event)
+
+    def publish_all(self, *, staging: bool) -> None:
+        """Readable now, whatever Redis has; `staging` says whether later events wait for it."""
+        self.publish(self.last_seq)
+        self.staging = staging
+
+    def adopt(self, events: list[Event]) -> bool:
+        """The run's end as the instance that took it over wrote it: readers get that
+        instead of what this process staged. False if it is not there yet."""
+        published = super().last_seq
+        if super().closed:
+            return True
+        if not events or not events[-1].is_terminal:
+            return False
+        ending = [event for event in events if event.seq > published]
+        if not ending:
+            # (Only after an outage, when readers here had more than Redis: the end,
+            # numbered after what they have.)
+            last = events[-1]
+            ending = [Event.from_json(published + 1, last.type, last.json)]
+        self._staged = []
+        self.adopted = True
+        with self.held():
+            for event in ending:
+                self._add(event)
+        return True
 
 
 CancelLocal = Callable[[uuid.UUID, MessageStatus], bool]
@@ -143,6 +237,8 @@ class RunMirror:
             while self._pending:
                 if not await self.flush():
                     await anyio.sleep(RETRY_S)
+        for log in self._live.values():
+            log.publish_all(staging=False)  # Redis did not take them: readers here still do
         assert self._tasks is not None
         self._tasks.cancel_scope.cancel()
         await self._tasks.__aexit__(exc_type, exc, tb)
@@ -162,7 +258,7 @@ class RunMirror:
         """Write every pending run's new events in one pipeline; False if Redis failed."""
         async with self._flushing:
             batch, self._pending = self._pending, {}
-            plan = [(log, log.after(log.mirrored)) for log in batch.values()]
+            plan = [(log, log.unmirrored()) for log in batch.values() if not log.taken_over]
             plan = [(log, events) for log, events in plan if events]
             if not plan:
                 return True
@@ -194,6 +290,7 @@ class RunMirror:
             self._lease_ms,
             final,
             str(log.run_id),
+            OWNER_FENCE,
         ]
         for event in events:
             args.extend((event.seq, event.type, event.json))
@@ -216,6 +313,8 @@ class RunMirror:
             )
             self._live.pop(log.run_id, None)
             self._failures.pop(log.run_id, None)
+            log.publish_all(staging=False)
+            log.taken_over = True  # (nothing more goes to Redis for it)
             return
         self._failures.pop(log.run_id, None)
         code, value = int(result[0]), int(result[1])
@@ -226,6 +325,7 @@ class RunMirror:
             self.changed(log)
         else:
             log.mirrored = events[-1].seq
+            log.publish(log.mirrored)
             if events[-1].is_terminal:
                 self._live.pop(log.run_id, None)
 
@@ -253,13 +353,38 @@ class RunMirror:
         raise AssertionError("unreachable")
 
     def _taken_over(self, log: MirroredEventLog) -> None:
-        """Another instance ended this run (its lease had lapsed): stop it here too."""
+        """Another instance ended this run (its lease had lapsed): stop it here too.
+
+        What this process generated since is never written (its fencing token
+        is stale), and its own readers get the run's end as the taker wrote it.
+        """
         self._live.pop(log.run_id, None)
+        if log.taken_over:
+            return
+        log.taken_over = True
         if self._cancel_local(log.run_id, "interrupted"):
             logger.warning(
                 "run %s was taken over by another instance (its lease lapsed); stopped here",
                 log.run_id,
             )
+        assert self._tasks is not None
+        self._tasks.start_soon(self._adopt_ending, log)
+
+    async def _adopt_ending(self, log: MirroredEventLog) -> None:
+        """Hand this process' readers of a run taken over the end its taker writes."""
+        first = f"0-{log.mirrored + 1}" if log.mirrored else "-"
+        with anyio.move_on_after(ADOPT_PATIENCE_S):
+            while True:
+                try:
+                    entries: Any = await self._client.xrange(self._keys.events(log.run_id), first)
+                    if log.adopt([entry_event(entry_id, data) for entry_id, data in entries]):
+                        return
+                except (RedisError, OSError) as exc:
+                    self._unreachable(exc)
+                await anyio.sleep(RETRY_S)
+        # The taker never finished (it died too, and so may its own taker): the
+        # readers here get what this process staged, so that they are not left waiting.
+        log.publish_all(staging=False)
 
     # --- leases and cancels -------------------------------------------------------------
 
@@ -280,8 +405,11 @@ class RunMirror:
                 log_fault(logger, "renewing run leases failed")
 
     async def _renew(self, live: list[MirroredEventLog]) -> None:
-        args = [self._lease_ms, self.live_ttl_s, *(str(log.run_id) for log in live)]
-        (renewed,) = await self._run_scripts(RENEW, [([self._keys.leases], args)])
+        keys = [self._keys.leases, *(self._keys.meta(log.run_id) for log in live)]
+        args: list[Any] = [self._lease_ms, self.live_ttl_s]
+        for log in live:
+            args.extend((str(log.run_id), OWNER_FENCE))
+        (renewed,) = await self._run_scripts(RENEW, [(keys, args)])
         if isinstance(renewed, Exception):
             raise renewed
         pipeline = self._client.pipeline(transaction=False)
@@ -312,6 +440,9 @@ class RunMirror:
     def _unreachable(self, exc: BaseException) -> None:
         if self.reachable:
             self.reachable = False
+            # The runs go on for their readers here without waiting for Redis.
+            for log in self._live.values():
+                log.publish_all(staging=False)
             logger.warning(
                 "Redis unreachable for shared runs (%s): runs go on and are saved to the "
                 "database; other instances cannot follow them until it is back",
@@ -322,6 +453,8 @@ class RunMirror:
         if not self.reachable:
             self.reachable = True
             self.reachable_since = anyio.current_time()
+            for log in self._live.values():
+                log.staging = not log.taken_over
             # Leases lapsed while Redis was away: renew them before anyone sweeps.
             self._renew_now.set()
             logger.warning("Redis reachable again: shared runs resumed")

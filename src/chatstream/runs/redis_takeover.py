@@ -100,11 +100,11 @@ class LeaseSweeper:
                 self._lease_ms,
             )
             if int(won[0]) == 1:
-                await self._end(run_id)
+                await self._end(run_id, fence=int(won[1]))
                 ended += 1
         return ended
 
-    async def _end(self, run_id: uuid.UUID) -> None:
+    async def _end(self, run_id: uuid.UUID, *, fence: int) -> None:
         fields: Any = await self._client.hmget(
             self._keys.meta(run_id), "owner", "session", "cancel", "last_seq"
         )
@@ -139,7 +139,7 @@ class LeaseSweeper:
             "metrics": rows[-1].metrics,  # type: ignore[typeddict-item]
         }
         ending.append(done)
-        args: list[Any] = [self._instance, self._retention_s, status, str(run_id)]
+        args: list[Any] = [self._instance, self._retention_s, status, str(run_id), fence]
         for offset, payload in enumerate(ending, start=1):
             args.extend((last + offset, payload["type"], orjson.dumps(payload)))
         await self._client.eval(

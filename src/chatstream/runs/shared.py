@@ -12,7 +12,7 @@ runs ended at shutdown are written). It hands out:
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 
@@ -99,6 +99,17 @@ class SharedRunsLink:
 
     async def ping(self) -> None:
         await self.client.ping()
+
+    async def statuses(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str | None]:
+        """Each run's status in Redis (`live`, `ending`, or how it ended); None: not there."""
+        pipeline = self.client.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipeline.hget(self.keys.meta(run_id), "status")
+        found = await pipeline.execute()
+        return {
+            run_id: value.decode() if value is not None else None
+            for run_id, value in zip(run_ids, found, strict=True)
+        }
 
     @asynccontextmanager
     async def sweeping(self, journal: RunStore, store: Store) -> AsyncIterator[None]:
