@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     # A client whose connection accepts nothing for this long is dropped (SSE and WebSocket).
     send_timeout_s: float = Field(default=10.0, gt=0)
     ws_auth_timeout_s: float = Field(default=10.0, gt=0)  # the first `auth` frame must come by then
+    # A WebSocket that sends no frame (a `ping` will do) this long, while it follows no run,
+    # is closed (1000, "idle").
+    ws_idle_timeout_s: float = Field(default=300.0, gt=0)
     shutdown_grace_s: float = Field(default=25.0, ge=0)
 
     # --- tools ----------------------------------------------------------------

@@ -26,6 +26,7 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
+from chatstream.api.ws_transport import websocket_protocol
 from chatstream.config import Settings
 from chatstream.logs import configure_logging, secrets_of
 
@@ -45,6 +46,8 @@ def uvicorn_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicor
         "ws_max_size": settings.max_body_bytes,
         # Compressing every per-token frame costs more CPU than it saves in bytes.
         "ws_per_message_deflate": False,
+        # A bounded write buffer, and a close that drops a client that does not read.
+        "ws": websocket_protocol(settings),
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)

@@ -82,6 +82,14 @@ class AppServer:
         assert self._server.loop is not None
         return asyncio.run_coroutine_threadsafe(factory(), self._server.loop).result(timeout)
 
+    def connections(self) -> list[Any]:
+        """uvicorn's protocol object of each open connection (read on the server's loop)."""
+
+        async def read() -> list[Any]:
+            return list(self._server.server_state.connections)
+
+        return list(self.call(read))
+
 
 class FakeUpstreamThread:
     """The fake OpenAI-compatible upstream, served over real HTTP from its own loop."""

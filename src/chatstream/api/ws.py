@@ -27,6 +27,12 @@ resumes alike. A follow is registered the moment its frame is read, so a
 second `resume` of the same run, however soon after, replaces the first
 and starts where it stopped: no event is sent twice. A socket authenticated
 with a JWT is closed (1008) when the token expires.
+
+Bounds: a client that accepts nothing for `CHATSTREAM_SEND_TIMEOUT_S` is
+dropped (1008 if a close frame can still be sent, else the connection is
+reset: `api/ws_transport.py`), and its runs follow the disconnect policy; a
+socket that sends no frame for `CHATSTREAM_WS_IDLE_TIMEOUT_S` while it
+follows no run is closed (1000, "idle").
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from chatstream.api.ws_frames import (
     origin_allowed,
     request_id_of,
 )
+from chatstream.api.ws_transport import close_or_abort
 from chatstream.auth import Principal
 from chatstream.errors import ChatstreamError, Unauthorized
 from chatstream.logs import log_fault
@@ -69,9 +76,9 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
+CLOSE_NORMAL = 1000  # idle
 CLOSE_TOO_BIG = 1009
 CLOSE_POLICY = 1008  # auth failed or expired, or the client does not read what it asked for
-CLOSE_TIMEOUT_S = 1.0
 
 
 # --- the endpoint --------------------------------------------------------------
@@ -88,8 +95,7 @@ async def chat_socket(websocket: WebSocket, state: State) -> None:
     await websocket.accept()
     authenticated = await _authenticate(websocket, state)
     if authenticated is None:
-        with anyio.move_on_after(CLOSE_TIMEOUT_S):
-            await websocket.close(code=CLOSE_POLICY, reason="authentication failed")
+        await close_or_abort(websocket, CLOSE_POLICY, "authentication failed")
         return
     principal, expires_at = authenticated
     await ChatSocket(websocket, state, principal, expires_at).serve()
@@ -160,6 +166,8 @@ class ChatSocket:
         self._follows: dict[uuid.UUID, _Follow] = {}
         self._starting = 0  # chats between their frame and their run's follow
         self._tasks: anyio.abc.TaskGroup | None = None
+        self._active_at = anyio.current_time()  # the last frame, or the end of the last follow
+        self._idle = False
 
     @property
     def _busy(self) -> int:
@@ -174,17 +182,23 @@ class ChatSocket:
             tasks.start_soon(self._sender.watch)
             if self._expires_at is not None:
                 tasks.start_soon(self._close_at_expiry, tasks.cancel_scope)
+            tasks.start_soon(self._close_when_idle, tasks.cancel_scope)
             close_code = await self._read_frames()
             tasks.cancel_scope.cancel()
         if self._sender.stalled:
-            logger.info("closing a WebSocket that stopped reading")
-            close_code = CLOSE_POLICY
-        elif self._expired:
+            closed = await close_or_abort(self._websocket, CLOSE_POLICY, "not reading")
+            logger.info(
+                "dropped a WebSocket whose client read nothing for %ss (%s)",
+                self._settings.send_timeout_s,
+                "closed" if closed else "connection reset",
+            )
+            return
+        if self._expired:
             close_code, reason = CLOSE_POLICY, "token expired"
+        elif self._idle:
+            close_code, reason = CLOSE_NORMAL, "idle"
         if close_code is not None:
-            # A client that stopped reading cannot take the close frame either.
-            with anyio.move_on_after(CLOSE_TIMEOUT_S):
-                await self._websocket.close(code=close_code, reason=reason)
+            await close_or_abort(self._websocket, close_code, reason)
 
     async def _close_at_expiry(self, scope: anyio.CancelScope) -> None:
         assert self._expires_at is not None
@@ -192,11 +206,25 @@ class ChatSocket:
         self._expired = True
         scope.cancel()
 
+    async def _close_when_idle(self, scope: anyio.CancelScope) -> None:
+        """End the socket once it has sent nothing and followed nothing for the idle timeout."""
+        timeout = self._settings.ws_idle_timeout_s
+        while True:
+            if self._busy:
+                self._active_at = anyio.current_time()
+            left = self._active_at + timeout - anyio.current_time()
+            if left <= 0:
+                self._idle = True
+                scope.cancel()
+                return
+            await anyio.sleep(left)
+
     async def _read_frames(self) -> int | None:
         """Serve frames until the client leaves; return a close code to send, if any."""
         limit = self._settings.max_body_bytes
         while True:
             message = await self._websocket.receive()
+            self._active_at = anyio.current_time()
             if message["type"] == "websocket.disconnect":
                 return None
             text = message.get("text")
@@ -357,6 +385,7 @@ class ChatSocket:
                 follow.ended.set()
                 if self._follows.get(run.id) is follow:
                     del self._follows[run.id]
+                self._active_at = anyio.current_time()
 
     async def _error(
         self,

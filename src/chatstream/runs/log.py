@@ -13,6 +13,7 @@ Streams) only has to offer the same `append` / `follow` pair.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import math
 from array import array
@@ -24,6 +25,10 @@ from chatstream.runs.events import EVENT_TYPES, Event, EventPayload
 # Events kept as objects besides their JSON: the newest, which readers that
 # keep up are still to read (between this many and twice as many).
 RECENT_EVENTS = 32
+# A reader that is behind (a late resume, a client that stopped reading) reads
+# what it missed in batches of about this much JSON: the rest stays in the log,
+# not in a copy of its own for each such reader.
+FOLLOW_BATCH_BYTES = 64 * 1024
 
 
 class Pusher(Protocol):
@@ -102,6 +107,11 @@ class MemoryEventLog:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def retained_bytes(self) -> int:
+        """What the log's events take once it has ended (their JSON and its index)."""
+        return self._encoded.nbytes
+
     def append(self, payload: EventPayload) -> Event:
         if self._closed:
             raise RuntimeError("append to a closed event log")
@@ -150,12 +160,14 @@ class MemoryEventLog:
         """Hand `events` to each pushed reader; keep those that still take more."""
         self._pushers = [pushing for pushing in self._pushers if pushing.offer(events)]
 
-    def after(self, seq: int) -> list[Event]:
+    def after(self, seq: int, max_bytes: int | None = None) -> list[Event]:
+        """The events after `seq`; with `max_bytes`, only the first of those older than the
+        window of recent events, as many as fit (at least one)."""
         recent = self._recent
         # Sequence numbers are consecutive, so "after seq" is a slice of the window.
         if recent and seq >= recent[0].seq - 1:
             return recent[seq - recent[0].seq + 1 :]
-        return self._encoded.after(seq)
+        return self._encoded.after(seq, max_bytes)
 
     async def follow(
         self, after: int, idle_timeout: float, push: Pusher | None = None
@@ -164,7 +176,7 @@ class MemoryEventLog:
         idle = _IdleTimer(idle_timeout)
         try:
             while True:
-                batch = self.after(position)
+                batch = self.after(position, FOLLOW_BATCH_BYTES)
                 if batch:
                     position = batch[-1].seq
                     idle.reset()
@@ -322,6 +334,11 @@ class _EncodedEvents:
     def __len__(self) -> int:
         return len(self._types)
 
+    @property
+    def nbytes(self) -> int:
+        offsets = self._offsets
+        return len(self._blob) + len(offsets) * offsets.itemsize + len(self._types)
+
     def append(self, event: Event) -> None:
         encoded = event.encode_once()
         blob = self._blob
@@ -334,8 +351,13 @@ class _EncodedEvents:
         """No more events: keep the buffer at its exact size."""
         self._blob = bytes(self._blob)
 
-    def after(self, seq: int) -> list[Event]:
+    def after(self, seq: int, max_bytes: int | None = None) -> list[Event]:
         offsets, types = self._offsets, self._types
+        start, end = max(seq, 0), len(types)
+        if max_bytes is not None and start < end:
+            # The events from `start` whose JSON fits in `max_bytes`, at least one.
+            fits = bisect.bisect_right(offsets, offsets[start] + max_bytes, start, end + 1) - 1
+            end = min(end, max(fits, start + 1))
         # A view, released before returning: a growing buffer cannot grow while viewed.
         with memoryview(self._blob) as blob:
             return [
@@ -344,7 +366,7 @@ class _EncodedEvents:
                     EVENT_TYPES[types[index]],
                     bytes(blob[offsets[index] : offsets[index + 1]]),
                 )
-                for index in range(max(seq, 0), len(types))
+                for index in range(start, end)
             ]
 
 
