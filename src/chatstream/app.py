@@ -166,7 +166,9 @@ def create_app(
                 logger.error("chatstream cannot start: %s", exc)
                 raise
             stack.callback(spool.close)
+            spool.max_bytes = settings.spool_max_bytes
             link, registry = await _open_registry(stack, settings, run_listeners, spool.instance_id)
+            registry.max_retained_bytes = settings.run_retention_bytes
             if metrics is not None:
                 await stack.enter_async_context(
                     metrics.watching(

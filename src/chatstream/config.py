@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     # holds one Redis connection while it waits for events.
     redis_max_followers: int = Field(default=10000, ge=1)
     spool_dir: Path = Path("./spool")
+    # The most the spool's waiting answers may take on disk (unset: the disk's free space).
+    # Beyond it (or with the disk full), answers are held in memory until one of the
+    # database and the spool takes them.
+    spool_max_bytes: int | None = Field(default=None, gt=0)
     database_busy_timeout_s: float = Field(default=5.0, gt=0)  # SQLite: wait this long for a lock
     checkpoint_interval_s: float = Field(default=1.0, gt=0)  # live runs' text to the spool
 
@@ -127,6 +131,8 @@ class Settings(BaseSettings):
     # Ended runs kept followable (for CHATSTREAM_RUN_RETENTION_S); beyond this
     # many the oldest are forgotten first (still readable from the database).
     max_retained_runs: int = Field(default=10000, ge=0)
+    # ... and beyond this many bytes of their events (64 MiB), the same.
+    run_retention_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     ws_max_runs: int = Field(default=8, ge=1)  # live runs one WebSocket may follow at once
     # A client whose connection accepts nothing for this long is dropped (SSE and WebSocket).
     send_timeout_s: float = Field(default=10.0, gt=0)

@@ -21,6 +21,7 @@ from tests.support.process import ServeProcess
 from tests.support.servers import FakeUpstreamThread
 from tests.support.sse import Stream, iter_sse, read_stream
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.wait import wait_until
 
 
 def start_stalled(server: ServeProcess, client: httpx.Client) -> tuple[Any, Any, Stream]:
@@ -77,6 +78,52 @@ def test_sqlite_locked_at_the_final_write(
         "complete",
     )
     assert server.wait_for_line("written to the database")
+
+
+def test_spool_full_while_the_database_is_down_keeps_the_answers_in_memory(
+    serve: ServeFactory, fake: FakeUpstreamThread, database_file: Path, spool_path: Path
+) -> None:
+    """Neither the database nor the spool (at its size cap) takes the answers: they are
+    held, retried, and written once the database is back; one CRITICAL line says so."""
+    server = serve(database_busy_timeout_s="0.3", spool_max_bytes="64")  # less than an answer
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        streams = [start_stalled(server, client) for _ in range(2)]
+        lock = sqlite3.connect(database_file, timeout=10, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            fake.fake.release(wait_for=2)
+            wholes = []
+            for context, items, head in streams:
+                wholes.append(Stream(events=head.events + read_stream(items).events))
+                context.__exit__(None, None, None)
+            for whole in wholes:
+                assert (whole.done["status"], whole.done["persisted"]) == ("complete", False)
+            assert not list((spool_path / "pending").glob("*.json"))
+            assert client.get("/readyz").json()["spooled_runs"] == 2  # held, and counted
+            # Retried while the database stays locked (each pass offers them to the spool too).
+            wait_until(
+                lambda: server.log_text().count("database still unavailable for the spool") >= 2,
+                timeout=30,
+                what="two retries",
+            )
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        wait_until_spool_is_empty(server)
+        for whole in wholes:
+            session = whole.events[0].data["session_id"]
+            stored = client.get(f"/api/sessions/{session}/messages").json()["items"]
+            assert (stored[-1]["id"], stored[-1]["content"], stored[-1]["status"]) == (
+                whole.done["message_id"],
+                whole.text,
+                "complete",
+            )
+    log = server.log_text()
+    assert log.count(" CRITICAL ") == 1, log
+    assert "CHATSTREAM_SPOOL_MAX_BYTES" in next(
+        line for line in log.splitlines() if " CRITICAL " in line
+    )
+    assert not [p for p in spool_path.rglob("*") if p.name.endswith(".tmp")]
 
 
 @pytest.fixture

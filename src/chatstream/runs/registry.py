@@ -5,7 +5,9 @@
     run = admission.start(run)             # the run's task starts in the registry
 
 A run stays findable for `retention_s` after it ends, so late followers can
-still replay it. On shutdown the registry stops admitting, gives live runs a
+still replay it; beyond `max_retained` ended runs, or `max_retained_bytes` of
+their events, the oldest are forgotten first (their answers are in the
+database). On shutdown the registry stops admitting, gives live runs a
 grace period, then interrupts the rest; each still persists what it has.
 """
 
@@ -23,9 +25,12 @@ from anyio.abc import TaskGroup
 from chatstream.errors import ServerShutdown, ServiceUnavailable
 from chatstream.logs import log_fault
 from chatstream.runs.lifecycle import RunListeners, RunStarted
+from chatstream.runs.log import MemoryEventLog
 from chatstream.runs.run import Run
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_RETAINED_BYTES = 64 * 1024 * 1024
 
 
 class Admission:
@@ -60,9 +65,13 @@ class LocalRunRegistry:
         max_live_runs: int,
         retention_s: float,
         max_retained: int = 10000,
+        max_retained_bytes: int = DEFAULT_RETAINED_BYTES,
         listeners: RunListeners | None = None,
     ) -> None:
         self._max_retained = max_retained
+        self.max_retained_bytes = max_retained_bytes
+        self._retained_sizes: dict[uuid.UUID, int] = {}  # ended runs' events, in bytes
+        self._retained_bytes = 0
         self._listeners = listeners or RunListeners()
         self._max_live_runs = max_live_runs
         self._retention_s = retention_s
@@ -131,8 +140,14 @@ class LocalRunRegistry:
             self._live.discard(run)
             loop = asyncio.get_running_loop()
             self._expiry[run.id] = loop.call_later(self._retention_s, self._forget, run.id)
+            size = _retained_size(run)
+            self._retained_sizes[run.id] = size
+            self._retained_bytes += size
             # Retention is the same for every run, so the first entry ended first.
-            while len(self._expiry) > self._max_retained:
+            while self._expiry and (
+                len(self._expiry) > self._max_retained
+                or self._retained_bytes > self.max_retained_bytes
+            ):
                 oldest, handle = next(iter(self._expiry.items()))
                 handle.cancel()
                 self._forget(oldest)
@@ -142,6 +157,7 @@ class LocalRunRegistry:
     def _forget(self, run_id: uuid.UUID) -> None:
         self._expiry.pop(run_id, None)
         self._runs.pop(run_id, None)
+        self._retained_bytes -= self._retained_sizes.pop(run_id, 0)
 
     # --- lookup ------------------------------------------------------------------
 
@@ -205,6 +221,11 @@ class LocalRunRegistry:
         return len(self._runs)
 
     @property
+    def retained_bytes(self) -> int:
+        """What the events of the ended runs still kept take."""
+        return self._retained_bytes
+
+    @property
     def follower_count(self) -> int:
         """Readers following runs right now, across every run still known."""
         return sum(run.followers for run in self._runs.values())
@@ -232,3 +253,8 @@ class LocalRunRegistry:
                 await run.finished.wait()
             # Let each finished run's task leave the live set.
             await anyio.lowlevel.checkpoint()
+
+
+def _retained_size(run: Run) -> int:
+    log = run.log
+    return log.retained_bytes if isinstance(log, MemoryEventLog) else 0

@@ -16,7 +16,16 @@ Files are replaced atomically (write a temporary file, rename it over). The
 pending files are also fsynced, with their directory, so they survive a
 machine crash; the checkpoints are not (they only need to survive the
 process), since fsyncing them every second for every live run would cost more
-than they are worth.
+than they are worth. A write that fails removes its temporary file, and the
+temporary files a crash left are removed when the spool is opened.
+
+A spool that cannot take an answer (the disk is full, or its pending files
+would pass `max_bytes`, CHATSTREAM_SPOOL_MAX_BYTES) holds it in memory: it is
+listed by `pending()` like the others, so the database gets it when it is
+back, and each `pending()` first offers the held answers to the disk again.
+One CRITICAL line says so when that starts (however many answers and retries
+follow), a WARNING when every held answer is kept again. Held answers are
+lost if the process stops first.
 
 Everything here is blocking file I/O: callers run it in a worker thread.
 """
@@ -24,9 +33,11 @@ Everything here is blocking file I/O: callers run it in a worker thread.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -38,9 +49,15 @@ from chatstream.storage.records import OutputRow, RunOutput
 
 logger = logging.getLogger(__name__)
 
+TEMPORARY = ".tmp"  # how a file being written ends (then renamed over the real one)
+
 
 class SpoolInUse(RuntimeError):
     """Another process holds the spool directory."""
+
+
+class SpoolFull(OSError):
+    """The pending answers would take more than the spool's `max_bytes`."""
 
 
 class Spool:
@@ -53,10 +70,25 @@ class Spool:
         for folder in (self._pending, self._live):
             folder.mkdir(parents=True, exist_ok=True)
         self._lock: int | None = _lock(directory / "lock")
+        _remove_temporaries(directory, self._pending, self._live, self._broken)
         self.instance_id = self._read_or_make_instance_id()
+        # CHATSTREAM_SPOOL_MAX_BYTES: what the pending files may take; None: the disk's space.
+        self.max_bytes: int | None = None
+        self._guard = threading.Lock()  # callers use the spool from several worker threads
+        self._sizes = {path.name: path.stat().st_size for path in self._pending.glob("*.json")}
+        self._used = sum(self._sizes.values())
+        self._held: dict[uuid.UUID, RunOutput] = {}  # answers the spool could not take
 
     def close(self) -> None:
         """Let another process have the spool (the lock also dies with the process)."""
+        if self._held:
+            self._offer_held()
+            if self._held:
+                logger.error(
+                    "%d answer(s) the database and the spool could not take are lost "
+                    "(they were held in memory)",
+                    len(self._held),
+                )
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -70,24 +102,35 @@ class Spool:
         except FileNotFoundError:
             pass
         value = uuid.uuid4().hex
-        _write_atomically(path, value.encode(), durable=True)
+        write_atomically(path, value.encode(), durable=True)
         return value
 
     # --- outputs the database refused -----------------------------------------------
 
     def keep(self, output: RunOutput) -> None:
-        """Store a run's rows durably until the database takes them."""
-        _write_atomically(self._pending / f"{_run_id(output)}.json", encode(output), durable=True)
+        """Store a run's rows durably until the database takes them (or hold them, if the
+        spool cannot take them: see the module's docstring)."""
+        try:
+            self._store(output)
+        except OSError as exc:
+            self._hold(output, exc)
 
     def pending(self) -> list[RunOutput]:
-        return self._load_all(self._pending)
+        """Every answer waiting for the database: the spool's, then those held in memory."""
+        self._offer_held()
+        outputs = self._load_all(self._pending)
+        with self._guard:
+            return outputs + list(self._held.values())
 
     def pending_count(self) -> int:
-        return sum(1 for _ in self._pending.glob("*.json"))
+        return sum(1 for _ in self._pending.glob("*.json")) + len(self._held)
 
     def written(self, output: RunOutput) -> None:
+        name = f"{_run_id(output)}.json"
         with contextlib.suppress(FileNotFoundError):
-            (self._pending / f"{_run_id(output)}.json").unlink()
+            (self._pending / name).unlink()
+        self._uncount(name)
+        self._release(output)
 
     def set_aside(self, output: RunOutput) -> Path:
         """Move a pending output the database keeps refusing to `broken/`; return where."""
@@ -97,14 +140,71 @@ class Spool:
         try:
             os.replace(self._pending / name, target)
         except FileNotFoundError:
-            _write_atomically(target, encode(output), durable=True)
+            write_atomically(target, encode(output), durable=True)
+        self._uncount(name)
+        self._release(output)
         return target
+
+    def _store(self, output: RunOutput) -> None:
+        """Write a pending file, within `max_bytes`; raise OSError if it cannot be written."""
+        name = f"{_run_id(output)}.json"
+        data = encode(output)
+        with self._guard:
+            before = self._sizes.get(name, 0)
+            if self.max_bytes is not None and self._used - before + len(data) > self.max_bytes:
+                raise SpoolFull(errno.ENOSPC, f"CHATSTREAM_SPOOL_MAX_BYTES ({self.max_bytes})")
+            self._sizes[name] = len(data)  # reserved while it is written
+            self._used += len(data) - before
+        try:
+            write_atomically(self._pending / name, data, durable=True)
+        except BaseException:
+            with self._guard:
+                self._sizes[name] = before
+                self._used -= len(data) - before
+                if not before:
+                    del self._sizes[name]
+            raise
+
+    def _hold(self, output: RunOutput, problem: OSError) -> None:
+        with self._guard:
+            first = not self._held
+            self._held[_run_id(output)] = output
+        if first:
+            logger.critical(
+                "the spool cannot take answers (%s): holding them in memory until the "
+                "database or the spool takes them; they are lost if this process stops first. "
+                "Free space in %s (or raise CHATSTREAM_SPOOL_MAX_BYTES)",
+                _describe(problem),
+                self.directory.absolute(),
+            )
+
+    def _offer_held(self) -> None:
+        """Try the spool again with the answers held in memory, oldest first."""
+        with self._guard:
+            held = list(self._held.values())
+        for output in held:
+            try:
+                self._store(output)
+            except OSError:
+                return  # still full
+            self._release(output)
+
+    def _uncount(self, name: str) -> None:
+        with self._guard:
+            self._used -= self._sizes.pop(name, 0)
+
+    def _release(self, output: RunOutput) -> None:
+        """`output`, if held in memory, is kept elsewhere now (the database, or a file)."""
+        with self._guard:
+            if self._held.pop(_run_id(output), None) is None or self._held:
+                return
+        logger.warning("every answer the spool could not take is kept now")
 
     # --- live runs' checkpoints ----------------------------------------------------
 
     def write_checkpoints(self, encoded: list[bytes]) -> None:
         """Replace the checkpoints with these (each `encode(output)` of a live run)."""
-        _write_atomically(self._live_file, b"[" + b",".join(encoded) + b"]", durable=False)
+        write_atomically(self._live_file, b"[" + b",".join(encoded) + b"]", durable=False)
 
     def checkpoints(self) -> list[RunOutput]:
         outputs = self._load_all(self._live)
@@ -185,17 +285,51 @@ def _from_raw(raw: dict[str, Any]) -> RunOutput:
     return RunOutput(owner=raw["owner"], session_id=uuid.UUID(raw["session_id"]), rows=rows)
 
 
-def _write_atomically(path: Path, data: bytes, *, durable: bool) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(temporary, path)
+def write_atomically(path: Path, data: bytes, *, durable: bool) -> None:
+    """Replace `path` with `data`: a temporary file written (and fsynced), renamed over it.
+
+    If anything fails, the temporary file is removed: a full disk leaves nothing behind.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{TEMPORARY}")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
     if durable:
         directory = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def _remove_temporaries(*folders: Path) -> None:
+    """The temporary files a process that died mid-write left (the spool is locked: none is
+    being written)."""
+    removed = 0
+    for folder in folders:
+        for path in folder.glob(f".*{TEMPORARY}"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+    if removed:
+        logger.info("removed %d temporary file(s) an earlier process left in the spool", removed)
+
+
+def _describe(problem: OSError) -> str:
+    if isinstance(problem, SpoolFull):
+        return f"{problem.strerror} reached"
+    if problem.errno == errno.ENOSPC:
+        return "the disk is full"
+    return problem.strerror or type(problem).__name__

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 
 from chatstream.storage.records import RunOutput
-from chatstream.storage.spool import Spool, encode
+from chatstream.storage.spool import Spool, encode, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +107,9 @@ def _move_checkpoints(source: Spool, target: Spool) -> int:
         if run_id in present:
             logger.warning("checkpoint of run %s is also in %s; left where it is", run_id, target)
             continue
-        path = target.directory / "live" / f"{run_id}.json"
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_bytes(encode(output))
-        os.replace(temporary, path)
+        write_atomically(
+            target.directory / "live" / f"{run_id}.json", encode(output), durable=False
+        )
         moved.append(run_id)
     source.clear_checkpoints(moved)
     return len(moved)
