@@ -19,6 +19,7 @@ up the others: each script in a pipeline is judged on its own.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from types import TracebackType
@@ -45,7 +46,7 @@ from chatstream.runs.redis_remote import entry_event
 
 logger = logging.getLogger(__name__)
 
-FLUSH_TICK_S = 0.005  # gather a tick's appends into one pipeline
+FLUSH_TICK_S = 0.005  # at most one pipeline per tick: its appends go together
 RETRY_S = 0.5
 SHUTDOWN_FLUSH_S = 5.0
 MAX_SCRIPT_FAILURES = 5
@@ -246,10 +247,16 @@ class RunMirror:
     # --- events ---------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
+        flushed_at = -math.inf
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
-            await anyio.sleep(FLUSH_TICK_S)
+            # At most one pipeline per tick, so that under load a tick's appends go out
+            # together; but the first event after a quiet spell goes at once, since this
+            # process' own readers wait for it. (Sleeping 0 still lets the appends of
+            # the current upstream read join.)
+            await anyio.sleep(max(flushed_at + FLUSH_TICK_S - anyio.current_time(), 0))
+            flushed_at = anyio.current_time()
             if not await self.flush():
                 await anyio.sleep(RETRY_S)
                 self._wake.set()
