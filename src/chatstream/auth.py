@@ -9,6 +9,10 @@ type), so neither `alg: none` nor a token signed with the public key as an
 HMAC secret can pass. `exp` and `sub` are required; `aud` and `iss` are
 checked when configured. A 401 says only what a client can act on (RFC 6750):
 no token, a token that is not valid, or one that has expired (refresh it).
+A `sub` that is not an owner id a token may name is refused too: one with a
+NUL (no database column of PostgreSQL's can hold it), and one in a namespace
+chatstream keeps for its own owners (`anonymous`, `telegram:…`; see
+`chatstream.owners`), as `reserved_subject`.
 
 The client's address is the TCP peer, or, when the peer is one of
 `CHATSTREAM_TRUSTED_PROXIES`, the nearest untrusted address of its
@@ -31,9 +35,20 @@ from typing import Any, Protocol
 
 from chatstream.config import ConfigurationError, Settings
 from chatstream.errors import InvalidToken, TokenExpired, Unauthorized
+from chatstream.owners import ANONYMOUS, internal_names, is_internal
 
-ANONYMOUS = "anonymous"
 OWNER_MAX_CHARS = 255
+
+
+class ReservedSubject(InvalidToken):
+    """401 reserved_subject: the token's `sub` names an owner only chatstream itself may be."""
+
+    code = "reserved_subject"
+    default_message = (
+        "The bearer token's subject (`sub`) is an owner id chatstream keeps for itself "
+        f"({internal_names()}); issue the token with another subject."
+    )
+    challenge = 'Bearer error="invalid_token", error_description="The token\'s subject is reserved"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +145,13 @@ class Authenticator:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject or len(subject) > OWNER_MAX_CHARS:
             raise InvalidToken()
+        if "\x00" in subject:
+            raise InvalidToken(
+                "The bearer token's subject (`sub`) contains a NUL (U+0000) character; "
+                "issue the token with a subject without one."
+            )
+        if is_internal(subject):
+            raise ReservedSubject()
         return subject
 
 

@@ -1,19 +1,32 @@
-"""Another owner's ids answer like missing ones, on every route and frame; nothing changes."""
+"""Another owner's ids answer like missing ones, on every route and frame; nothing changes.
+
+And no token can be an owner chatstream keeps for itself (a Telegram chat's, auth off's).
+"""
 
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
-from tests.support.sentinels import SENTINEL_JWT_SECRET, TOKEN_ALICE, TOKEN_BOB
+from tests.support.fake_telegram import FakeTelegram
+from tests.support.sentinels import (
+    SENTINEL_JWT_SECRET,
+    SENTINEL_TELEGRAM_TOKEN,
+    TOKEN_ALICE,
+    TOKEN_BOB,
+    make_token,
+)
 from tests.support.servers import AppServer, FakeUpstreamThread
 from tests.support.sse import iter_sse, read_stream
+from tests.support.wait import wait_until
 from tests.support.ws import open_socket, recv, send
 
 
@@ -134,3 +147,143 @@ def test_every_socket_frame_treats_another_owners_ids_as_unknown(
     run = server.state.registry.local(uuid.UUID(live_id), "alice")
     assert run is not None and run.live
     assert server.state.registry.local(uuid.UUID(live_id), "bob") is None
+
+
+# --- owners chatstream keeps for itself ----------------------------------------------------
+
+TELEGRAM_SECRET = "webhook-secret_0123456789"
+TELEGRAM_CHAT = 5151
+
+
+@pytest.fixture
+def telegram() -> Iterator[FakeTelegram]:
+    fake = FakeTelegram(SENTINEL_TELEGRAM_TOKEN).start()
+    yield fake
+    fake.stop()
+
+
+def refused_as_reserved(response: httpx.Response) -> None:
+    """401 `reserved_subject`, saying what to do; in OpenAI's shape under /v1."""
+    assert response.status_code == 401, response.text
+    error = response.json()["error"]
+    assert error["code"] == "reserved_subject"
+    assert "issue the token with another subject" in error["message"]
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+def socket_is_refused(server: AppServer, token: str) -> None:
+    """Closed 1008 (auth failed), with the token in the header or in the first frame."""
+    for how in ("header", "frame"):
+        headers = {"additional_headers": {"Authorization": f"Bearer {token}"}}
+        with open_socket(server, **(headers if how == "header" else {})) as ws:
+            if how == "frame":
+                send(ws, {"type": "auth", "token": token})
+            with pytest.raises(ConnectionClosed) as closed:
+                recv(ws)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008, how
+
+
+def test_a_token_cannot_name_a_telegram_chats_owner(
+    telegram: FakeTelegram, make_server: Callable[..., AppServer], fake: FakeUpstreamThread
+) -> None:
+    # `telegram` first, so that it stops after the server (its delivery ends first).
+    server = make_server(
+        auth="jwt",
+        jwt_secret=SENTINEL_JWT_SECRET,
+        telegram_bot_token=SENTINEL_TELEGRAM_TOKEN,
+        telegram_webhook_secret=TELEGRAM_SECRET,
+        telegram_api_base=telegram.base_url,
+    )
+    owner = f"telegram:{TELEGRAM_CHAT}"
+    update = {
+        "update_id": 1,
+        "message": {
+            "message_id": 1,
+            "date": int(time.time()),
+            "chat": {"id": TELEGRAM_CHAT, "type": "private"},
+            "from": {"id": TELEGRAM_CHAT, "is_bot": False, "first_name": "Test"},
+            "text": "[[fake tokens=3]] my private question",
+        },
+    }
+    webhook = httpx.post(
+        f"{server.base_url}/telegram/webhook",
+        json=update,
+        headers={"X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET},
+        timeout=10,
+    )
+    assert webhook.status_code == 200
+    store = server.state.store
+
+    def chat_rows() -> list[Any]:
+        page = server.call(lambda: store.list_sessions(owner, limit=10, cursor=None))
+        if not page.items:
+            return []
+        session = page.items[0]
+        messages = server.call(
+            lambda: store.list_messages(owner, session.id, limit=50, before=None)
+        ).items
+        return [session, *messages]
+
+    def answered() -> list[Any] | None:
+        rows = chat_rows()
+        return rows if [m.role for m in rows[1:]] == ["user", "assistant"] else None
+
+    rows = wait_until(answered, timeout=20, what="the Telegram chat's answer is persisted")
+    session_id, answer_id = str(rows[0].id), str(rows[2].id)
+    before = [(row.id, getattr(row, "title", None), getattr(row, "content", None)) for row in rows]
+
+    forged = make_token(owner)
+    with httpx.Client(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {forged}"}, timeout=20
+    ) as intruder:
+        for method, path, body in [
+            ("GET", "/api/sessions", None),
+            ("GET", f"/api/sessions/{session_id}", None),
+            ("GET", f"/api/sessions/{session_id}/messages", None),
+            ("PATCH", f"/api/sessions/{session_id}", {"title": "mine now"}),
+            ("DELETE", f"/api/sessions/{session_id}", None),
+            ("POST", "/api/chat", {"message": "and now?", "session_id": session_id}),
+            ("POST", "/api/chat/stream", {"message": "and now?", "session_id": session_id}),
+            ("GET", f"/api/runs/{answer_id}", None),
+            ("GET", f"/api/runs/{answer_id}/events", None),
+        ]:
+            refused_as_reserved(intruder.request(method, path, json=body))
+        continued = intruder.post(
+            "/v1/chat/completions",
+            json={"model": "test-model", "messages": [{"role": "user", "content": "and now?"}]},
+            headers={"X-Chatstream-Session-Id": session_id},
+        )
+        refused_as_reserved(continued)
+    socket_is_refused(server, forged)
+
+    after = [(r.id, getattr(r, "title", None), getattr(r, "content", None)) for r in chat_rows()]
+    assert after == before
+    # Other subjects are owners as before, and see nothing of the chat's.
+    for subject in (
+        "alice",
+        "telegram",
+        f"Telegram:{TELEGRAM_CHAT}",
+        f"x-telegram:{TELEGRAM_CHAT}",
+    ):
+        headers = {"Authorization": f"Bearer {make_token(subject)}"}
+        listed = httpx.get(f"{server.base_url}/api/sessions", headers=headers, timeout=10)
+        assert (listed.status_code, listed.json()["items"]) == (200, []), subject
+        one = httpx.get(f"{server.base_url}/api/sessions/{session_id}", headers=headers, timeout=10)
+        assert one.status_code == 404, subject
+
+
+def test_a_token_cannot_name_the_owner_of_auth_off(
+    make_server: Callable[..., AppServer], fake: FakeUpstreamThread, tmp_path: Path
+) -> None:
+    """A database used with auth off, then with JWT: `anonymous`'s sessions stay out of reach."""
+    open_server = make_server()
+    created = httpx.post(f"{open_server.base_url}/api/sessions", json={"title": "t"}, timeout=10)
+    session_id = created.json()["id"]
+    server = make_server(auth="jwt", jwt_secret=SENTINEL_JWT_SECRET, spool_dir=tmp_path / "spool2")
+    forged = make_token("anonymous")
+    headers = {"Authorization": f"Bearer {forged}"}
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=20) as intruder:
+        refused_as_reserved(intruder.get("/api/sessions"))
+        refused_as_reserved(intruder.get(f"/api/sessions/{session_id}"))
+    socket_is_refused(server, forged)
+    assert httpx.get(f"{open_server.base_url}/api/sessions/{session_id}", timeout=10).is_success

@@ -3,8 +3,9 @@
     webhook ─ take(update) ─▶ (task group) handle ─┬─ /new, /stop, /start, the stop button
               answers within ACK_WITHIN_S          └─ a message: ChatService.start → Delivery
 
-Each Telegram chat is one conversation owned by `telegram:<chat id>`: its
-current session is the owner's newest one, and `/new` starts a newer one.
+Each Telegram chat is one conversation owned by `telegram:<chat id>` (an
+owner no bearer token can name; see `chatstream.owners`): its current
+session is the owner's newest one, and `/new` starts a newer one.
 The update's `update_id` is the chat's `client_message_id`, so a retried
 update (Telegram retries webhooks it got no answer to) starts no second run,
 in this process or any other; a repeat this process is still handling is
@@ -38,6 +39,7 @@ from chatstream.errors import (
     ServerShutdown,
     ServiceUnavailable,
 )
+from chatstream.owners import telegram_owner
 from chatstream.runs.handle import RunRegistry
 from chatstream.runs.service import NO_TEXT, ChatInput, ChatService
 from chatstream.storage.repository import Store
@@ -52,10 +54,6 @@ HELP = (
     "Send me a message and I answer it as I write.\n"
     "/new starts a new conversation; /stop stops the answer being written."
 )
-
-
-def owner_of(chat_id: int) -> str:
-    return f"telegram:{chat_id}"
 
 
 class TelegramBot:
@@ -184,7 +182,7 @@ class TelegramBot:
         elif command == "/new":
             assert self._store is not None
             await self._store.create_session(
-                owner_of(chat_id), title=None, model=None, system_prompt=None
+                telegram_owner(chat_id), title=None, model=None, system_prompt=None
             )
             taken.set()
             await self._say(chat_id, "Started a new conversation.")
@@ -199,7 +197,7 @@ class TelegramBot:
         self, update_id: int, chat_id: int, message: dict[str, Any], text: str, taken: anyio.Event
     ) -> None:
         assert self._chat is not None and self._store is not None
-        owner = owner_of(chat_id)
+        owner = telegram_owner(chat_id)
         lock = self._chat_locks.setdefault(chat_id, anyio.Lock())
         try:
             # One at a time per chat, so that two first messages make one session.
@@ -256,7 +254,7 @@ class TelegramBot:
     async def _stop_chat(self, chat_id: int) -> bool:
         """Cancel the chat's live runs, on whichever instance they are generated."""
         assert self._store is not None and self._registry is not None
-        owner = owner_of(chat_id)
+        owner = telegram_owner(chat_id)
         page = await self._store.list_sessions(owner, limit=1, cursor=None)
         if not page.items:
             return False
