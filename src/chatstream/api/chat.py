@@ -30,6 +30,8 @@ router = APIRouter(prefix="/api", tags=["chat"])
 _ERROR_TEXTS = {
     401: "Auth is on and the bearer token is missing or not valid.",
     404: "`session_id` is not one of your sessions.",
+    409: "`idempotency_conflict`: this `client_message_id` was already used with another "
+    "`message`.",
     413: "The body is over CHATSTREAM_MAX_BODY_BYTES.",
     422: "The request breaks a validation rule.",
     429: "`rate_limited` (CHATSTREAM_RATE_LIMIT) or `too_many_runs` "

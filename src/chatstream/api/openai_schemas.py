@@ -19,13 +19,14 @@ from typing import Annotated, Any, Literal, NotRequired
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from typing_extensions import TypedDict
 
 from chatstream.api.schemas import done_terminated_stream
+from chatstream.api.validators import Text
 from chatstream.errors import ChatstreamError
 
 # --- request ---------------------------------------------------------------------
@@ -35,7 +36,26 @@ class TextContentPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["text"]
-    text: str
+    text: Text
+
+
+def _content_kind(content: Any) -> str | None:
+    if isinstance(content, str):
+        return "string"
+    return "array" if isinstance(content, list) else None
+
+
+# Tagged by JSON type, so a problem is reported against the one form sent (never against
+# both); the tags are left out of `param` (see `_param_of`).
+_CONTENT_TAGS = ("string", "array")
+MessageContent = Annotated[
+    Annotated[Text, Tag("string")] | Annotated[list[TextContentPart], Tag("array")],
+    Discriminator(
+        _content_kind,
+        custom_error_type="content_type",
+        custom_error_message="should be a string or a list of text parts",
+    ),
+]
 
 
 class CompletionMessage(BaseModel):
@@ -44,8 +64,8 @@ class CompletionMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextContentPart]
-    name: str | None = Field(default=None, description="Accepted and not used.")
+    content: MessageContent
+    name: Text | None = Field(default=None, description="Accepted and not used.")
 
 
 class StreamOptions(BaseModel):
@@ -61,7 +81,7 @@ class CompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="One of `GET /v1/models`.")
+    model: Text = Field(description="One of `GET /v1/models`.")
     messages: list[CompletionMessage] = Field(
         min_length=1,
         description="The last one must be the user's. Without `X-Chatstream-Session-Id` they "
@@ -89,7 +109,7 @@ class CompletionRequest(BaseModel):
     frequency_penalty: Annotated[float, Field(ge=0, le=0)] | None = Field(
         default=None, description="Only the neutral 0 is accepted."
     )
-    user: str | None = Field(default=None, description="Accepted and not used.")
+    user: Text | None = Field(default=None, description="Accepted and not used.")
 
 
 # --- responses -------------------------------------------------------------------
@@ -273,7 +293,13 @@ def _param_of(details: Any) -> str | None:
     """The request field a problem is about, in OpenAI's spelling: `messages.[0].content`."""
     if not isinstance(details, list) or not details or not isinstance(details[0], dict):
         return None
-    location = [part for part in details[0].get("loc", ()) if part not in ("body", "header")]
+    loc = details[0].get("loc", ())
+    location = [
+        part
+        for index, part in enumerate(loc)
+        if part not in ("body", "header")
+        and not (part in _CONTENT_TAGS and index and loc[index - 1] == "content")
+    ]
     if not location:
         return None
     return ".".join(f"[{part}]" if isinstance(part, int) else str(part) for part in location)

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from chatstream.api.validators import NO_NUL, Text
+from chatstream.owners import internal_names
 from chatstream.runs.events import EventPayload, MessageStatus
 from chatstream.runs.service import ChatInput
 
@@ -28,26 +30,29 @@ class ChatRequest(BaseModel):
         Field(
             min_length=1,
             # At least one character that is not whitespace. Spelled out because a
-            # bare `\S` means two things: JSON Schema's (ECMA-262) whitespace lacks
-            # U+0085 and the validator's (Unicode) lacks U+FEFF; this class is the
-            # same set in both, so what the schema promises is what is accepted.
-            pattern=r"[^\s\u0085\uFEFF]",
+            # bare `\S` means three things: JSON Schema's (ECMA-262) whitespace lacks
+            # U+0085 and U+001C-U+001F, the validator's (Unicode) lacks U+FEFF and
+            # U+001C-U+001F, and the chat service's (Python's `str.strip`) lacks
+            # U+FEFF; this class excludes what any of the three calls whitespace, so
+            # what the schema accepts, the validator and the service accept too.
+            pattern=r"[^\s\u0085\uFEFF\u001C-\u001F]",
             description="The user's message: 1 to CHATSTREAM_MAX_MESSAGE_CHARS characters, "
             "not only whitespace.",
         ),
+        NO_NUL,
     ]
     session_id: uuid.UUID | None = Field(
         default=None, description="Continue this session; absent: a new session is created."
     )
-    model: str | None = Field(default=None, description="One of `GET /api/models`.")
-    system_prompt: Annotated[str, Field(max_length=SYSTEM_PROMPT_MAX_CHARS)] | None = Field(
+    model: Text | None = Field(default=None, description="One of `GET /api/models`.")
+    system_prompt: Annotated[str, Field(max_length=SYSTEM_PROMPT_MAX_CHARS), NO_NUL] | None = Field(
         default=None, description="Used when a new session is created."
     )
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="1 to CHATSTREAM_MAX_TOKENS (also the default)."
     )
-    client_message_id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+    client_message_id: Annotated[str, Field(min_length=1, max_length=200), NO_NUL] | None = Field(
         default=None,
         description="Idempotency key, unique per owner: a repeat starts no second run.",
     )
@@ -82,9 +87,9 @@ class ErrorBody(BaseModel):
 class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    title: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    model: str | None = Field(default=None, description="One of `GET /api/models`.")
-    system_prompt: Annotated[str, Field(max_length=32_000)] | None = None
+    title: Annotated[str, Field(min_length=1, max_length=200), NO_NUL] | None = None
+    model: Text | None = Field(default=None, description="One of `GET /api/models`.")
+    system_prompt: Annotated[str, Field(max_length=SYSTEM_PROMPT_MAX_CHARS), NO_NUL] | None = None
 
 
 class SessionPatch(SessionCreate):
@@ -279,6 +284,7 @@ def event_schemas() -> dict[str, Any]:
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 UNAUTHORIZED_DESCRIPTION = (
     "With CHATSTREAM_AUTH=jwt: the bearer token is missing or not valid (`unauthorized`), "
+    f"names an owner no token may (`reserved_subject`: a `sub` of {internal_names()}), "
     'or has expired (`token_expired`, with `WWW-Authenticate: Bearer error="invalid_token"`).'
 )
 INVALID_DESCRIPTION = "The request breaks a validation rule; `details` names each field."

@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from typing_extensions import TypedDict
 
 from chatstream.api.schemas import done_terminated_stream
+from chatstream.api.validators import NO_NUL, Text
+
+# A chat id, in the body (`id`) and in paths: it names a stored session.
+ChatId = Annotated[str, Field(min_length=1, max_length=200), NO_NUL]
 
 # --- request ---------------------------------------------------------------------
 
@@ -40,7 +44,7 @@ class UIChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    id: Annotated[str, Field(min_length=1, max_length=200)] = Field(
+    id: ChatId = Field(
         description="The chat id: the same id from the same owner continues the same session; "
         "an unknown one starts a new session."
     )
@@ -53,7 +57,7 @@ class UIChatRequest(BaseModel):
         description="`regenerate-message` answers the session's last user message again, with "
         "the history up to it as context; the earlier answer stays stored.",
     )
-    model: str | None = Field(default=None, description="One of `GET /api/models`.")
+    model: Text | None = Field(default=None, description="One of `GET /api/models`.")
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="1 to CHATSTREAM_MAX_TOKENS (also the default)."

@@ -36,6 +36,7 @@ from chatstream.api.ui_schemas import (
     UIMessageChunk,
     ui_stream_response,
 )
+from chatstream.api.validators import NO_NUL
 from chatstream.config import Settings
 from chatstream.errors import InvalidRequest, NotFound
 from chatstream.runs.events import Event
@@ -293,7 +294,7 @@ async def ui_chat(
     summary="Resume the AI SDK stream of a chat's live run, from its start",
 )
 async def ui_chat_stream(
-    chat_id: Annotated[str, Path(min_length=1, max_length=200)],
+    chat_id: Annotated[str, Path(min_length=1, max_length=200), NO_NUL],
     owner: Owner,
     store: StoreDep,
     registry: RegistryDep,

@@ -20,10 +20,11 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from chatstream.api.schemas import ChatRequest
+from chatstream.api.validators import NO_NUL
 from chatstream.errors import ChatstreamError, InvalidRequest, NotFound
 from chatstream.runs.events import Event
 
-RequestId = Annotated[str, Field(min_length=1, max_length=200)]
+RequestId = Annotated[str, Field(min_length=1, max_length=200), NO_NUL]
 
 
 class ChatFrame(ChatRequest):
@@ -54,7 +55,7 @@ class PingFrame(_Frame):
 
 class AuthFrame(_Frame):
     type: Literal["auth"]
-    token: Annotated[str, Field(min_length=1, max_length=8192)]
+    token: Annotated[str, Field(min_length=1, max_length=8192), NO_NUL]
 
 
 ClientFrame = Annotated[
