@@ -52,6 +52,7 @@ class ChatInput:
 
 
 NO_TEXT = "must contain some non-whitespace text"
+NO_NUL = "must not contain NUL (U+0000) characters; remove them"
 
 # How long a repeated request waits for the run the first one is launching.
 REPEAT_WAIT_S = 2.0
@@ -126,6 +127,11 @@ class ChatService:
         chars = settings.max_message_chars
         if not chat.message.strip():
             problems.append(Problem("message", NO_TEXT, "string_pattern_mismatch"))
+        # The HTTP and WebSocket schemas refuse NUL already; a bot's text comes here as sent
+        # (and PostgreSQL text cannot hold U+0000).
+        for field, text in (("message", chat.message), ("system_prompt", chat.system_prompt)):
+            if text is not None and "\x00" in text:
+                problems.append(Problem(field, NO_NUL, "nul_character"))
         if len(chat.message) > chars:
             problems.append(Problem("message", f"at most {chars} characters", "string_too_long"))
         if chat.max_tokens is not None and chat.max_tokens > settings.max_tokens:
