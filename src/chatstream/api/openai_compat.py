@@ -28,6 +28,7 @@ from typing import Annotated, Any
 import anyio
 import orjson
 from fastapi import APIRouter, Header
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -53,7 +54,7 @@ from chatstream.api.openai_schemas import (
 )
 from chatstream.api.schemas import ChatRequest
 from chatstream.api.translated_stream import TranslatedStream
-from chatstream.errors import InvalidRequest, NotFound
+from chatstream.errors import ChatstreamError, InvalidRequest, NotFound
 from chatstream.runs.events import DoneEvent, ErrorEvent, Event
 from chatstream.runs.service import PLAIN_TURN, ChatInput, TurnShape
 from chatstream.storage.records import HistoryMessage
@@ -347,6 +348,51 @@ async def _cancel_scope_on_disconnect(request: Request, scope: anyio.CancelScope
 @router.get("/models", response_model=ModelObjectList, summary="OpenAI: the models you may ask for")
 async def list_models(settings: SettingsDep) -> ModelObjectList:
     return ModelObjectList(data=[ModelObject(id=model) for model in settings.models])
+
+
+@router.get(
+    "/models/{model_id:path}",
+    response_model=ModelObject,
+    responses=openai_errors({404: "Not one of `GET /v1/models`."}),
+    summary="OpenAI: one model you may ask for",
+)
+async def retrieve_model(model_id: str, settings: SettingsDep) -> ModelObject:
+    if model_id not in settings.models:
+        raise ModelNotFound(f"The model '{model_id}' does not exist here; see GET /v1/models.")
+    return ModelObject(id=model_id)
+
+
+class UnknownPath(NotFound):
+    code = "unknown_url"
+
+
+class MethodNotAllowed(ChatstreamError):
+    status = 405
+    code = "method_not_allowed"
+
+
+@router.api_route(
+    "/{path:path}",
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+    include_in_schema=False,
+)
+async def unknown(request: Request) -> Response:
+    """Any other `/v1/...` request: OpenAI's 404 (unknown path) or 405 (wrong method)."""
+    allowed = sorted(
+        method
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        and route.endpoint is not unknown
+        and route.path_regex.match(request.url.path)
+        for method in route.methods or ()
+    )
+    where = f"{request.method} {request.url.path}"
+    if allowed:
+        raise MethodNotAllowed(
+            f"{where} is not allowed; use {', '.join(allowed)}.",
+            headers={"Allow": ", ".join(allowed)},
+        )
+    raise UnknownPath(f"Unknown request URL: {where}. See GET /openapi.json for what /v1 serves.")
 
 
 def too_large(scope: Scope, message: str) -> Response:
