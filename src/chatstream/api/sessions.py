@@ -21,7 +21,7 @@ from chatstream.api.schemas import (
 )
 from chatstream.config import Settings
 from chatstream.errors import InvalidRequest
-from chatstream.storage.repository import CURSOR_PATTERN
+from chatstream.storage.cursors import CURSOR_PATTERN
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 
 @dataclass(slots=True, frozen=True)
@@ -42,3 +42,23 @@ class RunOutput:
     owner: str
     session_id: uuid.UUID
     rows: list[OutputRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanedReply:
+    """A user message whose answer was never written."""
+
+    owner: str
+    session_id: uuid.UUID
+    reply_id: uuid.UUID
+
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Page(Generic[T]):
+    """One page of a listing, and where the next one starts (None: this is the last)."""
+
+    items: list[T]
+    next_cursor: str | None

@@ -8,30 +8,28 @@ database session outlives a call, let alone a stream.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, ParamSpec, TypeVar
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Select, and_, exists, func, or_, select
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, ProgrammingError
-from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
-from chatstream.errors import Conflict, DatabaseUnavailable, InvalidRequest, NotFound
+from chatstream.errors import Conflict, NotFound
 from chatstream.storage import writes
+from chatstream.storage.cursors import decode_cursor, encode_cursor
 from chatstream.storage.db import Database
 from chatstream.storage.models import (
     MessageRow,
     SessionRow,
     utcnow,
 )
-from chatstream.storage.records import HistoryMessage, OutputRow, RunOutput
+from chatstream.storage.outages import outage_is_unavailable
+from chatstream.storage.records import HistoryMessage, OrphanedReply, OutputRow, Page, RunOutput
 from chatstream.storage.writes import TurnStart
 
 logger = logging.getLogger(__name__)
@@ -49,15 +47,6 @@ class DuplicateRequest(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class OrphanedReply:
-    """A user message whose answer was never written."""
-
-    owner: str
-    session_id: uuid.UUID
-    reply_id: uuid.UUID
-
-
-@dataclass(frozen=True, slots=True)
 class EarlierRequest:
     """What a `client_message_id` already started."""
 
@@ -65,58 +54,6 @@ class EarlierRequest:
     user_message_id: uuid.UUID
     reply_id: uuid.UUID
     message: str = ""  # what the user sent with that key
-
-
-T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class Page(Generic[T]):
-    items: list[T]
-    next_cursor: str | None
-
-
-def _outage_is_unavailable(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """A database that cannot be reached, stays locked or lacks a table is a 503, not a 500."""
-
-    @functools.wraps(method)
-    async def translated(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await method(*args, **kwargs)
-        except (
-            OperationalError,
-            InterfaceError,
-            ProgrammingError,
-            SQLAlchemyTimeoutError,
-            OSError,
-        ) as exc:
-            if _schema_is_missing(exc):
-                logger.warning(
-                    "database schema is not current (%s): run `chatstream migrate`",
-                    type(getattr(exc, "orig", exc)).__name__,
-                )
-                raise DatabaseUnavailable(SCHEMA_MISSING_MESSAGE) from None
-            if isinstance(exc, ProgrammingError):
-                raise  # a bug of ours, not an outage
-            logger.warning("database unavailable (%s)", type(exc).__name__)
-            raise DatabaseUnavailable() from None
-
-    return translated
-
-
-SCHEMA_MISSING_MESSAGE = (
-    "The database is not at this server's schema; the operator must run `chatstream migrate`."
-)
-# PostgreSQL: undefined table, undefined column. SQLite says it in words.
-_SCHEMA_SQLSTATES = frozenset({"42P01", "42703"})
-_SCHEMA_WORDS = ("no such table", "no such column", "has no column named")
-
-
-def _schema_is_missing(exc: Exception) -> bool:
-    orig = getattr(exc, "orig", None)
-    if str(getattr(orig, "sqlstate", "")) in _SCHEMA_SQLSTATES:
-        return True
-    return any(words in str(orig or "") for words in _SCHEMA_WORDS)
 
 
 class Store:
@@ -128,7 +65,7 @@ class Store:
 
     # --- sessions ------------------------------------------------------------
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     async def create_session(
         self, owner: str, *, title: str | None, model: str | None, system_prompt: str | None
     ) -> SessionRow:
@@ -145,7 +82,7 @@ class Store:
         await self._db.write(writes.add_session, row)
         return row
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     async def get_session(self, owner: str, session_id: uuid.UUID) -> tuple[SessionRow, int]:
         """The session and its message count."""
         async with self._db.reader() as db:
@@ -157,14 +94,14 @@ class Store:
             )
         return row, int(count or 0)
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     async def list_sessions(
         self, owner: str, *, limit: int, cursor: str | None
     ) -> Page[SessionRow]:
         """Most recently active first (`updated_at`: a new message, or a change)."""
         query = select(SessionRow).where(SessionRow.owner == owner)
         if cursor is not None:
-            active, pk = _decode_cursor(cursor)
+            active, pk = decode_cursor(cursor)
             query = query.where(
                 or_(
                     SessionRow.updated_at < active,
@@ -177,15 +114,15 @@ class Store:
         more = len(rows) > limit
         rows = rows[:limit]
         last = rows[-1] if rows else None
-        return Page(rows, _encode_cursor(last.updated_at, last.pk) if more and last else None)
+        return Page(rows, encode_cursor(last.updated_at, last.pk) if more and last else None)
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     async def update_session(
         self, owner: str, session_id: uuid.UUID, changes: dict[str, Any]
     ) -> SessionRow:
         return await self._db.write(writes.update_session, owner, session_id, changes, utcnow())
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     async def untitled_first_message(self, owner: str, session_id: uuid.UUID) -> str | None:
         """The session's first user message, if the session has no title yet; else None."""
         async with self._db.reader() as db:
@@ -205,18 +142,18 @@ class Store:
                 .limit(1)
             )
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     async def set_title_if_untitled(self, owner: str, session_id: uuid.UUID, title: str) -> bool:
         """Title a session that has none; a title set meanwhile (PATCH) is kept. True if set."""
         return await self._db.write(writes.set_title_if_untitled, owner, session_id, title)
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     async def delete_session(self, owner: str, session_id: uuid.UUID) -> None:
         await self._db.write(writes.delete_session, owner, session_id)
 
     # --- messages --------------------------------------------------------------
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     async def list_messages(
         self, owner: str, session_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
     ) -> Page[MessageRow]:
@@ -240,7 +177,7 @@ class Store:
         rows.reverse()
         return Page(rows, str(rows[0].id) if more else None)
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     async def get_message(self, owner: str, message_id: uuid.UUID) -> MessageRow | None:
         async with self._db.reader() as db:
             return await db.scalar(
@@ -249,7 +186,7 @@ class Store:
 
     # --- runs ------------------------------------------------------------------
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     async def begin_turn(
         self,
         owner: str,
@@ -314,7 +251,7 @@ class Store:
 
     # --- for protocol adapters -----------------------------------------------------
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     async def session_of_chat(self, owner: str, external_id: str) -> uuid.UUID | None:
         """The owner's session named by a client's chat id, if there is one."""
         async with self._db.reader() as db:
@@ -324,7 +261,7 @@ class Store:
                 )
             )
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     async def last_user_message(
         self, owner: str, session_id: uuid.UUID
     ) -> tuple[uuid.UUID, str] | None:
@@ -344,7 +281,7 @@ class Store:
             ).first()
         return None if row is None else (row.id, row.content)
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     async def run_rows(self, owner: str, run_id: uuid.UUID) -> list[OutputRow]:
         """Every row an ended run wrote, in order (just the answer, for runs before 0004)."""
         async with self._db.reader() as db:
@@ -362,7 +299,7 @@ class Store:
                 rows = [answer] if answer is not None else []
         return [_output_row(row) for row in rows]
 
-    @_outage_is_unavailable
+    @outage_is_unavailable
     async def find_request(self, owner: str, client_message_id: str) -> EarlierRequest | None:
         async with self._db.reader() as db:
             row = (
@@ -457,33 +394,3 @@ def _owned(owner: str, session_id: uuid.UUID) -> tuple[Any, Any]:
 
 def _owned_session(owner: str, session_id: uuid.UUID) -> Select[SessionRow]:
     return select(SessionRow).where(*_owned(owner, session_id))
-
-
-# A cursor is a position in the list: the last row's activity time (microseconds
-# since the epoch) and pk, as 16 bytes in base64url: always 22 characters, and
-# every such string is a position, so none can be invalid.
-CURSOR_PATTERN = r"^[A-Za-z0-9_-]{22}$"
-_LARGEST = 2**63 - 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _encode_cursor(active: datetime, pk: int) -> str:
-    micros = (active.astimezone(UTC) - _EPOCH) // timedelta(microseconds=1)
-    raw = max(micros, 0).to_bytes(8, "big") + pk.to_bytes(8, "big")
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "==")
-    except (binascii.Error, ValueError):
-        raise InvalidRequest("`cursor` is not a cursor this server issued.") from None
-    if len(raw) != 16:
-        raise InvalidRequest("`cursor` is not a cursor this server issued.")
-    micros = min(int.from_bytes(raw[:8], "big"), _LARGEST_MICROS)
-    pk = min(int.from_bytes(raw[8:], "big"), _LARGEST)
-    return _EPOCH + timedelta(microseconds=micros), pk
-
-
-# Up to the year 9999, the largest a datetime holds.
-_LARGEST_MICROS = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
