@@ -36,119 +36,26 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loadgen import LevelResult, SocketTarget, Target, run_level, run_socket_level
+from processes import (
+    check_redis,
+    cpu_seconds,
+    forget_redis_keys,
+    free_port,
+    pinned,
+    rss_mb,
+    wait_http,
+)
+from report import goals_report, report
 
 ROOT = Path(__file__).resolve().parent.parent
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and every process under it (a server's workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int(_stat(int(entry.name))[1])
-            except (OSError, IndexError):
-                continue  # gone meanwhile
-            children.setdefault(parent, []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    return tree
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process and its descendants, all threads."""
-    total = 0
-    for member in process_tree(pid):
-        try:
-            fields = _stat(member)
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
-
-
-def rss_mb(pid: int) -> float:
-    total = 0.0
-    for member in process_tree(pid):
-        try:
-            lines = Path(f"/proc/{member}/status").read_text().splitlines()
-        except OSError:
-            continue
-        total += next(
-            (int(line.split()[1]) / 1024 for line in lines if line.startswith("VmRSS:")), 0.0
-        )
-    return total or float("nan")
-
-
-def check_redis(url: str) -> None:
-    """The workers scenario shares runs through Redis: fail at once, saying so, without it."""
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        client.ping()
-    except (redis.RedisError, OSError) as exc:
-        raise SystemExit(
-            f"bench: the workers scenario needs Redis at {url} ({type(exc).__name__}: {exc}); "
-            "start it, pass --redis-url, or leave workers out of --targets"
-        ) from None
-    finally:
-        client.close()
-
-
-def forget_redis_keys(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
-    try:
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            client.delete(key)
-    finally:
-        client.close()
-
-
-def pinned(core: int | None) -> Callable[[], None] | None:
-    if core is None:
-        return None
-    return lambda: os.sched_setaffinity(0, {core})
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 class Servers:
@@ -358,125 +265,6 @@ def scripted_targets(servers: Servers, message: str) -> dict[str, Target]:
                              "/api/chat/stream", json.dumps({"message": message}).encode(),
                              b"event: delta"),
     }  # fmt: skip
-
-
-COLUMNS = (
-    ("streams", 7),
-    ("server", -10),
-    ("tokens/s", 9),
-    ("vs direct", 9),
-    ("TTFT+p50", 9),
-    ("TTFT+p99", 9),
-    ("CPU-s/1k", 9),
-    ("vs upstream", 11),
-    ("RSS MB", 7),
-    ("fail", 5),
-)
-LEGEND = """
-tokens/s: delivered to clients in the window; vs direct: ratio to the upstream served directly.
-TTFT+: time to first token added over talking to the upstream directly (ms).
-CPU-s/1k: the server's CPU-seconds per 1,000 relayed tokens (workers: the parent's
-and its workers', Redis's own not counted); vs upstream: ratio to the fake upstream's
-own CPU-seconds per 1,000 tokens it generated, in the direct run."""
-
-
-def _cell(value: object) -> str:
-    if not isinstance(value, float):
-        return str(value)
-    if abs(value) < 1:
-        return f"{value:.4f}"
-    if abs(value) < 10:
-        return f"{value:.2f}"
-    return f"{value:.0f}"
-
-
-def _row(*cells: object) -> str:
-    out = []
-    for (_, width), cell in zip(COLUMNS, cells, strict=True):
-        text = _cell(cell)
-        out.append(text.ljust(-width) if width < 0 else text.rjust(width))
-    return "  ".join(out)
-
-
-def report(results: dict[int, dict[str, dict[str, Any]]], args: argparse.Namespace) -> str:
-    lines = [
-        f"streams of {args.tokens} tokens at {args.interval_ms:g} ms/token "
-        f"({1000 / args.interval_ms:.0f} tokens/s each); window {args.window:g} s",
-        "",
-        _row(*(name for name, _ in COLUMNS)),
-    ]
-    for users, by_target in results.items():
-        direct = by_target["direct"]
-        upstream_cpu = direct["upstream_cpu_per_1k_tokens"]
-        lines.append(
-            _row(users, "upstream", direct["tokens_per_s"], "1.00", "0", "0", upstream_cpu, "1.00",
-                 direct["upstream_rss_mb"], direct["failures"])
-        )  # fmt: skip
-        for name in ("chatstream", "nometrics", "workers", "websocket", "relay"):
-            row = by_target.get(name)
-            if row is None:
-                continue
-            server_cpu = row[f"{name}_cpu_per_1k_tokens"]
-            throughput = row["tokens_per_s"] / direct["tokens_per_s"]
-            lines.append(
-                _row("", name, row["tokens_per_s"], f"{throughput:.2f}",
-                     f"{row['ttft_p50_ms'] - direct['ttft_p50_ms']:.1f}",
-                     f"{row['ttft_p99_ms'] - direct['ttft_p99_ms']:.1f}",
-                     server_cpu, f"{server_cpu / upstream_cpu:.2f}", row[f"{name}_rss_mb"],
-                     row["failures"])
-            )  # fmt: skip
-        on, off = by_target.get("chatstream"), by_target.get("nometrics")
-        if on is not None and off is not None:
-            cost = on["chatstream_cpu_per_1k_tokens"] / off["nometrics_cpu_per_1k_tokens"] - 1
-            lines.append(f"{'':>7}  metrics cost at {users} streams: {cost:+.1%} CPU per token")
-    return "\n".join(lines) + "\n" + LEGEND
-
-
-GOALS = (
-    ("TTFT added p50 / p99, sequential streams (ms)", "<= 2 / <= 5"),
-    ("tokens/s at 1000 streams x 50 tokens/s, vs direct", ">= 0.60"),
-    ("CPU per token at 1000 streams (us)", "<= 50"),
-    ("CPU-s per 1,000 tokens, bursty (50 x 500 tokens)", "<= 0.015"),
-    ("peak RSS at 1000 streams (MB)", "<= 150"),
-)
-
-
-def goals_report(
-    results: dict[int, dict[str, dict[str, Any]]], extra: dict[str, dict[str, dict[str, Any]]]
-) -> str:
-    """The figures the performance goals are stated in, measured in this same run."""
-    measured: list[str] = []
-    sequential = extra.get("sequential")
-    if sequential is not None:
-        direct, ours = sequential["direct"], sequential["chatstream"]
-        measured.append(
-            f"{ours['ttft_p50_ms'] - direct['ttft_p50_ms']:.1f} / "
-            f"{ours['ttft_p99_ms'] - direct['ttft_p99_ms']:.1f}"
-        )
-    else:
-        measured.append("-")
-    busy = results.get(1000)
-    if busy is not None and "chatstream" in busy:
-        ours = busy["chatstream"]
-        measured.append(f"{ours['tokens_per_s'] / busy['direct']['tokens_per_s']:.2f}")
-        measured.append(f"{ours['chatstream_cpu_per_1k_tokens'] * 1000:.0f}")
-    else:
-        measured += ["-", "-"]
-    bursty = extra.get("bursty")
-    measured.append(
-        f"{bursty['chatstream']['chatstream_cpu_per_1k_tokens']:.4f}" if bursty else "-"
-    )
-    measured.append(
-        f"{busy['chatstream']['chatstream_peak_rss_mb']:.0f}"
-        if busy is not None and "chatstream" in busy
-        else "-"
-    )
-    width = max(len(name) for name, _ in GOALS)
-    lines = ["", "", "performance goals (one core), measured in this run:", ""]
-    lines.append(f"{'figure':<{width}}  {'measured':>13}  goal")
-    for (name, goal), value in zip(GOALS, measured, strict=True):
-        lines.append(f"{name:<{width}}  {value:>13}  {goal}")
-    return "\n".join(lines)
 
 
 def main() -> int:
