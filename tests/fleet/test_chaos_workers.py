@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
-import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,8 +25,8 @@ from tests.fleet.conftest import WorkersFactory, last_seq
 from tests.fleet.followers import Follower
 from tests.fleet.test_nothing_lost import assert_nothing_lost, count
 from tests.fleet.test_workers import anyone, client_on, exactly, other_than
-from tests.support.process import free_port
 from tests.support.prometheus import parse
+from tests.support.redis_server import RedisServer
 from tests.support.servers import FakeUpstreamThread
 from tests.support.wait import wait_until
 
@@ -39,66 +37,22 @@ RUNS_PER_WAVE = 10
 FAULTS = ("kill", "stop", "redis", "none")
 
 
-class PrivateRedis:
-    """A redis-server of this test's own, on a free port, that it may restart."""
-
-    def __init__(self, home: Path) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None, "redis-server is needed (it runs on every CI machine)"
-        self._binary = binary
-        self._home = home
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self._process = subprocess.Popen(
-            [
-                *(self._binary, "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(self._home)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
-        wait_until(lambda: _answers(client), what="the private Redis answers", timeout=10)
-        client.close()
-
-    def kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait(10)
-            self._process = None
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-
-def _answers(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
     yield server
-    server.kill()
+    server.stop()
 
 
 @pytest.fixture
-def redis_url(private_redis: PrivateRedis) -> str:
+def redis_url(private_redis: RedisServer) -> str:
     """The fleet fixtures' Redis, for this module: the private one."""
     return private_redis.url
 
 
 def test_a_hundred_runs_through_kills_pauses_and_redis_restarts(
     workers: WorkersFactory,
-    private_redis: PrivateRedis,
+    private_redis: RedisServer,
     fake: FakeUpstreamThread,
     shared_database: str,
 ) -> None:
@@ -141,7 +95,8 @@ def test_a_hundred_runs_through_kills_pauses_and_redis_restarts(
             elif fault == "stop":
                 os.kill(before[victim].pid, signal.SIGSTOP)
             elif fault == "redis":
-                private_redis.restart()
+                private_redis.stop()
+                private_redis.start()  # empty: it keeps nothing
             for chat, remote in runs:
                 assert_nothing_lost(shared_database, [chat, remote], f"wave {wave} ({fault})")
         if fault in ("kill", "stop"):

@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from tests.fleet.conftest import FleetFactory, last_seq
 from tests.fleet.test_shared_runs import follow, messages
+from tests.support.node import NodeScript, node_executable
 from tests.support.redis_server import RedisServer
 from tests.support.servers import FakeUpstreamThread
 from tests.support.sse import Stream, iter_sse, read_stream
@@ -120,3 +121,59 @@ def test_an_outage_longer_than_the_lease_takes_over_nothing(
         proxy.close()
     assert rest.done["status"] == "complete", rest.types
     assert "taken over" not in a.log_text() and "stopped renewing" not in b.log_text()
+
+
+def test_an_ai_sdk_stream_from_another_instance_ends_with_an_error_when_redis_is_lost(
+    fleet: FleetFactory, fake: FakeUpstreamThread, redis_url: str
+) -> None:
+    """The AI SDK's reconnect on B follows A's run through Redis; B then loses Redis.
+
+    Its stream must still end as the protocol says (an `error` part, `finish`,
+    `[DONE]`), which the SDK reports as an error, not as a broken connection.
+    """
+    target = make_url(redis_url)
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 6379)
+    through = f"redis://127.0.0.1:{proxy.port}/{target.database or 0}"
+    node = node_executable()
+    try:
+        lease = {"run_lease_s": "1"}
+        a = fleet("a", **lease)
+        b = fleet("b", env={"CHATSTREAM_REDIS_URL": through}, **lease)
+        body = {
+            "id": "lost-on-b",
+            "resume": True,
+            "messages": [
+                {
+                    "id": "u1",
+                    "role": "user",
+                    "parts": [{"type": "text", "text": "[[fake tokens=12 stall_after=4]] go"}],
+                }
+            ],
+        }
+        with httpx.stream("POST", f"{a.base_url}/api/ui/chat", json=body, timeout=30) as started:
+            assert started.status_code == 200
+            next(started.iter_lines())  # the run is live on A; the request may leave now
+        client = NodeScript(
+            node,
+            "ui_chat.mjs",
+            {
+                "api": f"{b.base_url}/api/ui/chat",
+                "action": "reconnect",
+                "chatId": "lost-on-b",
+                "notifyAfterDeltas": 4,
+            },
+        )
+        try:
+            client.expect("deltas")  # B follows the run through Redis
+            proxy.cut()
+            result = client.result()
+        finally:
+            client.close()
+    finally:
+        proxy.close()
+        fake.fake.release()
+    types = [chunk["type"] for chunk in result["chunks"]]
+    assert types[0] == "start" and types.count("text-delta") == 4, types
+    assert types[-3:] == ["error", "finish-step", "finish"], types
+    assert result["chunks"][-1]["finishReason"] == "error"
+    assert "stream is not reachable" in result["chunks"][-3]["errorText"]

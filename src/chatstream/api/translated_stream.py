@@ -7,7 +7,12 @@ object that turns batches of the run's events into those bytes, knowing
 nothing of HTTP. This response does the rest, exactly as `RunEventStream`
 does for chatstream's own SSE: it follows the run (the same `follow()`
 batches), sends whatever is ready in one write, keeps an idle stream alive
-with a comment line, and drops a client that stops reading.
+with a comment line, and drops a client that stops reading. When the run's
+stream is lost (another instance's run, Redis away longer than a lease),
+the translation is handed an `error` and an `interrupted` end, so the
+client's own library reports a failure and the stream still ends with
+`[DONE]` (these protocols have no ids to resume from; the AI SDK's resume
+endpoint starts the run's stream again).
 
 The response follows the run; it does not own it. When the client leaves,
 the run goes on, unless the response was told to cancel it then (the AI
@@ -25,7 +30,8 @@ from starlette.types import Receive, Scope, Send
 
 from chatstream.api.sendwatch import SendWatch
 from chatstream.api.sse import KEEPALIVE, SSE_HEADERS
-from chatstream.runs.events import Event
+from chatstream.errors import ChatstreamError
+from chatstream.runs.events import DoneEvent, ErrorEvent, Event
 from chatstream.runs.handle import RunHandle
 
 logger = logging.getLogger(__name__)
@@ -73,13 +79,21 @@ class TranslatedStream(Response):
             watch.bind(tasks.cancel_scope)
             tasks.start_soon(_stop_on_disconnect, receive, tasks.cancel_scope)
             tasks.start_soon(watch.watch)
-            async with self._run.follow(0, self._keepalive_s) as batches:
-                async for batch in batches:
-                    body = encode(batch) if batch else KEEPALIVE
-                    if body:
-                        await watch.send(
-                            {"type": "http.response.body", "body": body, "more_body": True}
-                        )
+            last_seq = 0
+            try:
+                async with self._run.follow(0, self._keepalive_s) as batches:
+                    async for batch in batches:
+                        body = encode(batch) if batch else KEEPALIVE
+                        if batch:
+                            last_seq = batch[-1].seq
+                        if body:
+                            await watch.send(
+                                {"type": "http.response.body", "body": body, "more_body": True}
+                            )
+            except ChatstreamError as exc:
+                logger.info("event stream of run %s ended early: %s", self._run.id, exc.code)
+                lost = encode(_stream_lost(self._run, exc, last_seq))
+                await watch.send({"type": "http.response.body", "body": lost, "more_body": True})
             followed_to_the_end = True
             await watch.send({"type": "http.response.body", "body": DONE_LINE, "more_body": False})
             tasks.cancel_scope.cancel()
@@ -90,6 +104,26 @@ class TranslatedStream(Response):
                 cancelled = await self._run.cancel()
             if cancelled:
                 logger.info("run %s cancelled: its client disconnected", self._run.id)
+
+
+def _stream_lost(run: RunHandle, exc: ChatstreamError, last_seq: int) -> list[Event]:
+    """The end a follower that lost the run's stream tells its client (the run goes on)."""
+    error: ErrorEvent = {
+        "type": "error",
+        "code": "server_shutdown",  # of the contract's codes, the retryable "not here now"
+        "message": exc.message,
+        "retryable": True,
+    }
+    done: DoneEvent = {
+        "type": "done",
+        "message_id": str(run.id),
+        "status": "interrupted",
+        "finish_reason": None,
+        "persisted": False,  # not known here; the run's own instance saves it
+        "usage": None,
+        "metrics": None,
+    }
+    return [Event(last_seq + 1, error), Event(last_seq + 2, done)]
 
 
 async def _stop_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
