@@ -25,13 +25,21 @@ class Target:
     path: str
     body: bytes
     marker: bytes  # one occurrence per token in the response bytes
+    # In `body`, replaced by a new id for every request (the AI SDK's chat id: each
+    # stream its own chat, as each native stream is its own session).
+    unique: bytes | None = None
+    _count: int = 0
 
     def request(self) -> bytes:
+        body = self.body
+        if self.unique is not None:
+            self._count += 1
+            body = body.replace(self.unique, b"bench-%d" % self._count)
         return (
             f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
-            f"Connection: close\r\nContent-Length: {len(self.body)}\r\n\r\n"
-        ).encode() + self.body
+            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
 
 
 @dataclass

@@ -7,6 +7,8 @@ concurrent streams it measures, in the same run:
   direct      the load generator talking to the fake upstream itself
   chatstream  the same load through `chatstream serve` (SQLite, full persistence), SSE
   websocket   the same, over `WS /ws/chat`: one socket per user, its chats in turn
+  aisdk       the same, as the Vercel AI SDK's UI message stream (`POST /api/ui/chat`)
+  v1          the same, as OpenAI chat chunks (`POST /v1/chat/completions`, stream: true)
   relay       the same load through a tutorial-style FastAPI + AsyncOpenAI relay
   nometrics   (only when asked for) like chatstream, on a second server started with
               CHATSTREAM_METRICS=false: the cost of metrics is the CPU-s/1k difference
@@ -193,7 +195,10 @@ async def measure(
 
     sample_rss()
     scraper = None
-    if target.name in ("chatstream", "websocket", "workers") and args.scrape_interval > 0:
+    if (
+        target.name in ("chatstream", "websocket", "workers", "aisdk", "v1")
+        and args.scrape_interval > 0
+    ):
         scraper = asyncio.create_task(scrape_metrics(target.port, args.scrape_interval))
     try:
         if isinstance(target, SocketTarget):
@@ -246,7 +251,21 @@ def targets(servers: Servers) -> dict[str, Target | SocketTarget]:
                             "/api/chat/stream", b'{"message":"bench"}', b"event: delta"),
         "workers": Target("workers", "127.0.0.1", servers.workers_port, "/api/chat/stream",
                           b'{"message":"bench"}', b"event: delta"),
+        "aisdk": Target("aisdk", "127.0.0.1", servers.chatstream_port, "/api/ui/chat",
+                        AI_SDK_BODY, b'"type":"text-delta"', unique=b"@chat@"),
+        "v1": Target("v1", "127.0.0.1", servers.chatstream_port, "/v1/chat/completions",
+                     direct_body, b'"delta":{"content"'),
     }  # fmt: skip
+
+
+# The body `useChat` sends (DefaultChatTransport), one new chat per stream.
+AI_SDK_BODY = json.dumps(
+    {
+        "id": "@chat@",
+        "trigger": "submit-message",
+        "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": "bench"}]}],
+    }
+).encode()
 
 
 BURST = "[[fake tokens=500 interval_ms=0]] bench"  # answers sent as fast as the upstream can
@@ -278,7 +297,7 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument(
         "--targets",
-        default="chatstream,workers,websocket,relay",
+        default="chatstream,workers,websocket,aisdk,v1,relay",
         help="add nometrics: metrics on vs off; workers needs Redis (--redis-url)",
     )
     parser.add_argument(
@@ -317,6 +336,8 @@ def main() -> int:
         pids = {
             "chatstream": servers.chatstream.pid,
             "websocket": servers.chatstream.pid,
+            "aisdk": servers.chatstream.pid,
+            "v1": servers.chatstream.pid,
             "relay": servers.relay.pid,
         }
         if servers.nometrics is not None:

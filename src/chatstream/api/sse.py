@@ -18,7 +18,7 @@ policy and nobody else follows it).
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -111,11 +111,17 @@ class EagerSend:
     and events go back to being read from the log until it is done.
     """
 
-    __slots__ = ("_pending", "_send", "_watch")
+    __slots__ = ("_encode", "_pending", "_send", "_watch")
 
-    def __init__(self, send: Send, watch: SendWatch) -> None:
+    def __init__(
+        self,
+        send: Send,
+        watch: SendWatch,
+        encode: Callable[[list[Event]], bytes] = encode_events,
+    ) -> None:
         self._send = send
         self._watch = watch
+        self._encode = encode  # another protocol's translation (api/translated_stream.py)
         self._pending: tuple[Coroutine[Any, Any, None], Any] | None = None
 
     @property
@@ -125,9 +131,10 @@ class EagerSend:
     def push(self, events: list[Event]) -> bool:
         if self._pending is not None:
             return False
-        sending = self._send(
-            {"type": "http.response.body", "body": encode_events(events), "more_body": True}
-        )
+        body = self._encode(events)
+        if not body:
+            return True  # (a translation with nothing to say for these events)
+        sending = self._send({"type": "http.response.body", "body": body, "more_body": True})
         try:
             waiting_on = sending.send(None)  # type: ignore[attr-defined]
         except StopIteration:

@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from chatstream.api.sendwatch import SendWatch
-from chatstream.api.sse import KEEPALIVE, SSE_HEADERS
+from chatstream.api.sse import KEEPALIVE, SERVER_SEND, SSE_HEADERS, EagerSend
 from chatstream.errors import ChatstreamError
 from chatstream.runs.events import DoneEvent, ErrorEvent, Event
 from chatstream.runs.handle import RunHandle
@@ -72,30 +72,42 @@ class TranslatedStream(Response):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        watch = SendWatch(send, self._send_timeout_s)
-        encode = self._translation.encode
+        # As `RunEventStream` does: events go straight to the server's own send (the
+        # middlewares see the response's start and end), and a client that keeps up
+        # is written to inside the append itself (`EagerSend`), with no task switch.
+        server_send = scope.get(SERVER_SEND, send)
+        watch = SendWatch(server_send, self._send_timeout_s)
+        translate = self._translation.encode
+        last_seq = 0
+
+        def encode(batch: list[Event]) -> bytes:
+            nonlocal last_seq
+            last_seq = batch[-1].seq
+            return translate(batch)
+
+        eager = EagerSend(server_send, watch, encode)
         followed_to_the_end = False
         async with anyio.create_task_group() as tasks:
             watch.bind(tasks.cancel_scope)
             tasks.start_soon(_stop_on_disconnect, receive, tasks.cancel_scope)
             tasks.start_soon(watch.watch)
-            last_seq = 0
             try:
-                async with self._run.follow(0, self._keepalive_s) as batches:
+                async with self._run.follow(0, self._keepalive_s, eager) as batches:
                     async for batch in batches:
                         body = encode(batch) if batch else KEEPALIVE
-                        if batch:
-                            last_seq = batch[-1].seq
                         if body:
                             await watch.send(
                                 {"type": "http.response.body", "body": body, "more_body": True}
                             )
             except ChatstreamError as exc:
                 logger.info("event stream of run %s ended early: %s", self._run.id, exc.code)
-                lost = encode(_stream_lost(self._run, exc, last_seq))
+                lost = translate(_stream_lost(self._run, exc, last_seq))
                 await watch.send({"type": "http.response.body", "body": lost, "more_body": True})
             followed_to_the_end = True
-            await watch.send({"type": "http.response.body", "body": DONE_LINE, "more_body": False})
+            await watch.send({"type": "http.response.body", "body": DONE_LINE, "more_body": True})
+            # The end goes through the middlewares, bounded like every send.
+            with anyio.move_on_after(self._send_timeout_s):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
             tasks.cancel_scope.cancel()
         if watch.stalled:
             logger.info("dropped an event stream whose client stopped reading")
