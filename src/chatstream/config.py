@@ -146,6 +146,8 @@ class Settings(BaseSettings):
     tools: CommaList = Field(default_factory=lambda: ["get_current_time"])
     max_tool_rounds: int = Field(default=5, ge=0)
     tool_timeout_s: float = Field(default=30.0, gt=0)
+    # Offer the built-in tools on `/v1` calls that bring no tools of their own.
+    openai_server_tools: bool = False
 
     # --- auth and limits ----------------------------------------------------
     auth: Literal["none", "jwt"] = "none"

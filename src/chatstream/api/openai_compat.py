@@ -8,21 +8,33 @@ limits, is persisted once, and can be followed, resumed or cancelled under
 running (unless CHATSTREAM_ON_DISCONNECT=cancel).
 
     X-Chatstream-Session-Id given   the session's stored history is the
-                                    context; only the last message is taken
-    not given                       `messages` is the whole context: a new
+                                    context; only the new messages are taken
+                                    (the last user message, or the tool
+                                    results after the stored calls)
+    not given                       `messages` is the whole context, sent to
+                                    the model as given (never windowed: over
+                                    CHATSTREAM_HISTORY_CHARS is a 400); a new
                                     session stores it (system and developer
                                     messages as its system prompt, the rest
                                     as its first messages) and then the run
 
-The run's text reaches the client as it does on chatstream's own stream:
-every round's text, in order (tools run server-side; their calls are not
-shown to the client, who did not offer them).
+The client's own options (`tools`, `response_format`, `stop`, ...) go to the
+model as sent, and nothing of chatstream's own is added (no default
+`max_tokens`; the built-in tools only with CHATSTREAM_OPENAI_SERVER_TOOLS).
+The model's calls of the client's tools end the run (`finish_reason:
+"tool_calls"`) and reach the client as OpenAI sends them; they are stored on
+the answer, and the client's results, sent back, are stored as `tool` rows.
+Built-in tools, when offered, run server-side; their calls are not shown to
+the client, who did not offer them: it sees every round's text, in order.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
@@ -40,6 +52,7 @@ from chatstream.api.openai_schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChunkDelta,
+    ChunkToolCall,
     CompletionMessage,
     CompletionRequest,
     CompletionUsage,
@@ -54,9 +67,11 @@ from chatstream.api.openai_schemas import (
 )
 from chatstream.api.schemas import ChatRequest
 from chatstream.api.translated_stream import TranslatedStream
+from chatstream.api.validators import Text
 from chatstream.errors import ChatstreamError, InvalidRequest, NotFound
 from chatstream.runs.events import DoneEvent, ErrorEvent, Event
-from chatstream.runs.service import PLAIN_TURN, ChatInput, TurnShape
+from chatstream.runs.service import ChatInput, TurnShape
+from chatstream.runs.spec import Passthrough
 from chatstream.storage.records import HistoryMessage
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
@@ -119,7 +134,15 @@ def _failure(done: DoneEvent, error: ErrorEvent | None) -> OpenAIErrorBody | Non
 class CompletionChunkTranslation:
     """Run events → `chat.completion.chunk` frames, for one response."""
 
-    __slots__ = ("_content_frame", "_created", "_error", "_id", "_include_usage", "_model")
+    __slots__ = (
+        "_calls",
+        "_content_frame",
+        "_created",
+        "_error",
+        "_id",
+        "_include_usage",
+        "_model",
+    )
 
     def __init__(self, *, created: int, include_usage: bool) -> None:
         self._created = created
@@ -127,6 +150,7 @@ class CompletionChunkTranslation:
         self._id = ""
         self._model = ""
         self._error: ErrorEvent | None = None
+        self._calls = ToolCalls()
         # A content chunk's frame around its text (the hot path: once per token).
         self._content_frame = (b"", b"")
 
@@ -158,6 +182,8 @@ class CompletionChunkTranslation:
                 # The same bytes `_chunk({"content": text})` makes, split where the text goes.
                 head, _, tail = self._chunk({"content": "\0"}).partition(b'"\\u0000"')
                 self._content_frame = (head, tail)
+            elif event.type in ("tool_call", "tool_result"):
+                self._calls.see(event.type, data)
             elif event.type == "error":
                 self._error = data
             elif event.type == "done":
@@ -169,6 +195,9 @@ class CompletionChunkTranslation:
         if failure is not None:
             return b"data: " + orjson.dumps(failure) + b"\n\n"
         last = self._chunk({}, done["finish_reason"] or "stop")
+        calls = self._calls.pending
+        if calls:
+            last = self._chunk({"tool_calls": calls}) + last
         if not self._include_usage:
             return last
         usage: ChatCompletionChunk = {
@@ -182,35 +211,112 @@ class CompletionChunkTranslation:
         return last + b"data: " + orjson.dumps(usage) + b"\n\n"
 
 
+class ToolCalls:
+    """The run's calls of the client's tools: the ones no result followed.
+
+    Built-in tools' calls are followed by their results (they ran here) and
+    are not the client's business; a client tool's call ends the run.
+    """
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: list[ChunkToolCall] = []
+
+    def see(self, kind: str, data: Any) -> None:
+        if kind == "tool_result":
+            self.pending = []
+            return
+        call: ChunkToolCall = {
+            "index": len(self.pending),
+            "id": data["call_id"],
+            "type": "function",
+            "function": {"name": data["name"], "arguments": data["arguments"]},
+        }
+        self.pending.append(call)
+
+
 # --- requests --------------------------------------------------------------------
 
 
 def _text(message: CompletionMessage) -> str:
+    if message.content is None:
+        return ""
     if isinstance(message.content, str):
         return message.content
     return "\n".join(part.text for part in message.content)
 
 
-def _turn(
-    messages: list[CompletionMessage], continuing: bool
-) -> tuple[str, str | None, tuple[HistoryMessage, ...]]:
-    """The new message, and for a new session its system prompt and earlier messages."""
-    if messages[-1].role != "user":
+def _record(message: CompletionMessage) -> HistoryMessage:
+    """A message as it is stored (and replayed from the session's history)."""
+    calls = [
+        {
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.function.name, "arguments": call.function.arguments},
+        }
+        for call in message.tool_calls or ()
+    ]
+    return HistoryMessage(
+        role=message.role,
+        content=_text(message),
+        tool_calls=calls or None,
+        tool_call_id=message.tool_call_id,
+        name=message.name if message.role == "tool" else None,
+    )
+
+
+def _chars(message: CompletionMessage) -> int:
+    size = len(_text(message))
+    for call in message.tool_calls or ():
+        size += len(call.function.name) + len(call.function.arguments)
+    return size
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    message: str  # the new message's text
+    system_prompt: str | None
+    shape: TurnShape
+    context: list[dict[str, Any]] | None  # the whole context as sent (no session)
+
+
+def _turn(messages: list[CompletionMessage], continuing: bool, max_chars: int) -> Turn:
+    """The new message(s); without a session, the context as sent and what the session keeps."""
+    last = messages[-1]
+    if last.role not in ("user", "tool"):
         raise InvalidRequest(
-            "The last message must be the user's: it is the one answered.",
+            "The last message must be the user's or a tool result: it is the one answered.",
             details=[{"loc": ["body", "messages", len(messages) - 1, "role"]}],
         )
-    message = _text(messages[-1])
     if continuing:
-        return message, None, ()
+        # The stored history has the rest; the round's results are all new.
+        new = [last]
+        if last.role == "tool":
+            new = list(itertools.takewhile(lambda m: m.role == "tool", reversed(messages)))
+            new.reverse()
+        shape = TurnShape(
+            earlier=tuple(_record(m) for m in new[:-1]),
+            turn=_record(last) if last.role == "tool" else None,
+        )
+        return Turn(_text(last), None, shape, None)
+    chars = sum(_chars(m) for m in messages if m.role not in ("system", "developer"))
+    if chars > max_chars:
+        raise InvalidRequest(
+            f"The messages are {chars} characters; at most {max_chars} "
+            "(CHATSTREAM_HISTORY_CHARS, the system prompt not counted) reach the model. "
+            "Send fewer or shorter messages, or continue a session with "
+            "X-Chatstream-Session-Id.",
+            details=[{"loc": ["body", "messages"]}],
+        )
     given = messages[:-1]
     system = [_text(m) for m in given if m.role in ("system", "developer")]
-    earlier = tuple(
-        HistoryMessage(role=m.role, content=_text(m))
-        for m in given
-        if m.role in ("user", "assistant")
+    shape = TurnShape(
+        earlier=tuple(_record(m) for m in given if m.role not in ("system", "developer")),
+        turn=_record(last) if last.role == "tool" else None,
     )
-    return message, "\n\n".join(system) or None, earlier
+    context = [m.model_dump(mode="json", exclude_unset=True) for m in messages]
+    return Turn(_text(last), "\n\n".join(system) or None, shape, context)
 
 
 def _chat_request(**fields: Any) -> ChatInput:
@@ -265,19 +371,24 @@ async def chat_completions(
 ) -> Response:
     if body.model not in settings.models:
         raise ModelNotFound(f"The model '{body.model}' does not exist here; see GET /v1/models.")
-    message, system_prompt, earlier = _turn(body.messages, continuing=session_id is not None)
+    turn = _turn(body.messages, continuing=session_id is not None, max_chars=settings.history_chars)
     max_tokens = body.max_completion_tokens or body.max_tokens
     chat_request = _chat_request(
-        message=message,
+        message=turn.message,
         session_id=session_id,
         model=body.model,
-        system_prompt=system_prompt,
+        system_prompt=turn.system_prompt,
         temperature=body.temperature,
         max_tokens=min(max_tokens, settings.max_tokens) if max_tokens else None,
     )
-    started = await chat.start(
-        principal, chat_request, TurnShape(earlier=earlier) if earlier else PLAIN_TURN
+    passthrough = Passthrough(
+        messages=turn.context,
+        fields=body.upstream_fields(settings.max_tokens),
+        client_tools=bool(body.tools),
+        server_tools=settings.openai_server_tools,
     )
+    chat_request = dataclasses.replace(chat_request, passthrough=passthrough)
+    started = await chat.start(principal, chat_request, turn.shape)
     run = started.run
     headers = {SESSION_HEADER: str(run.session_id), MESSAGE_HEADER: str(run.id)}
     if started.window is not None:
@@ -294,6 +405,7 @@ async def chat_completions(
         )
 
     text: list[str] = []
+    calls = ToolCalls()
     error: ErrorEvent | None = None
     done: DoneEvent | None = None
     async with run.follow() as batches, anyio.create_task_group() as tasks:
@@ -304,6 +416,8 @@ async def chat_completions(
                 data: Any = event.data
                 if event.type == "delta":
                     text.append(data["text"])
+                elif event.type in ("tool_call", "tool_result"):
+                    calls.see(event.type, data)
                 elif event.type == "error":
                     error = data
                 elif event.type == "done":
@@ -329,7 +443,14 @@ async def chat_completions(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"content": "".join(text)},
+                    "message": {
+                        "content": "".join(text) or (None if calls.pending else ""),
+                        "tool_calls": [
+                            {key: call[key] for key in ("id", "type", "function")}
+                            for call in calls.pending
+                        ]
+                        or None,
+                    },
                     "finish_reason": done["finish_reason"] or "stop",
                 }
             ],
@@ -356,7 +477,7 @@ async def list_models(settings: SettingsDep) -> ModelObjectList:
     responses=openai_errors({404: "Not one of `GET /v1/models`."}),
     summary="OpenAI: one model you may ask for",
 )
-async def retrieve_model(model_id: str, settings: SettingsDep) -> ModelObject:
+async def retrieve_model(model_id: Text, settings: SettingsDep) -> ModelObject:
     if model_id not in settings.models:
         raise ModelNotFound(f"The model '{model_id}' does not exist here; see GET /v1/models.")
     return ModelObject(id=model_id)

@@ -19,7 +19,15 @@ from typing import Annotated, Any, Literal, NotRequired
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    model_validator,
+)
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -58,14 +66,50 @@ MessageContent = Annotated[
 ]
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: Text
+    arguments: Text
+
+
+class MessageToolCall(BaseModel):
+    """A call the model made, as the client sends it back (`assistant.tool_calls[]`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: Text
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
 class CompletionMessage(BaseModel):
-    """A message of the conversation; text only (no images, audio or tool calls)."""
+    """A message of the conversation, passed on as sent (keys chatstream does not read too)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: MessageContent
-    name: Text | None = Field(default=None, description="Accepted and not used.")
+    role: Role
+    content: MessageContent | None = None
+    name: Text | None = None
+    tool_calls: list[MessageToolCall] | None = Field(
+        default=None, description="On an assistant message: the calls it made."
+    )
+    tool_call_id: Text | None = Field(
+        default=None, description="On a tool message: the call it answers."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> CompletionMessage:
+        if self.role == "tool" and (self.tool_call_id is None or self.content is None):
+            raise ValueError("a tool message needs `tool_call_id` and `content`")
+        if self.role != "assistant" and self.content is None:
+            raise ValueError(f"a {self.role} message needs `content`")
+        if self.role == "assistant" and self.content is None and not self.tool_calls:
+            raise ValueError("an assistant message needs `content` or `tool_calls`")
+        return self
 
 
 class StreamOptions(BaseModel):
@@ -76,23 +120,73 @@ class StreamOptions(BaseModel):
     )
 
 
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: Text
+
+
+class ToolDefinition(BaseModel):
+    """One of the client's tools, passed to the model as sent; its calls come back to you."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text", "json_object", "json_schema"]
+
+
+# Fields passed to the model as the client sent them (when sent, and not null).
+PASSTHROUGH_FIELDS = frozenset(
+    {
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "stop",
+        "seed",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "user",
+        "reasoning_effort",
+    }
+)
+
+
 class CompletionRequest(BaseModel):
-    """`POST /v1/chat/completions`. Any other field (`tools`, `seed`, `stop`, …) answers 400."""
+    """`POST /v1/chat/completions`. Any other field (`logprobs`, `n` > 1, …) answers 400.
+
+    `tools`, `tool_choice`, `parallel_tool_calls`, `response_format`, `stop`,
+    `seed`, `top_p`, the penalties, `logit_bias`, `user` and `reasoning_effort`
+    go to the model as sent; the model's calls of your tools come back to you
+    (`finish_reason: "tool_calls"`), chatstream never runs them.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     model: Text = Field(description="One of `GET /v1/models`.")
     messages: list[CompletionMessage] = Field(
         min_length=1,
-        description="The last one must be the user's. Without `X-Chatstream-Session-Id` they "
-        "are the whole context: system and developer messages become the new session's system "
-        "prompt, the others its first messages. With it, only the last is taken.",
+        description="The last one is the user's, or the results of your tools (`tool` "
+        "messages). Without `X-Chatstream-Session-Id` they are the whole context, sent to "
+        "the model as given and kept as a new session. With it, the session's history is "
+        "the context and only the new ones are taken: the last user message, or the tool "
+        "messages after the stored answer that called them.",
     )
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = Field(
-        default=None, description="Capped at CHATSTREAM_MAX_TOKENS (also the default)."
+        default=None,
+        description="Capped at CHATSTREAM_MAX_TOKENS; without it (or max_completion_tokens) "
+        "the model server's own default applies.",
     )
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="Same as max_tokens; wins over it."
@@ -100,16 +194,29 @@ class CompletionRequest(BaseModel):
     n: Annotated[int, Field(ge=1, le=1)] | None = Field(
         default=None, description="Only 1: chatstream answers with one choice."
     )
-    top_p: Annotated[float, Field(ge=1, le=1)] | None = Field(
-        default=None, description="Only the neutral 1 is accepted."
-    )
-    presence_penalty: Annotated[float, Field(ge=0, le=0)] | None = Field(
-        default=None, description="Only the neutral 0 is accepted."
-    )
-    frequency_penalty: Annotated[float, Field(ge=0, le=0)] | None = Field(
-        default=None, description="Only the neutral 0 is accepted."
-    )
-    user: Text | None = Field(default=None, description="Accepted and not used.")
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
+    seed: int | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    logit_bias: dict[str, int] | None = None
+    user: Text | None = None
+    reasoning_effort: Text | None = None
+
+    def upstream_fields(self, max_tokens_cap: int) -> dict[str, Any]:
+        """What goes to the model as sent: the pass-through fields and a capped token limit."""
+        fields = self.model_dump(
+            include=set(PASSTHROUGH_FIELDS), exclude_unset=True, exclude_none=True, mode="json"
+        )
+        if self.max_completion_tokens is not None:
+            fields["max_completion_tokens"] = min(self.max_completion_tokens, max_tokens_cap)
+        elif self.max_tokens is not None:
+            fields["max_tokens"] = min(self.max_tokens, max_tokens_cap)
+        return fields
 
 
 # --- responses -------------------------------------------------------------------
@@ -121,10 +228,24 @@ class CompletionUsage(TypedDict):
     total_tokens: int
 
 
+class ResponseFunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="JSON, as the model wrote it.")
+
+
+class ResponseToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ResponseFunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None = Field(description="None when the answer is only tool calls.")
     refusal: None = None
+    tool_calls: list[ResponseToolCall] | None = Field(
+        default=None, description='Calls of your tools (finish_reason "tool_calls").'
+    )
 
 
 class CompletionChoice(BaseModel):
@@ -143,9 +264,22 @@ class ChatCompletion(BaseModel):
     usage: CompletionUsage
 
 
+class ChunkFunctionCall(TypedDict):
+    name: str
+    arguments: str
+
+
+class ChunkToolCall(TypedDict):
+    index: int
+    id: str
+    type: Literal["function"]
+    function: ChunkFunctionCall
+
+
 class ChunkDelta(TypedDict):
     role: NotRequired[Literal["assistant"]]
     content: NotRequired[str]
+    tool_calls: NotRequired[list[ChunkToolCall]]
 
 
 class ChunkChoice(TypedDict):

@@ -1,6 +1,7 @@
 """The model's side of a run: rounds of streamed text and tool calls, and what they produced.
 
     round ─ stream text (delta*) ─┬─ no tool calls: done
+                                  ├─ the client's tools: tool_call+, done (they are the answer)
                                   └─ tool_call+ ─ run tools ─ tool_result+ ─ next round
 
 `Generation` appends `delta`, `tool_call` and `tool_result` events as they
@@ -24,7 +25,7 @@ import anyio.lowlevel
 
 from chatstream.errors import UpstreamError
 from chatstream.runs.accumulator import ChunkAccumulator, ToolCall
-from chatstream.runs.events import EventPayload, MessageStatus, Usage
+from chatstream.runs.events import EventPayload, MessageStatus, ToolCallEvent, Usage
 from chatstream.runs.lifecycle import RunSteps
 from chatstream.runs.spec import RunLimits, RunSpec, round_row_id, tool_row_id
 from chatstream.runs.usage import round_usage
@@ -88,6 +89,7 @@ class Generation:
                 # Past the round limit the tools stay described (the history
                 # refers to them) but the model is told not to call them.
                 tool_choice=None if offer_tools or not tools else "none",
+                extra=spec.upstream_fields,
             )
             with self.steps.upstream() as step:
                 await self._stream_round(request)
@@ -95,6 +97,11 @@ class Generation:
             self.cached = self.cached or request.from_cache
             calls = self.round.tool_calls
             if not calls:
+                return
+            if spec.client_tools:
+                # The client runs its own tools: the calls are the answer (never run here).
+                for call in calls:
+                    self._append(call_event(call))
                 return
             if not offer_tools:
                 raise UpstreamError(
@@ -165,14 +172,7 @@ class Generation:
     async def _run_tools(self, calls: list[ToolCall]) -> list[str | None]:
         """Run the round's calls concurrently; each result is sent the moment it is ready."""
         for call in calls:
-            self._append(
-                {
-                    "type": "tool_call",
-                    "call_id": call.call_id,
-                    "name": call.name,
-                    "arguments": call.arguments,
-                }
-            )
+            self._append(call_event(call))
         results: list[str | None] = [None] * len(calls)
         # Let readers send the round's text before the tools run.
         await anyio.lowlevel.checkpoint()
@@ -264,8 +264,20 @@ class Generation:
             model=self._spec.model,
             finish_reason=self.round.finish_reason if final else None,
         )
+        if self._spec.client_tools and final and status == "complete":
+            # The client's tools' calls, as the answer carries them (replayed as sent).
+            answer.tool_calls = [call.as_openai() for call in self.round.tool_calls] or None
         return [*self.tool_rows, answer]
 
     def progress(self) -> tuple[int, int]:
         """How much has been produced: (tool rows, chunks of the current round)."""
         return len(self.tool_rows), self.round.content_chunks
+
+
+def call_event(call: ToolCall) -> ToolCallEvent:
+    return {
+        "type": "tool_call",
+        "call_id": call.call_id,
+        "name": call.name,
+        "arguments": call.arguments,
+    }

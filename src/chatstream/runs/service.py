@@ -27,6 +27,7 @@ from chatstream.runs.log import EventLog, MemoryEventLog
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.replay import StoredRun
 from chatstream.runs.run import Run, RunLimits, RunSpec, RunStore
+from chatstream.runs.spec import Passthrough
 from chatstream.storage.records import HistoryMessage, OutputRow, RunOutput
 from chatstream.storage.repository import DuplicateRequest, EarlierRequest, Store
 from chatstream.tools import ToolSet
@@ -49,6 +50,7 @@ class ChatInput:
     max_tokens: int | None = None
     client_message_id: str | None = None
     chunk_chars: int | None = None
+    passthrough: Passthrough | None = None  # an OpenAI-compatible client's own request
 
 
 NO_TEXT = "must contain some non-whitespace text"
@@ -73,6 +75,9 @@ class TurnShape:
     chat_id: str | None = None
     earlier: tuple[HistoryMessage, ...] = ()
     reanswer: uuid.UUID | None = None
+    # The new message when it is not the user's text: a tool result (after
+    # `earlier`, the round's other results, in a session or a new one).
+    turn: HistoryMessage | None = None
 
 
 PLAIN_TURN = TurnShape()
@@ -219,6 +224,7 @@ class ChatService:
             new_session_external_id=shape.chat_id,
             earlier=shape.earlier,
             reanswer=shape.reanswer,
+            turn=shape.turn,
             title_from_message=settings.auto_title == "message",
         )
         session_model = turn.session_model if turn.session_model in settings.models else None
@@ -239,6 +245,8 @@ class ChatService:
             chunk_chars=chat.chunk_chars,
             tools=self._tools,
         )
+        if chat.passthrough is not None:
+            chat.passthrough.apply(spec)
         return Run(
             spec,
             upstream=self._upstream,

@@ -30,10 +30,47 @@ class RunSpec:
     user_message_id: uuid.UUID
     model: str
     messages: list[dict[str, Any]]
-    max_tokens: int
+    max_tokens: int | None  # None: the model server's own default (a pass-through sent none)
     temperature: float | None = None
     chunk_chars: int | None = None
     tools: ToolSet = field(default_factory=ToolSet)
+    # A pass-through client's own request fields (`response_format`, `stop`, its
+    # `tools`, ...), sent to the model as given.
+    upstream_fields: dict[str, Any] = field(default_factory=dict)
+    # The tools offered are the client's: their calls end the run (finish_reason
+    # "tool_calls") and are the answer; they are never run here.
+    client_tools: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Passthrough:
+    """What an OpenAI-compatible client asks of the model beyond its message, kept as sent.
+
+    `messages`: the whole context as the client sent it (a stateless call), sent
+    instead of the stored history and never windowed (the adapter refuses one over
+    the budget instead). `fields`: request fields sent to the model as given.
+    `client_tools`: `fields` offer the client's tools. `server_tools`: offer the
+    built-in tools too (an operator's choice; never with the client's own).
+    """
+
+    messages: list[dict[str, Any]] | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    client_tools: bool = False
+    server_tools: bool = False
+
+    def apply(self, spec: RunSpec) -> None:
+        """Shape `spec` (built as for chatstream's own clients) to this request.
+
+        No `max_tokens` of chatstream's own: the client's, if it sent one, is in
+        `fields` (capped, under the name it used).
+        """
+        if self.messages is not None:
+            spec.messages = self.messages
+        spec.max_tokens = None
+        spec.upstream_fields = self.fields
+        spec.client_tools = self.client_tools
+        if self.client_tools or not self.server_tools:
+            spec.tools = ToolSet()
 
 
 def round_row_id(run_id: uuid.UUID, round_index: int) -> uuid.UUID:

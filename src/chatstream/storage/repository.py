@@ -203,6 +203,7 @@ class Store:
         earlier: Sequence[HistoryMessage] = (),
         reanswer: uuid.UUID | None = None,
         title_from_message: bool = True,
+        turn: HistoryMessage | None = None,
     ) -> TurnStart:
         """Commit the user's message (creating the session if needed); read the history.
 
@@ -214,7 +215,9 @@ class Store:
         (the client's chat id) and starts with the `earlier` messages (user
         and assistant text, oldest first) before this one; with `reanswer`
         (a user message of `session_id`) nothing is inserted and the turn is
-        that message's, with the history up to it.
+        that message's, with the history up to it. With `turn` (a tool result)
+        the new message is that record, not the user's `message`, and `earlier`
+        (the round's other results) go before it in an existing session too.
         """
         if reanswer is not None:
             if session_id is None:
@@ -238,6 +241,7 @@ class Store:
                 new_session_external_id=new_session_external_id,
                 earlier=earlier,
                 title_from_message=title_from_message,
+                turn=turn,
             )
         except IntegrityError:
             if session_id is None and new_session_external_id is not None:
@@ -327,7 +331,7 @@ class Store:
         """User messages `runner` started answering before `before` whose answer never landed."""
         answers = aliased(MessageRow)
         query = select(MessageRow.owner, MessageRow.session_id, MessageRow.reply_id).where(
-            MessageRow.role == "user",
+            MessageRow.role.in_(("user", "tool")),  # a tool result can start a run
             MessageRow.runner == runner,
             MessageRow.reply_id.is_not(None),
             MessageRow.created_at < datetime.fromtimestamp(before, UTC),

@@ -117,8 +117,12 @@ def begin_turn(
     new_session_external_id: str | None,
     earlier: Sequence[HistoryMessage],
     title_from_message: bool,
+    turn: HistoryMessage | None = None,
 ) -> TurnStart:
-    """The user's message (and a new session, with `earlier`), and the history it ends."""
+    """The user's message (and a new session, with `earlier`), and the history it ends.
+
+    With `turn` the new message is that record (a tool result), after `earlier`.
+    """
     sessions, messages = sessions_table, messages_table
     created = session_id is None
     if session_id is not None:
@@ -153,22 +157,25 @@ def begin_turn(
                 "external_id": new_session_external_id,
             },
         )
-        if earlier:
-            connection.execute(
-                insert(messages),
-                [
-                    {
-                        "id": uuid.uuid4(),
-                        "session_id": session_id,
-                        "owner": owner,
-                        "role": row.role,
-                        "content": row.content,
-                        "status": "complete",
-                        "created_at": now,
-                    }
-                    for row in earlier
-                ],
-            )
+    if earlier and (created or turn is not None):
+        connection.execute(
+            insert(messages),
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "session_id": session_id,
+                    "owner": owner,
+                    "role": row.role,
+                    "content": row.content,
+                    "tool_calls": row.tool_calls,
+                    "tool_call_id": row.tool_call_id,
+                    "name": row.name,
+                    "status": "complete",
+                    "created_at": now,
+                }
+                for row in earlier
+            ],
+        )
     user_message_id = uuid.uuid4()
     connection.execute(
         insert(messages),
@@ -176,7 +183,9 @@ def begin_turn(
             "id": user_message_id,
             "session_id": session_id,
             "owner": owner,
-            "role": "user",
+            "role": turn.role if turn is not None else "user",
+            "tool_call_id": turn.tool_call_id if turn is not None else None,
+            "name": turn.name if turn is not None else None,
             "content": message,
             "status": "complete",
             "created_at": now,
@@ -186,7 +195,7 @@ def begin_turn(
         },
     )
     if created:  # a new session has no history but this message (and `earlier`)
-        history = [HistoryMessage(role="user", content=message), *reversed(earlier)]
+        history = [turn or HistoryMessage(role="user", content=message), *reversed(earlier)]
         history = history[:history_limit]
     else:
         history = _recent(connection, session_id, history_limit)

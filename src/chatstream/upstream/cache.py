@@ -9,7 +9,8 @@
 
 The key is a hash of everything that decides the answer: the model, the
 messages sent (system prompt and context included), the temperature (0 or
-unset, told apart), `max_tokens`, and the tools offered. The run above
+unset, told apart), `max_tokens`, the tools offered and a pass-through
+client's own fields (`response_format`, `stop`, `seed`, ...). The run above
 does not know the difference between a hit and the model, except for the flag,
 which ends up as `done.metrics.cached: true`; a replayed answer is persisted
 like any other.
@@ -75,6 +76,7 @@ def cache_key(request: UpstreamRequest) -> str | None:
         request.max_tokens,
         request.tools,
         request.tool_choice,
+        request.extra,
     ]
     return hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()
 

@@ -34,6 +34,8 @@ Directives (all optional):
   content_parts=1    send each token's content as a list of two text parts
   no_usage=1         never report usage
   finish=R           the finish_reason to report (default stop)
+  answer=TEXT        answer with exactly TEXT (a JSON object may be given bare:
+                     answer={"name": "Ada"}), e.g. for structured output
   tool=NAME          call tool NAME first (the answer follows the tool result)
   tool_args=JSON     its arguments (default {})
   tools=N1,N2        call several tools in parallel in one round
@@ -100,6 +102,7 @@ class Script:
     tool_rounds: int = 1
     ignore_tool_choice: bool = False
     preamble: int = 0
+    answer: str | None = None
 
     def with_directives(self, text: str) -> Script:
         """Apply every `[[fake …]]` directive found in `text`."""
@@ -325,6 +328,8 @@ class Emulator:
         return names if rounds_done < script.tool_rounds else ()
 
     def _tokens(self, script: Script, messages: list[Any], last_user: str) -> list[str]:
+        if script.answer is not None:
+            return _split_words(script.answer)
         if script.tokens is not None:
             words = [WORDS[i % len(WORDS)] for i in range(script.tokens)]
             if script.token_chars:
@@ -449,6 +454,10 @@ def _last_user_text(messages: list[Any]) -> str:
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
             content = message.get("content")
+            if isinstance(content, list):  # content parts: their text
+                return "".join(
+                    str(part.get("text") or "") for part in content if isinstance(part, dict)
+                )
             return content if isinstance(content, str) else ""
     return ""
 

@@ -55,10 +55,13 @@ _DONE = b"[DONE]"
 class UpstreamRequest:
     model: str
     messages: list[dict[str, Any]]
-    max_tokens: int
+    max_tokens: int | None  # None: none sent (the model server's default)
     temperature: float | None = None
     tools: list[dict[str, Any]] = field(default_factory=list)
     tool_choice: str | None = None
+    # A pass-through client's own fields (`response_format`, `stop`, its `tools`, ...),
+    # sent as given.
+    extra: dict[str, Any] = field(default_factory=dict)
     # Set by the answer cache (upstream/cache.py) when it answered instead of the model.
     from_cache: bool = False
 
@@ -67,10 +70,14 @@ class UpstreamRequest:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": self.messages,
-            "max_tokens": self.max_tokens,
             "stream": True,
+            # Usage is what runs are counted by (limits, metrics, the stored row).
             "stream_options": {"include_usage": True},
         }
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
+        if self.extra:
+            body.update(self.extra)
         if self.temperature is not None:
             body["temperature"] = self.temperature
         if self.tools:
