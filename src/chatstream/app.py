@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from chatstream import __version__
 from chatstream.api import chat, meta, openai_compat, playground, runs, sessions, ui_stream, ws
 from chatstream.api import metrics as metrics_api
+from chatstream.api import usage as usage_api
 from chatstream.api.body_limit import BodyLimit
 from chatstream.api.deps import AppState, get_principal
 from chatstream.api.docs import install_docs
@@ -37,6 +38,7 @@ from chatstream.errors import StartupError
 from chatstream.hooks import AutoTitle, Hook, HookRunner, installed_hooks
 from chatstream.logs import Redactor, RequestIdMiddleware, secrets_of
 from chatstream.metrics import HttpMetrics, Metrics
+from chatstream.quotas.quotas import Quotas
 from chatstream.ratelimit import ChatLimits
 from chatstream.runs.journal import RunJournal
 from chatstream.runs.lifecycle import RunListener, RunListeners
@@ -121,6 +123,9 @@ def create_app(
     tracing = _tracing(settings)
     if tracing is not None:
         run_listeners.add(tracing.listener)
+    quota_metrics = metrics.listener if metrics is not None else None
+    quotas = Quotas(settings, listeners=run_listeners, metrics=quota_metrics)
+    run_listeners.add(quotas)
     authenticator = Authenticator(settings)
     client_address = ClientAddress(settings.trusted_proxies)
     redactor = Redactor(secrets_of(settings))
@@ -139,6 +144,7 @@ def create_app(
                     database, auto_migrate=settings.auto_migrate, redact=redactor
                 )
                 limits = await stack.enter_async_context(ChatLimits(settings))
+                await stack.enter_async_context(quotas)
             except StartupError as exc:
                 # The one line an operator needs; StartupReport keeps the traceback out.
                 logger.error("chatstream cannot start: %s", exc)
@@ -241,11 +247,13 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.quotas = quotas
     install_error_handlers(app)
     install_docs(app)
     protocol_adapters = (ui_stream.router, openai_compat.router)
     for router in (chat.router, runs.router, sessions.router, meta.api_router, *protocol_adapters):
         app.include_router(router, dependencies=[Depends(get_principal)])
+    app.include_router(usage_api.router, dependencies=[Depends(get_principal)])
     for router in (ws.router, meta.router, playground.router()):
         app.include_router(router)
     if metrics is not None:

@@ -18,6 +18,8 @@ from limits import parse_many
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from chatstream.quotas.window import window_seconds
+
 CommaList = Annotated[list[str], NoDecode]
 
 
@@ -164,6 +166,11 @@ class Settings(BaseSettings):
     rate_limit_fail_open: bool = False
     max_concurrent_runs: int = Field(default=4, ge=1)
     redis_key_prefix: str = Field(default="chatstream", min_length=1)
+    # Token quotas per owner (chatstream.quotas): this many tokens per window, shared by
+    # every model without a limit of its own in quota_models ("model=N,…"); unset: off.
+    quota_tokens: int | None = Field(default=None, ge=0)
+    quota_window: str = "day"  # minute, hour, day (UTC) or N seconds, aligned to the epoch
+    quota_models: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
     cors_origins: CommaList = Field(default_factory=list)
     trusted_proxies: CommaList = Field(default_factory=list)  # addresses or CIDR networks
 
@@ -230,6 +237,26 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError("must look like 30/minute (limits syntax), or be empty") from None
         return value.strip()
+
+    @field_validator("quota_window")
+    @classmethod
+    def _check_quota_window(cls, value: str) -> str:
+        window_seconds(value)
+        return value.strip().lower()
+
+    @field_validator("quota_models", mode="before")
+    @classmethod
+    def _parse_quota_models(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        limits: dict[str, str] = {}
+        for item in (part.strip() for part in value.split(",")):
+            model, equals, tokens = item.rpartition("=")
+            if item and not (equals and model.strip() and tokens.strip().isdigit()):
+                raise ValueError(f"{item!r} is not model=tokens (as in gpt-4o=100000)")
+            if item:
+                limits[model.strip()] = tokens.strip()
+        return limits
 
     @field_validator("database_url")
     @classmethod
@@ -316,6 +343,30 @@ class Settings(BaseSettings):
         if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value().encode()) < 32:
             raise ValueError("CHATSTREAM_JWT_SECRET must be at least 32 bytes long")
         return self
+
+    @model_validator(mode="after")
+    def _check_quota_models(self) -> Settings:
+        if not self.quota_models:
+            return self
+        if self.quota_tokens is None:
+            raise ValueError(
+                "CHATSTREAM_QUOTA_MODELS needs CHATSTREAM_QUOTA_TOKENS, the limit of the "
+                "models it does not name (set it, or unset CHATSTREAM_QUOTA_MODELS)"
+            )
+        unknown = [model for model in self.quota_models if model not in self.models]
+        negative = [model for model, tokens in self.quota_models.items() if tokens < 0]
+        if unknown:
+            raise ValueError(
+                f"CHATSTREAM_QUOTA_MODELS names {', '.join(unknown)}, not in CHATSTREAM_MODELS "
+                f"({', '.join(self.models)})"
+            )
+        if negative:
+            raise ValueError(f"CHATSTREAM_QUOTA_MODELS: a limit must be 0 or more ({negative[0]})")
+        return self
+
+    @property
+    def quota_window_s(self) -> int:
+        return window_seconds(self.quota_window)
 
     @property
     def demo(self) -> bool:

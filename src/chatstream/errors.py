@@ -11,7 +11,8 @@
     │   └── IdempotencyConflict      409 idempotency_conflict
     ├── PayloadTooLarge              413 payload_too_large
     ├── RateLimited                  429 rate_limited
-    │   └── TooManyRuns              429 too_many_runs
+    │   ├── TooManyRuns              429 too_many_runs
+    │   └── QuotaExceeded            429 quota_exceeded
     ├── ServiceUnavailable           503 unavailable
     │   ├── DatabaseUnavailable      503 database_unavailable
     │   └── RateLimiterUnavailable   503 rate_limiter_unavailable
@@ -150,6 +151,11 @@ class RateLimited(ChatstreamError):
 class TooManyRuns(RateLimited):
     code = "too_many_runs"
     default_message = "Too many answers are being generated for you at once."
+
+
+class QuotaExceeded(RateLimited):
+    code = "quota_exceeded"
+    default_message = "Your token quota for this window is used up; wait for it to reset."
 
 
 class ServiceUnavailable(ChatstreamError):

@@ -9,8 +9,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from chatstream.api.deps import ChatDep, PrincipalDep, SettingsDep, StoreDep
+from chatstream.api.deps import PrincipalDep, SettingsDep, StoreDep
 from chatstream.api.errors import error_response
+from chatstream.api.quota import GatedChatDep
 from chatstream.api.schemas import (
     ChatRequest,
     ChatResponse,
@@ -34,8 +35,9 @@ _ERROR_TEXTS = {
     "`message`.",
     413: "The body is over CHATSTREAM_MAX_BODY_BYTES.",
     422: "The request breaks a validation rule.",
-    429: "`rate_limited` (CHATSTREAM_RATE_LIMIT) or `too_many_runs` "
-    "(CHATSTREAM_MAX_CONCURRENT_RUNS); with Retry-After and X-RateLimit-* headers.",
+    429: "`rate_limited` (CHATSTREAM_RATE_LIMIT), `too_many_runs` "
+    "(CHATSTREAM_MAX_CONCURRENT_RUNS) or `quota_exceeded` (CHATSTREAM_QUOTA_TOKENS); with "
+    "Retry-After and X-RateLimit-* (X-Quota-*) headers.",
     503: "`unavailable` (this process is at CHATSTREAM_MAX_LIVE_RUNS), `server_shutdown`, "
     "`database_unavailable` or `rate_limiter_unavailable`; retry after Retry-After.",
 }
@@ -60,7 +62,7 @@ _FAILED_STATUS = {
     summary="Start a run and stream its events (SSE)",
 )
 async def chat_stream(
-    body: ChatRequest, principal: PrincipalDep, chat: ChatDep, settings: SettingsDep
+    body: ChatRequest, principal: PrincipalDep, chat: GatedChatDep, settings: SettingsDep
 ) -> Response:
     started = await chat.start(principal, body.to_input())
     return RunEventStream(
@@ -68,7 +70,7 @@ async def chat_stream(
         after=0,
         keepalive_s=settings.keepalive_interval_s,
         send_timeout_s=settings.send_timeout_s,
-        headers=started.window.headers() if started.window else None,
+        headers=started.headers,
     )
 
 
@@ -89,7 +91,11 @@ async def chat_stream(
     summary="Start a run and answer once it has ended",
 )
 async def chat(
-    body: ChatRequest, principal: PrincipalDep, chat: ChatDep, store: StoreDep, request: Request
+    body: ChatRequest,
+    principal: PrincipalDep,
+    chat: GatedChatDep,
+    store: StoreDep,
+    request: Request,
 ) -> Response:
     started = await chat.start(principal, body.to_input())
     run = started.run
@@ -105,8 +111,7 @@ async def chat(
     if outcome.done is None:
         return Response(status_code=499)  # the client left; nobody reads this
     response = await _final_answer(run, outcome, principal.owner, store)
-    if started.window is not None:
-        response.headers.update(started.window.headers())
+    response.headers.update(started.headers)
     return response
 
 

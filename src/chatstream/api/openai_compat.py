@@ -47,7 +47,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
 from chatstream.api.body_limit import payload_too_large
-from chatstream.api.deps import ChatDep, PrincipalDep, SettingsDep
+from chatstream.api.deps import PrincipalDep, SettingsDep
 from chatstream.api.openai_schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -65,6 +65,7 @@ from chatstream.api.openai_schemas import (
     openai_error_response,
     openai_errors,
 )
+from chatstream.api.quota import GatedChatDep
 from chatstream.api.schemas import ChatRequest
 from chatstream.api.translated_stream import TranslatedStream
 from chatstream.api.validators import Text
@@ -359,7 +360,7 @@ async def chat_completions(
     body: CompletionRequest,
     request: Request,
     principal: PrincipalDep,
-    chat: ChatDep,
+    chat: GatedChatDep,
     settings: SettingsDep,
     session_id: Annotated[
         uuid.UUID | None,
@@ -391,8 +392,7 @@ async def chat_completions(
     started = await chat.start(principal, chat_request, turn.shape)
     run = started.run
     headers = {SESSION_HEADER: str(run.session_id), MESSAGE_HEADER: str(run.id)}
-    if started.window is not None:
-        headers.update(started.window.headers())
+    headers.update(started.headers)
     created = int(time.time())
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage

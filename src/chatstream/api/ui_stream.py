@@ -26,7 +26,8 @@ from fastapi import APIRouter, Path
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from chatstream.api.deps import ChatDep, Owner, PrincipalDep, RegistryDep, SettingsDep, StoreDep
+from chatstream.api.deps import Owner, PrincipalDep, RegistryDep, SettingsDep, StoreDep
+from chatstream.api.quota import GatedChatDep
 from chatstream.api.schemas import ChatRequest, json_errors
 from chatstream.api.translated_stream import TranslatedStream
 from chatstream.api.ui_schemas import (
@@ -233,8 +234,9 @@ _UI_ERRORS = {
     409: "Another request is starting this same new chat at this moment; send again.",
     413: "The body is over CHATSTREAM_MAX_BODY_BYTES.",
     422: "The request breaks a validation rule (e.g. no user message with text).",
-    429: "`rate_limited` (CHATSTREAM_RATE_LIMIT) or `too_many_runs` "
-    "(CHATSTREAM_MAX_CONCURRENT_RUNS); with Retry-After and X-RateLimit-* headers.",
+    429: "`rate_limited` (CHATSTREAM_RATE_LIMIT), `too_many_runs` "
+    "(CHATSTREAM_MAX_CONCURRENT_RUNS) or `quota_exceeded` (CHATSTREAM_QUOTA_TOKENS); with "
+    "Retry-After and X-RateLimit-* (X-Quota-*) headers.",
     503: "The server is at capacity or shutting down, or the database is unavailable.",
 }
 
@@ -249,7 +251,7 @@ _UI_ERRORS = {
 async def ui_chat(
     body: UIChatRequest,
     principal: PrincipalDep,
-    chat: ChatDep,
+    chat: GatedChatDep,
     store: StoreDep,
     settings: SettingsDep,
 ) -> Response:
@@ -278,7 +280,7 @@ async def ui_chat(
         started.run,
         settings,
         cancel_on_disconnect=not body.resume,
-        headers=started.window.headers() if started.window else {},
+        headers=started.headers,
     )
 
 

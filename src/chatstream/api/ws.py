@@ -52,6 +52,7 @@ from starlette.responses import JSONResponse
 
 from chatstream.api.deps import State, principal_of
 from chatstream.api.errors import problem_details
+from chatstream.api.quota import quota_gate
 from chatstream.api.sendwatch import SendWatch
 from chatstream.api.ws_frames import (
     AuthFrame,
@@ -155,7 +156,7 @@ class ChatSocket:
         self, websocket: WebSocket, state: State, principal: Principal, expires_at: float | None
     ) -> None:
         self._websocket = websocket
-        self._chat = state.chat
+        self._chat = quota_gate(state, websocket)  # the chat service, behind the token quota
         self._registry = state.registry
         self._settings = state.settings
         self._principal = principal

@@ -45,6 +45,7 @@ REJECTION_CODES = (
     "server_shutdown",
     "unavailable",
     "database_unavailable",
+    "quota_exceeded",
 )
 TOKEN_TYPES = ("prompt", "completion")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -110,6 +111,19 @@ class ChatstreamCollectors:
             ["code"],
             registry=registry,
         )
+        # Token quotas (chatstream.quotas), by model: never by owner.
+        self.quota_tokens = Counter(
+            "chatstream_quota_tokens",
+            "Tokens counted against owners' quotas when their runs ended, by model.",
+            ["model"],
+            registry=registry,
+        )
+        self.quota_exceeded = Counter(
+            "chatstream_quota_exceeded",
+            "Chats refused because their owner's token quota was used up, by model.",
+            ["model"],
+            registry=registry,
+        )
         self.http_requests = Counter(
             "chatstream_http_requests",
             "HTTP requests answered, by method, route template and status.",
@@ -129,6 +143,8 @@ class ChatstreamCollectors:
         for model in model_labels:
             self.ttft.labels(model)
             self.run_duration.labels(model)
+            self.quota_tokens.labels(model)
+            self.quota_exceeded.labels(model)
             for status in RUN_STATUSES:
                 self.runs_total.labels(model, status)
             for kind in TOKEN_TYPES:
@@ -161,6 +177,8 @@ class RunMetrics:
             code: c.upstream_errors.labels(code) for code in UPSTREAM_ERROR_CODES
         }
         self._rejected = {code: c.rejected.labels(code) for code in (*REJECTION_CODES, OTHER)}
+        self._quota_tokens = {m: c.quota_tokens.labels(m) for m in models}
+        self._quota_exceeded = {m: c.quota_exceeded.labels(m) for m in models}
 
     def run_started(self, run: RunStarted) -> None:
         self.count_live_runs()
@@ -190,6 +208,12 @@ class RunMetrics:
 
     def chat_rejected(self, code: str) -> None:
         self._rejected[code if code in self._rejected else OTHER].inc()
+
+    def quota_settled(self, model: str, tokens: int) -> None:
+        self._quota_tokens[self._c.model_label(model)].inc(tokens)
+
+    def quota_exceeded(self, model: str) -> None:
+        self._quota_exceeded[self._c.model_label(model)].inc()
 
 
 def http_method_label(method: str) -> str:
