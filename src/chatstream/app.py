@@ -31,6 +31,7 @@ from chatstream.api.openai_schemas import document_openai_errors, openai_stream_
 from chatstream.api.schemas import document_errors, event_schemas
 from chatstream.api.sse import SERVER_SEND
 from chatstream.api.ui_schemas import ui_chunk_schemas
+from chatstream.api.usage import QUOTA_HEADERS, document_quota_headers
 from chatstream.auth import Authenticator, ClientAddress
 from chatstream.bots.telegram import TelegramBot, webhook_router
 from chatstream.config import Settings
@@ -278,6 +279,7 @@ def create_app(
                 "Retry-After",
                 openai_compat.SESSION_HEADER,
                 openai_compat.MESSAGE_HEADER,
+                *QUOTA_HEADERS,
             ],
         )
     app.add_middleware(
@@ -369,6 +371,7 @@ def _document(app: FastAPI, settings: Settings) -> None:
             return app.openapi_schema
         schema = build()
         document_errors(schema)
+        document_quota_headers(schema)
         document_openai_errors(schema)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(event_schemas())

@@ -257,3 +257,22 @@ def test_quotas_off_add_no_headers_and_say_so(server: AppServer) -> None:
         assert {"limit", "used", "remaining", "reset_s", "models"} <= set(
             schema["components"]["schemas"]["UsageOut"]["properties"]
         )
+
+
+def test_the_quota_headers_are_documented_and_readable_cross_origin(
+    make_server: Callable[..., AppServer],
+) -> None:
+    origin = "http://app.example"
+    server = make_server(quota_tokens=1000, cors_origins=origin)
+    with httpx.Client(base_url=server.base_url, timeout=20) as client:
+        answer = client.post(
+            "/api/chat", json={"message": "[[fake tokens=2]] hi"}, headers={"Origin": origin}
+        )
+        assert answer.headers["x-quota-remaining"] == "1000"
+        exposed = answer.headers["access-control-expose-headers"].lower()
+        assert {"x-quota-limit", "x-quota-remaining", "x-quota-reset"} <= set(exposed.split(", "))
+        paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/chat", "/api/chat/stream", "/api/ui/chat", "/v1/chat/completions"):
+        for status in ("200", "429"):
+            headers = paths[path]["post"]["responses"][status]["headers"]
+            assert {"X-Quota-Limit", "X-Quota-Remaining", "X-Quota-Reset"} <= set(headers)

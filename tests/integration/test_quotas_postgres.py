@@ -10,6 +10,7 @@ import openai
 
 from tests.support.servers import AppServer
 from tests.support.wait import wait_until
+from tests.support.ws import open_socket, recv, send
 
 
 def used_of(client: httpx.Client, model: str) -> int:
@@ -36,6 +37,15 @@ def test_quotas_on_postgres(make_server: Callable[..., AppServer], postgres_url:
         before = client.get(f"/api/sessions/{session}").json()["message_count"]
         refused = client.post("/api/chat", json={**body, "client_message_id": "new"})
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "quota_exceeded"
+        with client.stream(
+            "POST", "/api/chat/stream", json={"message": "sse", "session_id": session}
+        ) as sse:
+            sse.read()
+        assert sse.status_code == 429 and sse.headers["x-quota-remaining"] == "0"
+        with open_socket(server) as ws:
+            send(ws, {"type": "chat", "request_id": "w", "message": "ws", "session_id": session})
+            frame = recv(ws)
+            assert (frame["type"], frame["code"]) == ("error", "quota_exceeded")
         assert client.get(f"/api/sessions/{session}").json()["message_count"] == before
 
     with (

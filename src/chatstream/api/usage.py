@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
@@ -13,6 +14,28 @@ from chatstream.api.schemas import ErrorBody
 from chatstream.quotas.quotas import Quotas
 
 router = APIRouter(prefix="/api", tags=["usage"])
+
+QUOTA_HEADERS = ("X-Quota-Limit", "X-Quota-Remaining", "X-Quota-Reset")
+# The answers that start chats: each carries the X-Quota-* headers when quotas are on.
+CHAT_OPERATIONS = ("/api/chat", "/api/chat/stream", "/api/ui/chat", "/v1/chat/completions")
+_HEADER_TEXTS = {
+    "X-Quota-Limit": "With CHATSTREAM_QUOTA_TOKENS: the tokens per window the run's model "
+    "counts toward.",
+    "X-Quota-Remaining": "Of those, what was left when the run started (its own tokens are "
+    "counted when it ends).",
+    "X-Quota-Reset": "Seconds until the quota window resets.",
+}
+
+
+def document_quota_headers(schema: dict[str, Any]) -> None:
+    """Add the X-Quota-* headers to the answers of the chat operations in OpenAPI."""
+    for path in CHAT_OPERATIONS:
+        responses = schema["paths"].get(path, {}).get("post", {}).get("responses", {})
+        for status in ("200", "429"):
+            if status in responses:
+                headers = responses[status].setdefault("headers", {})
+                for name, text in _HEADER_TEXTS.items():
+                    headers[name] = {"description": text, "schema": {"type": "integer"}}
 
 
 class ModelUsageOut(BaseModel):
