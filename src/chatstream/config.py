@@ -150,6 +150,8 @@ class Settings(BaseSettings):
     tool_timeout_s: float = Field(default=30.0, gt=0)
     # Offer the built-in tools on `/v1` calls that bring no tools of their own.
     openai_server_tools: bool = False
+    # Models that take no images: a /v1 request with an image for one is a 400.
+    models_without_vision: CommaList = Field(default_factory=list)
 
     # --- auth and limits ----------------------------------------------------
     auth: Literal["none", "jwt"] = "none"

@@ -56,10 +56,12 @@ from chatstream.api.openai_schemas import (
     CompletionMessage,
     CompletionRequest,
     CompletionUsage,
+    ImageContentPart,
     ModelObject,
     ModelObjectList,
     OpenAIErrorBody,
     OpenAIRoute,
+    TextContentPart,
     completion_responses,
     error_type,
     openai_error_response,
@@ -241,11 +243,35 @@ class ToolCalls:
 
 
 def _text(message: CompletionMessage) -> str:
-    if message.content is None:
+    """The message's text; for one of images, audio or files alone, what they are."""
+    content = message.content
+    if content is None:
         return ""
-    if isinstance(message.content, str):
-        return message.content
-    return "\n".join(part.text for part in message.content)
+    if isinstance(content, str):
+        return content
+    text = "\n".join(part.text for part in content if isinstance(part, TextContentPart))
+    return text or " ".join(f"[{part.type}]" for part in content)
+
+
+def _parts(message: CompletionMessage) -> list[Any] | None:
+    """The content parts as sent, when there is more than text in them."""
+    content = message.content
+    if not isinstance(content, list) or all(isinstance(p, TextContentPart) for p in content):
+        return None
+    return [part.model_dump(mode="json", exclude_unset=True) for part in content]
+
+
+def _check_vision(messages: list[CompletionMessage], model: str, blind: list[str]) -> None:
+    if model not in blind:
+        return
+    for index, message in enumerate(messages):
+        for position, part in enumerate(message.content or ()):
+            if isinstance(part, ImageContentPart):
+                raise InvalidRequest(
+                    f"The model '{model}' does not take images (CHATSTREAM_MODELS_WITHOUT_VISION"
+                    "); send text, or ask a model that sees them.",
+                    details=[{"loc": ["body", "messages", index, "content", position]}],
+                )
 
 
 def _record(message: CompletionMessage) -> HistoryMessage:
@@ -264,6 +290,7 @@ def _record(message: CompletionMessage) -> HistoryMessage:
         tool_calls=calls or None,
         tool_call_id=message.tool_call_id,
         name=message.name if message.role == "tool" else None,
+        parts=_parts(message),
     )
 
 
@@ -298,7 +325,7 @@ def _turn(messages: list[CompletionMessage], continuing: bool, max_chars: int) -
             new.reverse()
         shape = TurnShape(
             earlier=tuple(_record(m) for m in new[:-1]),
-            turn=_record(last) if last.role == "tool" else None,
+            turn=_record(last) if last.role == "tool" or _parts(last) else None,
         )
         return Turn(_text(last), None, shape, None)
     chars = sum(_chars(m) for m in messages if m.role not in ("system", "developer"))
@@ -314,7 +341,7 @@ def _turn(messages: list[CompletionMessage], continuing: bool, max_chars: int) -
     system = [_text(m) for m in given if m.role in ("system", "developer")]
     shape = TurnShape(
         earlier=tuple(_record(m) for m in given if m.role not in ("system", "developer")),
-        turn=_record(last) if last.role == "tool" else None,
+        turn=_record(last) if last.role == "tool" or _parts(last) else None,
     )
     context = [m.model_dump(mode="json", exclude_unset=True) for m in messages]
     return Turn(_text(last), "\n\n".join(system) or None, shape, context)
@@ -372,6 +399,7 @@ async def chat_completions(
 ) -> Response:
     if body.model not in settings.models:
         raise ModelNotFound(f"The model '{body.model}' does not exist here; see GET /v1/models.")
+    _check_vision(body.messages, body.model, settings.models_without_vision)
     turn = _turn(body.messages, continuing=session_id is not None, max_chars=settings.history_chars)
     max_tokens = body.max_completion_tokens or body.max_tokens
     chat_request = _chat_request(

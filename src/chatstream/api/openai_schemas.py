@@ -47,6 +47,54 @@ class TextContentPart(BaseModel):
     text: Text
 
 
+class ImageURL(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    url: Text = Field(description="A URL, or a data URL (`data:image/png;base64,...`).")
+
+
+class ImageContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class InputAudio(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    data: Text = Field(description="Base64.")
+    format: Text
+
+
+class AudioContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class FileObject(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    file_data: Text | None = None
+    file_id: Text | None = None
+    filename: Text | None = None
+
+
+class FileContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["file"]
+    file: FileObject
+
+
+ContentPart = Annotated[
+    TextContentPart | ImageContentPart | AudioContentPart | FileContentPart,
+    Field(discriminator="type"),
+]
+
+
 def _content_kind(content: Any) -> str | None:
     if isinstance(content, str):
         return "string"
@@ -57,11 +105,11 @@ def _content_kind(content: Any) -> str | None:
 # both); the tags are left out of `param` (see `_param_of`).
 _CONTENT_TAGS = ("string", "array")
 MessageContent = Annotated[
-    Annotated[Text, Tag("string")] | Annotated[list[TextContentPart], Tag("array")],
+    Annotated[Text, Tag("string")] | Annotated[list[ContentPart], Tag("array")],
     Discriminator(
         _content_kind,
         custom_error_type="content_type",
-        custom_error_message="should be a string or a list of text parts",
+        custom_error_message="should be a string or a list of content parts",
     ),
 ]
 

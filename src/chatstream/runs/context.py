@@ -28,7 +28,7 @@ def _chars(message: HistoryMessage) -> int:
 
 
 def _as_upstream(message: HistoryMessage) -> dict[str, Any]:
-    upstream: dict[str, Any] = {"role": message.role, "content": message.content}
+    upstream: dict[str, Any] = {"role": message.role, "content": message.parts or message.content}
     if message.tool_calls:
         upstream["tool_calls"] = message.tool_calls
         if not message.content:

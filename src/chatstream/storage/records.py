@@ -16,6 +16,8 @@ class HistoryMessage:
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     name: str | None = None
+    # Content parts as sent, when not only text (images, audio, files: storage/attachments.py).
+    parts: list[Any] | None = None
 
 
 @dataclass(slots=True)

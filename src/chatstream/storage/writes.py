@@ -24,6 +24,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from chatstream.errors import NotFound
+from chatstream.storage import attachments
 from chatstream.storage.models import SessionRow, messages_table, sessions_table
 from chatstream.storage.records import HistoryMessage, RunOutput
 
@@ -170,6 +171,7 @@ def begin_turn(
                     "tool_calls": row.tool_calls,
                     "tool_call_id": row.tool_call_id,
                     "name": row.name,
+                    "parts": _parts_stored(connection, row, now),
                     "status": "complete",
                     "created_at": now,
                 }
@@ -186,6 +188,7 @@ def begin_turn(
             "role": turn.role if turn is not None else "user",
             "tool_call_id": turn.tool_call_id if turn is not None else None,
             "name": turn.name if turn is not None else None,
+            "parts": _parts_stored(connection, turn, now) if turn is not None else None,
             "content": message,
             "status": "complete",
             "created_at": now,
@@ -244,11 +247,21 @@ def _recent(
         messages.c.tool_calls,
         messages.c.tool_call_id,
         messages.c.name,
+        messages.c.parts,
     ).where(messages.c.session_id == session_id)
     if up_to is not None:
         query = query.where(messages.c.pk <= up_to)
     recent = connection.execute(query.order_by(messages.c.pk.desc()).limit(limit))
-    return [HistoryMessage(*row) for row in recent]
+    return attachments.resolve(connection, [HistoryMessage(*row) for row in recent])
+
+
+def _parts_stored(connection: Connection, row: HistoryMessage, now: datetime) -> list[Any] | None:
+    """A message's content parts with their payloads stored by reference (None: text only)."""
+    if row.parts is None:
+        return None
+    parts, payloads = attachments.by_reference(row.parts)
+    attachments.store(connection, payloads, now)
+    return parts
 
 
 # --- runs' outputs -------------------------------------------------------------------
