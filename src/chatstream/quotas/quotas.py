@@ -142,6 +142,7 @@ class Quotas:
         self._redis: aioredis.Redis | None = None
         self._shared: RedisQuotaStore | None = None
         self._outages = _OUTAGES
+        self._down = False  # reads of the counts failing (logged at the start and end)
 
     async def __aenter__(self) -> Quotas:
         if not self.enabled or self._redis_url is None:
@@ -196,12 +197,24 @@ class Quotas:
     async def _counts(self, owner: str, window: Window) -> dict[str, int] | None:
         """The owner's counts; None in an outage of Redis with fail open (else 503)."""
         try:
-            return await self._store.used(owner, window)
+            counts = await self._store.used(owner, window)
         except self._outages as exc:
-            logger.warning("quota counts unreachable (%s)", type(exc).__name__)
+            if not self._down:
+                self._down = True
+                logger.warning(
+                    "quota counts unreachable (%s): %s until they are back "
+                    "(CHATSTREAM_RATE_LIMIT_FAIL_OPEN=%s)",
+                    type(exc).__name__,
+                    "letting chats through unchecked" if self._fail_open else "refusing chats",
+                    "true" if self._fail_open else "false",
+                )
             if self._fail_open:
                 return None
             raise RateLimiterUnavailable(retry_after=1) from None
+        if self._down:
+            self._down = False
+            logger.warning("quota counts reachable again")
+        return counts
 
     async def standing(self, owner: str, model: str) -> Standing | None:
         """Where `owner` stands for a run of `model`; None when quotas are off (or unreachable,
