@@ -17,6 +17,7 @@ paused) is found and replaced. When the parent dies, it stops as on SIGTERM.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -129,9 +130,26 @@ class _WorkerServer(ChatstreamServer):
     async def on_tick(self, counter: int) -> bool:
         # uvicorn ticks every 0.1 s on the event loop: a beat a second says the loop turns.
         if counter % HEARTBEAT_TICKS == 0:
-            with contextlib.suppress(OSError):  # the parent is gone: the parent-watch stops us
-                self._report.send(HEARTBEAT)
+            self._beat()
         return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Draining (the runs' grace, then the connections') is not a hang, but uvicorn
+        # no longer ticks: beat from here meanwhile.
+        beating = asyncio.get_running_loop().create_task(self._beat_while_draining())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            beating.cancel()
+
+    async def _beat_while_draining(self) -> None:
+        while True:
+            self._beat()
+            await asyncio.sleep(HEARTBEAT_TICKS * 0.1)
+
+    def _beat(self) -> None:
+        with contextlib.suppress(OSError):  # the parent is gone: the parent-watch stops us
+            self._report.send(HEARTBEAT)
 
 
 class _StartupWatch:

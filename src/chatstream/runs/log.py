@@ -56,6 +56,11 @@ class EventLog(Protocol):
     @property
     def closed(self) -> bool: ...
 
+    @property
+    def superseded(self) -> bool:
+        """Another instance ended this run (it took it over): that instance saves it."""
+        ...
+
     def append(self, payload: EventPayload) -> Event: ...
 
     def held(self) -> contextlib.AbstractContextManager[None]:
@@ -106,6 +111,10 @@ class MemoryEventLog:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def superseded(self) -> bool:
+        return False  # (one process: nobody else can end its runs)
 
     @property
     def retained_bytes(self) -> int:

@@ -31,8 +31,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from chatstream.logs import log_fault
-from chatstream.runs.events import Event, EventPayload, MessageStatus
-from chatstream.runs.log import MemoryEventLog
+from chatstream.runs.events import Event, MessageStatus
 from chatstream.runs.redis_keys import (
     APPEND,
     OWNER_FENCE,
@@ -42,6 +41,7 @@ from chatstream.runs.redis_keys import (
     TAKEN_OVER,
     Keys,
 )
+from chatstream.runs.redis_log import MirroredEventLog
 from chatstream.runs.redis_remote import entry_event
 
 logger = logging.getLogger(__name__)
@@ -50,119 +50,8 @@ FLUSH_TICK_S = 0.005  # at most one pipeline per tick: its appends go together
 RETRY_S = 0.5
 SHUTDOWN_FLUSH_S = 5.0
 MAX_SCRIPT_FAILURES = 5
+FLUSH_TIMEOUT_MIN_S = 2.0
 ADOPT_PATIENCE_S = 60.0  # for the end of a run taken over, as its taker writes it
-
-
-class MirroredEventLog(MemoryEventLog):
-    """A run's log in memory, whose readers see an event once Redis has it.
-
-    Redis' copy is the run's record: if this process dies, another instance
-    ends the run from it (runs/redis_takeover.py), so no follower may have
-    seen more than it holds, and every id the taker adds is above every id
-    sent. The run appends without waiting (its events are `staged`); the
-    mirror writes them in its next pipeline and then `publish`es them to
-    this process' readers. While Redis is unreachable the log is published
-    at once (`staging` off): followers keep streaming, at the price of what
-    section "Nothing lost" of the README says.
-    """
-
-    __slots__ = (
-        "_mirror",
-        "_staged",
-        "adopted",
-        "mirrored",
-        "owner",
-        "run_id",
-        "session_id",
-        "staging",
-        "taken_over",
-    )
-
-    def __init__(
-        self, mirror: RunMirror, run_id: uuid.UUID, owner: str, session_id: uuid.UUID
-    ) -> None:
-        super().__init__()
-        self._mirror = mirror
-        self.run_id = run_id
-        self.owner = owner
-        self.session_id = session_id
-        self.mirrored = 0  # the last seq Redis has
-        self.staging = mirror.reachable
-        self.taken_over = False  # another instance ended the run: Redis takes nothing more
-        self.adopted = False  # readers here have the end that instance wrote
-        self._staged: list[Event] = []  # appended, not yet in Redis nor readable here
-
-    @property
-    def last_seq(self) -> int:
-        staged = self._staged
-        return staged[-1].seq if staged else super().last_seq
-
-    @property
-    def closed(self) -> bool:
-        """Whether the run has appended its terminal event (readers may not have it yet)."""
-        staged = self._staged
-        return staged[-1].is_terminal if staged else super().closed
-
-    def append(self, payload: EventPayload) -> Event:
-        if self.adopted:
-            # The run's end, as this (stale) process has it, after the taker's: never sent.
-            return Event(self.last_seq + 1, payload)
-        if not self.staging:
-            event = super().append(payload)
-        else:
-            if self.closed:
-                raise RuntimeError("append to a closed event log")
-            event = Event(self.last_seq + 1, payload)
-            event.encode_once()  # here, not in the mirror's pipeline for every run at once
-            self._staged.append(event)
-        if not self.taken_over:
-            self._mirror.changed(self)
-        return event
-
-    def unmirrored(self) -> list[Event]:
-        """The events Redis does not have yet, readable or staged, in order."""
-        published = super().after(self.mirrored) if self.mirrored < super().last_seq else []
-        staged = self._staged
-        if staged and staged[0].seq <= self.mirrored:
-            staged = [event for event in staged if event.seq > self.mirrored]
-        return published + staged
-
-    def publish(self, upto: int) -> None:
-        """Let this process' readers have the staged events up to `upto`, together."""
-        staged = self._staged
-        if not staged or staged[0].seq > upto:
-            return
-        count = upto - staged[0].seq + 1
-        ready, self._staged = staged[:count], staged[count:]
-        with self.held():
-            for event in ready:
-                self._add(event)
-
-    def publish_all(self, *, staging: bool) -> None:
-        """Readable now, whatever Redis has; `staging` says whether later events wait for it."""
-        self.publish(self.last_seq)
-        self.staging = staging
-
-    def adopt(self, events: list[Event]) -> bool:
-        """The run's end as the instance that took it over wrote it: readers get that
-        instead of what this process staged. False if it is not there yet."""
-        published = super().last_seq
-        if super().closed:
-            return True
-        if not events or not events[-1].is_terminal:
-            return False
-        ending = [event for event in events if event.seq > published]
-        if not ending:
-            # (Only after an outage, when readers here had more than Redis: the end,
-            # numbered after what they have.)
-            last = events[-1]
-            ending = [Event.from_json(published + 1, last.type, last.json)]
-        self._staged = []
-        self.adopted = True
-        with self.held():
-            for event in ending:
-                self._add(event)
-        return True
 
 
 CancelLocal = Callable[[uuid.UUID, MessageStatus], bool]
@@ -185,6 +74,7 @@ class RunMirror:
         self.instance = instance
         self._lease_s = lease_s
         self._lease_ms = int(lease_s * 1000)
+        self._flush_timeout_s = max(lease_s / 3, FLUSH_TIMEOUT_MIN_S)
         self._retention_s = max(int(retention_s), 1)
         # Longer than any run may live: a key is never left without an expiry.
         self.live_ttl_s = int(max_run_s + retention_s + 4 * lease_s) + 1
@@ -209,6 +99,10 @@ class RunMirror:
     def holds(self, run_id: uuid.UUID) -> bool:
         """Whether this process generates the run right now (its lease is ours to renew)."""
         return run_id in self._live
+
+    def forget(self, log: MirroredEventLog) -> None:
+        """The run has ended here without Redis taking its end: stop renewing its lease."""
+        self._live.pop(log.run_id, None)
 
     def changed(self, log: MirroredEventLog) -> None:
         self._pending[log.run_id] = log
@@ -265,15 +159,22 @@ class RunMirror:
         """Write every pending run's new events in one pipeline; False if Redis failed."""
         async with self._flushing:
             batch, self._pending = self._pending, {}
-            plan = [(log, log.unmirrored()) for log in batch.values() if not log.taken_over]
+            plan = [
+                (log, log.unmirrored())
+                for log in batch.values()
+                if not (log.taken_over or log.refused)
+            ]
             plan = [(log, events) for log, events in plan if events]
             if not plan:
                 return True
             try:
-                results = await self._run_scripts(
-                    APPEND, [self._append_call(log, events) for log, events in plan]
-                )
-            except (RedisError, OSError) as exc:
+                # Readers here wait for this pipeline: a Redis that hangs is treated as
+                # gone well before the client's own timeout and retries would say so.
+                with anyio.fail_after(self._flush_timeout_s):
+                    results = await self._run_scripts(
+                        APPEND, [self._append_call(log, events) for log, events in plan]
+                    )
+            except (RedisError, OSError, TimeoutError) as exc:
                 for log, _ in plan:
                     self._pending.setdefault(log.run_id, log)
                 self._unreachable(exc)
@@ -318,10 +219,11 @@ class RunMirror:
                 log.run_id,
                 type(result).__name__,
             )
-            self._live.pop(log.run_id, None)
+            # Still held here (its lease renewed, so nobody takes over a run that
+            # lives) until it has ended and is saved; its readers here go on.
             self._failures.pop(log.run_id, None)
             log.publish_all(staging=False)
-            log.taken_over = True  # (nothing more goes to Redis for it)
+            log.refused = True
             return
         self._failures.pop(log.run_id, None)
         code, value = int(result[0]), int(result[1])
@@ -433,12 +335,18 @@ class RunMirror:
             try:
                 async with self._client.pubsub() as pubsub:
                     await pubsub.subscribe(self._keys.cancel_channel)
+                    # (An instance with no live runs learns here that Redis is back:
+                    # its sweeper waits for that.)
+                    self._reachable()
                     async for message in pubsub.listen():
                         if message.get("type") != "message":
                             continue
                         run_id, _, status = message["data"].decode().partition(" ")
-                        self._cancel_local(uuid.UUID(run_id), _status(status))
-            except (RedisError, OSError, ValueError) as exc:
+                        try:
+                            self._cancel_local(uuid.UUID(run_id), _status(status))
+                        except ValueError:
+                            logger.warning("ignored a malformed cancel message on Redis")
+            except (RedisError, OSError) as exc:
                 self._unreachable(exc)
                 await anyio.sleep(RETRY_S)
 
@@ -461,7 +369,7 @@ class RunMirror:
             self.reachable = True
             self.reachable_since = anyio.current_time()
             for log in self._live.values():
-                log.staging = not log.taken_over
+                log.staging = not (log.taken_over or log.refused)
             # Leases lapsed while Redis was away: renew them before anyone sweeps.
             self._renew_now.set()
             logger.warning("Redis reachable again: shared runs resumed")

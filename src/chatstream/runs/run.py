@@ -308,6 +308,11 @@ class Run:
 
     async def _persist(self, output: RunOutput) -> tuple[bool, bool]:
         """(in the database, kept somewhere): the spool keeps what the database refused."""
+        if self.log.superseded:
+            # Taken over while this process was away (paused, cut off): the taker saves
+            # what followers were sent; this process' rows may hold more than that.
+            logger.info("run %s: ended by the instance that took it over; not saved here", self.id)
+            return False, True
         with anyio.CancelScope(shield=True), anyio.move_on_after(PERSIST_TIMEOUT_S):
             try:
                 persisted = await self._store.save(output)
