@@ -142,7 +142,7 @@ class LeaseSweeper:
         args: list[Any] = [self._instance, self._retention_s, status, str(run_id), fence]
         for offset, payload in enumerate(ending, start=1):
             args.extend((last + offset, payload["type"], orjson.dumps(payload)))
-        await self._client.eval(
+        finished: Any = await self._client.eval(
             FINISH_TAKEN_OVER,
             4,
             self._keys.meta(run_id),
@@ -151,6 +151,11 @@ class LeaseSweeper:
             self._keys.session_runs(session),
             *args,
         )
+        if int(finished[0]) != 1:
+            # This instance was too slow (its own lease on the run lapsed) and another
+            # took the run from it: that one ends it; what was saved here stands.
+            logger.warning("run %s: taken over from this instance while ending it", run_id)
+            return
         logger.warning(
             "run %s: its instance stopped renewing its lease; ended here as %s with the %d "
             "characters it had streamed",
