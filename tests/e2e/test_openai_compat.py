@@ -369,7 +369,8 @@ def test_a_client_that_disconnects_leaves_a_run_to_follow(
 
 
 def test_the_readme_example_runs_as_shown(make_server: Callable[..., AppServer]) -> None:
-    server = make_server(models=["gpt-4o-mini"])
+    # As against `make run`: the offline demo upstream, its model `demo`.
+    server = make_server(models=["demo"], openai_api_key=None, openai_base_url=None)
     script = readme_block("python", "from openai import OpenAI")
     assert f'base_url="{SHOWN_URL}/v1"' in script
 
@@ -388,8 +389,16 @@ def test_the_readme_example_runs_as_shown(make_server: Callable[..., AppServer])
         ("assistant", "complete"),
         ("user", "complete"),
         ("assistant", "complete"),
+        ("tool", "complete"),
+        ("assistant", "complete"),
     ]
-    assert shown == f"{rows[1]['content']}\n{rows[3]['content']}\n"
+    call = rows[3]["tool_calls"][0]
+    assert rows[3]["finish_reason"] == "tool_calls"
+    assert (rows[4]["tool_call_id"], rows[4]["content"]) == (call["id"], "12:00")
+    assert shown == (
+        f"{rows[1]['content']}\ntool_calls {call['function']['name']}\n{rows[5]['content']}\n"
+    )
+    assert rows[5]["content"] == "The tool said: 12:00"
 
 
 def test_what_is_sent_is_what_openapi_describes(server: AppServer) -> None:
