@@ -1,5 +1,6 @@
 """`/v1` driven by the libraries agents and apps use (issue #26): the OpenAI SDK's
-`.parse()`, LangChain's `bind_tools` and `with_structured_output`.
+`.parse()`, LangChain's `bind_tools` and `with_structured_output`, LiteLLM as a
+client with tools.
 
 The fake upstream scripts the model: `tool=NAME tool_args=JSON` makes it call a
 tool (the client's), `answer=JSON` makes it answer exactly that text. Each test
@@ -142,3 +143,58 @@ def test_langchain_with_structured_output_gives_the_model(
     directive = f"tool=Person tool_args={ADA}" if method == "function_calling" else f"answer={ADA}"
     person = structured.invoke(f"[[fake {directive}]] who is Ada? Answer in JSON.")
     assert person == Person(name="Ada", age=36)
+
+
+# --- LiteLLM ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def litellm(monkeypatch: pytest.MonkeyPatch) -> Any:
+    # Its price list from the package, not fetched from the network at import.
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    return litellm
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_litellm_as_a_client_runs_a_tool_loop(
+    litellm: Any, server: AppServer, fake: FakeUpstreamThread
+) -> None:
+    options = {
+        "model": "openai/test-model",
+        "api_base": f"{server.base_url}/v1",
+        "api_key": "unused",
+        "tools": [WEATHER],
+        "max_retries": 0,
+    }
+    messages: list[Any] = [
+        {"role": "user", "content": '[[fake tool=get_weather tool_args={"city": "Oslo"}]] w?'}
+    ]
+    first = litellm.completion(messages=messages, **options)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert (call.function.name, call.function.arguments) == ("get_weather", '{"city": "Oslo"}')
+    assert fake.fake.requests[-1]["tools"] == [WEATHER]
+
+    messages += [
+        choice.message.model_dump(),
+        {"role": "tool", "tool_call_id": call.id, "content": "snow"},
+    ]
+    chunks = list(litellm.completion(messages=messages, stream=True, **options))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "The tool said: snow"
