@@ -9,7 +9,7 @@ database.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -45,9 +45,12 @@ from chatstream.runs.journal import RunJournal
 from chatstream.runs.lifecycle import RunListener, RunListeners
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.service import ChatService
+from chatstream.runs.session_events import SessionEvents
+from chatstream.runs.session_gate import LiveSessions, local_sessions
 from chatstream.startup import StartupReport, database_location, open_spool, prepare_database
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
+from chatstream.title_events import TitleAnnouncer
 from chatstream.tools import ToolRegistry
 from chatstream.upstream.cache import AnswerCache
 from chatstream.upstream.client import open_client
@@ -118,6 +121,8 @@ def create_app(
         installed_hooks() if hooks is None else hooks, timeout_s=settings.hook_timeout_s
     )
     run_listeners = RunListeners([*listeners, hook_runner])
+    session_events = SessionEvents()  # who watches a session hears of its runs
+    run_listeners.add(session_events)
     metrics = Metrics(settings) if settings.metrics else None
     if metrics is not None:
         run_listeners.add(metrics.listener)
@@ -157,7 +162,8 @@ def create_app(
             # ends at shutdown still get their hooks and reach their chats.
             await stack.enter_async_context(hook_runner)
             if settings.auto_title == "model":
-                auto_title = AutoTitle(store, upstream)
+                # Its sessions' watchers are told the title it sets.
+                auto_title = TitleAnnouncer(AutoTitle(store, upstream), store, session_events)
                 hook_runner.add(auto_title)
                 stack.callback(hook_runner.remove, auto_title)
             telegram = None
@@ -174,8 +180,10 @@ def create_app(
                 raise
             stack.callback(spool.close)
             spool.max_bytes = settings.spool_max_bytes
+            live = await _open_live_sessions(stack, settings, session_events, spool.instance_id)
             link, registry = await _open_registry(stack, settings, run_listeners, spool.instance_id)
             registry.max_retained_bytes = settings.run_retention_bytes
+            live_sessions = live(registry)
             if metrics is not None:
                 await stack.enter_async_context(
                     metrics.watching(
@@ -205,6 +213,7 @@ def create_app(
                 runner=spool.instance_id,
                 listeners=run_listeners,
                 log_for=link.log_for if link is not None else None,
+                live=live_sessions,
             )
             state = AppState(
                 settings=settings,
@@ -295,6 +304,23 @@ def create_app(
     app.add_middleware(StartupReport)  # outermost: it watches the lifespan only
     _document(app, settings)
     return app
+
+
+async def _open_live_sessions(
+    stack: AsyncExitStack, settings: Settings, events: SessionEvents, instance: str
+) -> Callable[[LocalRunRegistry], LiveSessions]:
+    """Sessions' live state, given the registry: this process's, or every instance's (Redis).
+
+    Opened before the registry and closed after it, so that the ends of the
+    runs interrupted at shutdown still reach the other instances.
+    """
+    wait_s = settings.max_run_duration_s
+    if settings.redis_url is None:
+        return lambda registry: local_sessions(events, registry, wait_s=wait_s)
+    from chatstream.runs.redis_sessions import RedisSessions
+
+    shared = await stack.enter_async_context(RedisSessions(settings, instance, events))
+    return lambda registry: shared.sessions(registry, wait_s=wait_s)
 
 
 async def _open_registry(

@@ -63,6 +63,7 @@ class ChatstreamServer(uvicorn.Server):
         state = getattr(self._app.state, "chatstream", None)
         if state is not None:
             await state.registry.shutdown(self._grace_s)
+            state.chat.live.events.close()  # sessions' watchers: their streams end now
         await super().shutdown(sockets)
 
 

@@ -32,7 +32,8 @@ _ERROR_TEXTS = {
     401: "Auth is on and the bearer token is missing or not valid.",
     404: "`session_id` is not one of your sessions.",
     409: "`idempotency_conflict`: this `client_message_id` was already used with another "
-    "`message`.",
+    "`message`; or `run_in_progress`: a run is live in `session_id` (its `message_id` in "
+    "`details`) and `if_busy` is `reject`.",
     413: "The body is over CHATSTREAM_MAX_BODY_BYTES.",
     422: "The request breaks a validation rule.",
     429: "`rate_limited` (CHATSTREAM_RATE_LIMIT), `too_many_runs` "

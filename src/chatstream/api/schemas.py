@@ -16,6 +16,8 @@ from chatstream.api.validators import NO_NUL, Text
 from chatstream.owners import internal_names
 from chatstream.runs.events import EventPayload, MessageStatus
 from chatstream.runs.service import ChatInput
+from chatstream.runs.session_events import SessionEventPayload
+from chatstream.runs.session_gate import IfBusy
 
 SYSTEM_PROMPT_MAX_CHARS = 32_000
 
@@ -60,6 +62,12 @@ class ChatRequest(BaseModel):
         default=None,
         description="Coalesce `delta` text into pieces of at least this many characters.",
     )
+    if_busy: IfBusy = Field(
+        default="reject",
+        description="While a run is live in `session_id`: `reject` (409 `run_in_progress`, the "
+        "live run's `message_id` in `details`), `enqueue` (the answer starts once the live run "
+        "has ended) or `interrupt` (the live run is cancelled, then this one starts).",
+    )
 
     def to_input(self) -> ChatInput:
         return ChatInput(
@@ -71,6 +79,7 @@ class ChatRequest(BaseModel):
             max_tokens=self.max_tokens,
             client_message_id=self.client_message_id,
             chunk_chars=self.chunk_chars,
+            if_busy=self.if_busy,
         )
 
 
@@ -96,6 +105,12 @@ class SessionPatch(SessionCreate):
     """Only the fields present are changed; `null` clears `title` or `system_prompt`."""
 
 
+class ActiveRun(BaseModel):
+    message_id: uuid.UUID = Field(
+        description="The live run: follow it with `GET /api/runs/{message_id}/events`."
+    )
+
+
 class SessionOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -106,6 +121,11 @@ class SessionOut(BaseModel):
     system_prompt: str | None
     created_at: datetime
     updated_at: datetime
+    active_run: ActiveRun | None = Field(
+        default=None,
+        description="The run live in this session right now, or null. Watch "
+        "`GET /api/sessions/{id}/events` to hear when that changes.",
+    )
 
 
 class SessionDetail(SessionOut):
@@ -271,11 +291,56 @@ def done_terminated_stream(component: str) -> dict[str, Any]:
     }
 
 
+SESSION_EVENTS_DESCRIPTION = """\
+A `text/event-stream` of the session's events, for a second tab or device:
+
+    event: <type>   run.started | run.ended | session.updated | session.deleted
+    data: <JSON>    one line; its "type" equals the event field
+
+On connect, the run live in the session (if any) comes first as `run.started`;
+then each run's start and end (`run.ended` with its final `status`), and the
+session's changes (`session.updated`: title, model, system prompt, updated_at,
+after a PATCH or the auto-title), on whichever instance they happen.
+`session.deleted` ends the stream. Events carry no `id`: a client that
+reconnects is told the live run again. Idle streams carry `: keepalive`.
+"""
+
+SessionEvent = Annotated[SessionEventPayload, Field(discriminator="type")]
+
+
+def session_events_responses() -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entry of `GET /api/sessions/{id}/events`."""
+    return {
+        200: {
+            "description": SESSION_EVENTS_DESCRIPTION,
+            "content": {
+                "text/event-stream": {
+                    "itemSchema": {
+                        "type": "object",
+                        "required": ["event", "data"],
+                        "properties": {
+                            "event": {"type": "string", "description": "Equals data.type."},
+                            "data": {
+                                "type": "string",
+                                "contentMediaType": "application/json",
+                                "contentSchema": {"$ref": "#/components/schemas/SessionEvent"},
+                            },
+                        },
+                    }
+                }
+            },
+        }
+    }
+
+
 def event_schemas() -> dict[str, Any]:
     """`StreamEvent` and every event type, as OpenAPI component schemas."""
     schema = TypeAdapter(StreamEvent).json_schema(ref_template="#/components/schemas/{model}")
     definitions: dict[str, Any] = schema.pop("$defs", {})
     definitions["StreamEvent"] = schema
+    session = TypeAdapter(SessionEvent).json_schema(ref_template="#/components/schemas/{model}")
+    definitions.update(session.pop("$defs", {}))
+    definitions["SessionEvent"] = session
     return definitions
 
 

@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from chatstream.api.deps import Owner, RegistryDep, SettingsDep, StoreDep
+from chatstream.api.deps import ChatDep, Owner, RegistryDep, SettingsDep, StoreDep
 from chatstream.api.schemas import (
+    ActiveRun,
     ErrorBody,
     MessageOut,
     MessagePage,
@@ -18,9 +19,14 @@ from chatstream.api.schemas import (
     SessionOut,
     SessionPage,
     SessionPatch,
+    json_errors,
+    session_events_responses,
 )
+from chatstream.api.session_stream import SessionEventStream
 from chatstream.config import Settings
-from chatstream.errors import InvalidRequest
+from chatstream.errors import InvalidRequest, NotFound
+from chatstream.runs.session_events import SessionUpdatedEvent, session_updated_event
+from chatstream.runs.session_gate import LiveSessions
 from chatstream.storage.cursors import CURSOR_PATTERN
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
@@ -33,6 +39,18 @@ _NOT_FOUND: dict[int | str, dict[str, object]] = {
 _INVALID: dict[int | str, dict[str, object]] = {
     422: {"model": ErrorBody, "description": "The request breaks a validation rule."}
 }
+
+
+def _with_active_run(session: SessionOut, active: dict[uuid.UUID, uuid.UUID]) -> SessionOut:
+    run_id = active.get(session.id)
+    if run_id is not None:
+        session.active_run = ActiveRun(message_id=run_id)
+    return session
+
+
+async def _active_run(live: LiveSessions, owner: str, session_id: uuid.UUID) -> ActiveRun | None:
+    run_id = (await live.active(owner, [session_id])).get(session_id)
+    return ActiveRun(message_id=run_id) if run_id is not None else None
 
 
 def _check_model(model: str | None, settings: Settings) -> None:
@@ -67,6 +85,7 @@ async def create_session(
 async def list_sessions(
     owner: Owner,
     store: StoreDep,
+    chat: ChatDep,
     limit: Limit = 50,
     cursor: Annotated[
         str | None,
@@ -74,19 +93,23 @@ async def list_sessions(
     ] = None,
 ) -> SessionPage:
     page = await store.list_sessions(owner, limit=limit, cursor=cursor)
+    active = await chat.live.active(owner, [row.id for row in page.items])
     return SessionPage(
-        items=[SessionOut.model_validate(row) for row in page.items], next_cursor=page.next_cursor
+        items=[_with_active_run(SessionOut.model_validate(row), active) for row in page.items],
+        next_cursor=page.next_cursor,
     )
 
 
 @router.get(
     "/{session_id}", response_model=SessionDetail, responses=_NOT_FOUND, summary="One session"
 )
-async def get_session(session_id: uuid.UUID, owner: Owner, store: StoreDep) -> SessionDetail:
+async def get_session(
+    session_id: uuid.UUID, owner: Owner, store: StoreDep, chat: ChatDep
+) -> SessionDetail:
     row, count = await store.get_session(owner, session_id)
-    return SessionDetail.model_validate(
-        {**SessionOut.model_validate(row).model_dump(), "message_count": count}
-    )
+    session = SessionOut.model_validate(row)
+    session.active_run = await _active_run(chat.live, owner, session_id)
+    return SessionDetail.model_validate({**session.model_dump(), "message_count": count})
 
 
 @router.patch(
@@ -96,12 +119,20 @@ async def get_session(session_id: uuid.UUID, owner: Owner, store: StoreDep) -> S
     summary="Change title, system_prompt or model",
 )
 async def update_session(
-    session_id: uuid.UUID, body: SessionPatch, owner: Owner, store: StoreDep, settings: SettingsDep
+    session_id: uuid.UUID,
+    body: SessionPatch,
+    owner: Owner,
+    store: StoreDep,
+    settings: SettingsDep,
+    chat: ChatDep,
 ) -> SessionOut:
     _check_model(body.model, settings)
     changes = body.model_dump(exclude_unset=True)
     row = await store.update_session(owner, session_id, changes)
-    return SessionOut.model_validate(row)
+    session = SessionOut.model_validate(row)
+    chat.live.events.session_updated(session_id, session)
+    session.active_run = await _active_run(chat.live, owner, session_id)
+    return session
 
 
 @router.delete(
@@ -111,9 +142,10 @@ async def update_session(
     summary="Delete a session and its messages; its live runs are cancelled",
 )
 async def delete_session(
-    session_id: uuid.UUID, owner: Owner, store: StoreDep, registry: RegistryDep
+    session_id: uuid.UUID, owner: Owner, store: StoreDep, registry: RegistryDep, chat: ChatDep
 ) -> Response:
     await store.delete_session(owner, session_id)
+    chat.live.events.publish(session_id, {"type": "session.deleted", "session_id": str(session_id)})
     # Deleted first: its live runs, cancelled now, find nowhere to write
     # (`done`: cancelled, persisted false) and spool nothing.
     for run in await registry.live_in_session(session_id, owner):
@@ -139,4 +171,41 @@ async def list_messages(
     page = await store.list_messages(owner, session_id, limit=limit, before=before)
     return MessagePage(
         items=[MessageOut.model_validate(row) for row in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get(
+    "/{session_id}/events",
+    response_class=SessionEventStream,
+    status_code=200,
+    responses={
+        **session_events_responses(),
+        **json_errors({404: "No such session of yours."}),
+    },
+    summary="Watch a session: its runs starting and ending, its changes (SSE)",
+)
+async def session_events(
+    session_id: uuid.UUID, owner: Owner, store: StoreDep, chat: ChatDep, settings: SettingsDep
+) -> Response:
+    row, _ = await store.get_session(owner, session_id)  # 404 for anyone else's
+    live = chat.live
+
+    async def live_now() -> uuid.UUID | None:
+        return (await live.active(owner, [session_id])).get(session_id)
+
+    async def session_now() -> SessionUpdatedEvent | None:
+        try:
+            found, _ = await store.get_session(owner, session_id)
+        except NotFound:
+            return None
+        return session_updated_event(session_id, found)
+
+    return SessionEventStream(
+        live.events,
+        session_id,
+        live_now,
+        session_updated_event(session_id, row),
+        session_now,
+        keepalive_s=settings.keepalive_interval_s,
+        send_timeout_s=settings.send_timeout_s,
     )

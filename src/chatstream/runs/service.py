@@ -27,6 +27,8 @@ from chatstream.runs.log import EventLog, MemoryEventLog
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.replay import StoredRun
 from chatstream.runs.run import Run, RunLimits, RunSpec, RunStore
+from chatstream.runs.session_events import SessionEvents
+from chatstream.runs.session_gate import IfBusy, LiveSessions, RunInProgress, local_sessions
 from chatstream.runs.spec import Passthrough
 from chatstream.storage.records import HistoryMessage, OutputRow, RunOutput
 from chatstream.storage.repository import DuplicateRequest, EarlierRequest, Store
@@ -51,6 +53,8 @@ class ChatInput:
     client_message_id: str | None = None
     chunk_chars: int | None = None
     passthrough: Passthrough | None = None  # an OpenAI-compatible client's own request
+    # While a run is live in `session_id` (`runs/session_gate.py`).
+    if_busy: IfBusy = "reject"
 
 
 NO_TEXT = "must contain some non-whitespace text"
@@ -58,6 +62,8 @@ NO_NUL = "must not contain NUL (U+0000) characters; remove them"
 
 # How long a repeated request waits for the run the first one is launching.
 REPEAT_WAIT_S = 2.0
+# How long a session's turn may take to be settled (Redis; it expires by itself).
+SETTLE_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +109,12 @@ class ChatService:
         runner: str,
         listeners: RunListeners | None = None,
         log_for: Callable[[RunSpec], EventLog] | None = None,
+        live: LiveSessions | None = None,
     ) -> None:
+        # One live run per session; who watches sessions hears of their runs.
+        self.live = live or local_sessions(
+            SessionEvents(), registry, wait_s=settings.max_run_duration_s
+        )
         # Each run's event log: in memory, or mirrored to Redis for other instances.
         self._log_for = log_for or (lambda spec: MemoryEventLog())
         self._settings = settings
@@ -151,7 +162,8 @@ class ChatService:
     async def start(
         self, principal: Principal, chat: ChatInput, shape: TurnShape = PLAIN_TURN
     ) -> StartedRun:
-        """Start a run, or refuse it (invalid, limited, at capacity) leaving no trace.
+        """Start a run, or refuse it (invalid, limited, at capacity, its session busy and
+        `if_busy` `reject`) leaving no trace.
 
         A repeat of an earlier request (same `client_message_id`) starts
         nothing and costs no limit: it answers with the earlier run. A chat
@@ -160,12 +172,33 @@ class ChatService:
         the window is tested first and charged only once the chat is real.
         """
         self.check(chat)
-        owner, key = principal.owner, principal.limit_key
+        owner = principal.owner
         if chat.client_message_id is not None:
             earlier = await self._store.find_request(owner, chat.client_message_id)
             if earlier is not None:
                 return await self._repeat(principal, earlier, chat.message)
         run_id = uuid.uuid4()
+        if chat.session_id is None:
+            return await self._launch(principal, chat, run_id, shape)
+        try:
+            await self.live.take_turn(owner, chat.session_id, run_id, chat.if_busy)
+        except RunInProgress as exc:
+            self._listeners.chat_rejected(exc.code)
+            raise
+        launched = False
+        try:
+            started = await self._launch(principal, chat, run_id, shape)
+            launched = started.run.id == run_id
+            return started
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_S):
+                await self.live.gate.settle(chat.session_id, run_id, launched)
+
+    async def _launch(
+        self, principal: Principal, chat: ChatInput, run_id: uuid.UUID, shape: TurnShape
+    ) -> StartedRun:
+        """Start the run `run_id` (the session's turn is taken), or a repeat's answer."""
+        owner, key = principal.owner, principal.limit_key
         try:
             await self._limits.take_slot(key, run_id)
         except ChatstreamError as exc:
