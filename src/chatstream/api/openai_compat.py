@@ -31,14 +31,11 @@ the client, who did not offer them: it sees every round's text, in order.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
-import orjson
 from fastapi import APIRouter, Header
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
@@ -48,303 +45,43 @@ from starlette.types import Scope
 
 from chatstream.api.body_limit import payload_too_large
 from chatstream.api.deps import PrincipalDep, SettingsDep
+from chatstream.api.openai_requests import CompletionRequest
 from chatstream.api.openai_schemas import (
     ChatCompletion,
-    ChatCompletionChunk,
-    ChunkDelta,
-    ChunkToolCall,
-    CompletionMessage,
-    CompletionRequest,
-    CompletionUsage,
-    ImageContentPart,
     ModelObject,
     ModelObjectList,
-    OpenAIErrorBody,
     OpenAIRoute,
-    TextContentPart,
     completion_responses,
-    error_type,
     openai_error_response,
     openai_errors,
 )
+from chatstream.api.openai_translation import (
+    FAILED_STATUS,
+    CompletionChunkTranslation,
+    ToolCalls,
+    failure_of,
+    usage_of,
+)
+from chatstream.api.openai_turns import check_vision, turn_of
 from chatstream.api.quota import GatedChatDep
 from chatstream.api.schemas import ChatRequest
 from chatstream.api.translated_stream import TranslatedStream
 from chatstream.api.validators import Text
 from chatstream.errors import ChatstreamError, InvalidRequest, NotFound
-from chatstream.runs.events import DoneEvent, ErrorEvent, Event
-from chatstream.runs.service import ChatInput, TurnShape
+from chatstream.runs.events import DoneEvent, ErrorEvent
+from chatstream.runs.service import ChatInput
 from chatstream.runs.spec import Passthrough
-from chatstream.storage.records import HistoryMessage
+
+__all__ = ["CompletionChunkTranslation", "router"]
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 
 SESSION_HEADER = "X-Chatstream-Session-Id"
 MESSAGE_HEADER = "X-Chatstream-Message-Id"
 
-# Status of a non-streaming answer whose run did not complete, by error code.
-_FAILED_STATUS = {
-    "upstream_error": 502,
-    "upstream_timeout": 504,
-    "upstream_rate_limited": 503,
-    "server_shutdown": 503,
-}
-CANCELLED = "The run was cancelled; what it generated is saved."
-
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
-
-
-# --- translation (sans-I/O) ------------------------------------------------------
-
-
-def _usage(done: DoneEvent) -> CompletionUsage:
-    usage = done["usage"]
-    if usage is None:
-        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    return {
-        "prompt_tokens": usage["prompt_tokens"],
-        "completion_tokens": usage["completion_tokens"],
-        "total_tokens": usage["total_tokens"],
-    }
-
-
-def _failure(done: DoneEvent, error: ErrorEvent | None) -> OpenAIErrorBody | None:
-    """The OpenAI error for a run that did not complete; None if it did."""
-    if done["status"] == "complete":
-        return None
-    if done["status"] == "cancelled" or error is None:
-        return {
-            "error": {
-                "message": CANCELLED,
-                "type": error_type(409),
-                "code": "cancelled",
-                "param": None,
-            }
-        }
-    status = _FAILED_STATUS.get(error["code"], 500)
-    return {
-        "error": {
-            "message": error["message"],
-            "type": error_type(status),
-            "code": error["code"],
-            "param": None,
-        }
-    }
-
-
-class CompletionChunkTranslation:
-    """Run events → `chat.completion.chunk` frames, for one response."""
-
-    __slots__ = (
-        "_calls",
-        "_content_frame",
-        "_created",
-        "_error",
-        "_id",
-        "_include_usage",
-        "_model",
-    )
-
-    def __init__(self, *, created: int, include_usage: bool) -> None:
-        self._created = created
-        self._include_usage = include_usage
-        self._id = ""
-        self._model = ""
-        self._error: ErrorEvent | None = None
-        self._calls = ToolCalls()
-        # A content chunk's frame around its text (the hot path: once per token).
-        self._content_frame = (b"", b"")
-
-    def _chunk(self, delta: ChunkDelta, finish_reason: str | None = None) -> bytes:
-        chunk: ChatCompletionChunk = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": [
-                {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-            ],
-        }
-        if self._include_usage:
-            chunk["usage"] = None  # as OpenAI does: only the last chunk carries it
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-    def encode(self, batch: list[Event]) -> bytes:
-        frames: list[bytes] = []
-        for event in batch:
-            data: Any = event.data
-            if event.type == "delta":
-                head, tail = self._content_frame
-                frames.append(head + orjson.dumps(data["text"]) + tail)
-            elif event.type == "start":
-                self._id = f"chatcmpl-{data['message_id']}"
-                self._model = data["model"]
-                frames.append(self._chunk({"role": "assistant", "content": ""}))
-                # The same bytes `_chunk({"content": text})` makes, split where the text goes.
-                head, _, tail = self._chunk({"content": "\0"}).partition(b'"\\u0000"')
-                self._content_frame = (head, tail)
-            elif event.type in ("tool_call", "tool_result"):
-                self._calls.see(event.type, data)
-            elif event.type == "error":
-                self._error = data
-            elif event.type == "done":
-                frames.append(self._end(data))
-        return b"".join(frames)
-
-    def _end(self, done: DoneEvent) -> bytes:
-        failure = _failure(done, self._error)
-        if failure is not None:
-            return b"data: " + orjson.dumps(failure) + b"\n\n"
-        last = self._chunk({}, done["finish_reason"] or "stop")
-        calls = self._calls.pending
-        if calls:
-            last = self._chunk({"tool_calls": calls}) + last
-        if not self._include_usage:
-            return last
-        usage: ChatCompletionChunk = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": [],
-            "usage": _usage(done),
-        }
-        return last + b"data: " + orjson.dumps(usage) + b"\n\n"
-
-
-class ToolCalls:
-    """The run's calls of the client's tools: the ones no result followed.
-
-    Built-in tools' calls are followed by their results (they ran here) and
-    are not the client's business; a client tool's call ends the run.
-    """
-
-    __slots__ = ("pending",)
-
-    def __init__(self) -> None:
-        self.pending: list[ChunkToolCall] = []
-
-    def see(self, kind: str, data: Any) -> None:
-        if kind == "tool_result":
-            self.pending = []
-            return
-        call: ChunkToolCall = {
-            "index": len(self.pending),
-            "id": data["call_id"],
-            "type": "function",
-            "function": {"name": data["name"], "arguments": data["arguments"]},
-        }
-        self.pending.append(call)
-
-
-# --- requests --------------------------------------------------------------------
-
-
-def _text(message: CompletionMessage) -> str:
-    """The message's text; for one of images, audio or files alone, what they are."""
-    content = message.content
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    text = "\n".join(part.text for part in content if isinstance(part, TextContentPart))
-    return text or " ".join(f"[{part.type}]" for part in content)
-
-
-def _parts(message: CompletionMessage) -> list[Any] | None:
-    """The content parts as sent, when there is more than text in them."""
-    content = message.content
-    if not isinstance(content, list) or all(isinstance(p, TextContentPart) for p in content):
-        return None
-    return [part.model_dump(mode="json", exclude_unset=True) for part in content]
-
-
-def _check_vision(messages: list[CompletionMessage], model: str, blind: list[str]) -> None:
-    if model not in blind:
-        return
-    for index, message in enumerate(messages):
-        for position, part in enumerate(message.content or ()):
-            if isinstance(part, ImageContentPart):
-                raise InvalidRequest(
-                    f"The model '{model}' does not take images (CHATSTREAM_MODELS_WITHOUT_VISION"
-                    "); send text, or ask a model that sees them.",
-                    details=[{"loc": ["body", "messages", index, "content", position]}],
-                )
-
-
-def _record(message: CompletionMessage) -> HistoryMessage:
-    """A message as it is stored (and replayed from the session's history)."""
-    calls = [
-        {
-            "id": call.id,
-            "type": "function",
-            "function": {"name": call.function.name, "arguments": call.function.arguments},
-        }
-        for call in message.tool_calls or ()
-    ]
-    return HistoryMessage(
-        role=message.role,
-        content=_text(message),
-        tool_calls=calls or None,
-        tool_call_id=message.tool_call_id,
-        name=message.name if message.role == "tool" else None,
-        parts=_parts(message),
-    )
-
-
-def _chars(message: CompletionMessage) -> int:
-    size = len(_text(message))
-    for call in message.tool_calls or ():
-        size += len(call.function.name) + len(call.function.arguments)
-    return size
-
-
-@dataclass(frozen=True, slots=True)
-class Turn:
-    message: str  # the new message's text
-    system_prompt: str | None
-    shape: TurnShape
-    context: list[dict[str, Any]] | None  # the whole context as sent (no session)
-
-
-def _turn(messages: list[CompletionMessage], continuing: bool, max_chars: int) -> Turn:
-    """The new message(s); without a session, the context as sent and what the session keeps."""
-    last = messages[-1]
-    if last.role not in ("user", "tool"):
-        raise InvalidRequest(
-            "The last message must be the user's or a tool result: it is the one answered.",
-            details=[{"loc": ["body", "messages", len(messages) - 1, "role"]}],
-        )
-    if continuing:
-        # The stored history has the rest; the round's results are all new.
-        new = [last]
-        if last.role == "tool":
-            new = list(itertools.takewhile(lambda m: m.role == "tool", reversed(messages)))
-            new.reverse()
-        shape = TurnShape(
-            earlier=tuple(_record(m) for m in new[:-1]),
-            turn=_record(last) if last.role == "tool" or _parts(last) else None,
-        )
-        return Turn(_text(last), None, shape, None)
-    chars = sum(_chars(m) for m in messages if m.role not in ("system", "developer"))
-    if chars > max_chars:
-        raise InvalidRequest(
-            f"The messages are {chars} characters; at most {max_chars} "
-            "(CHATSTREAM_HISTORY_CHARS, the system prompt not counted) reach the model. "
-            "Send fewer or shorter messages, or continue a session with "
-            "X-Chatstream-Session-Id.",
-            details=[{"loc": ["body", "messages"]}],
-        )
-    given = messages[:-1]
-    system = [_text(m) for m in given if m.role in ("system", "developer")]
-    shape = TurnShape(
-        earlier=tuple(_record(m) for m in given if m.role not in ("system", "developer")),
-        turn=_record(last) if last.role == "tool" or _parts(last) else None,
-    )
-    context = [m.model_dump(mode="json", exclude_unset=True) for m in messages]
-    return Turn(_text(last), "\n\n".join(system) or None, shape, context)
 
 
 def _chat_request(**fields: Any) -> ChatInput:
@@ -399,8 +136,10 @@ async def chat_completions(
 ) -> Response:
     if body.model not in settings.models:
         raise ModelNotFound(f"The model '{body.model}' does not exist here; see GET /v1/models.")
-    _check_vision(body.messages, body.model, settings.models_without_vision)
-    turn = _turn(body.messages, continuing=session_id is not None, max_chars=settings.history_chars)
+    check_vision(body.messages, body.model, settings.models_without_vision)
+    turn = turn_of(
+        body.messages, continuing=session_id is not None, max_chars=settings.history_chars
+    )
     max_tokens = body.max_completion_tokens or body.max_tokens
     chat_request = _chat_request(
         message=turn.message,
@@ -453,12 +192,12 @@ async def chat_completions(
         tasks.cancel_scope.cancel()
     if done is None:
         return Response(status_code=499, headers=headers)  # the client left; nobody reads this
-    failure = _failure(done, error)
+    failure = failure_of(done, error)
     if failure is not None:
         status = (
             409
             if failure["error"]["code"] == "cancelled"
-            else _FAILED_STATUS.get(failure["error"]["code"] or "", 500)
+            else FAILED_STATUS.get(failure["error"]["code"] or "", 500)
         )
         return openai_error_response(
             status, failure["error"]["message"], code=failure["error"]["code"], headers=headers
@@ -482,7 +221,7 @@ async def chat_completions(
                     "finish_reason": done["finish_reason"] or "stop",
                 }
             ],
-            "usage": _usage(done),
+            "usage": usage_of(done),
         }
     )
     return JSONResponse(completion.model_dump(mode="json"), headers=headers)
