@@ -338,3 +338,18 @@ def test_only_the_owner_may_watch_a_session(make_server: Callable[..., AppServer
         assert answer.json()["error"]["code"] == "not_found"
     anonymous = httpx.get(f"{server.base_url}/api/sessions/{session_id}/events")
     assert anonymous.status_code == 401
+
+
+def test_the_model_s_title_is_announced_once_set(
+    make_server: Callable[..., AppServer], fake: FakeUpstreamThread
+) -> None:
+    server = make_server(auto_title="model", keepalive_interval_s=KEEPALIVE_S)
+    with httpx.Client(base_url=server.base_url, timeout=20) as client:
+        session_id = new_session(client)
+        with Watcher(server.base_url, session_id) as tab:
+            assert stream_of(chat(client, session_id, "name this")).done["status"] == "complete"
+            seen = tab.seen(lambda es: "session.updated" in [e.type for e in es], "the title")
+            titled = next(e for e in seen if e.type == "session.updated").data
+            stored_title = client.get(f"/api/sessions/{session_id}").json()["title"]
+    assert titled["title"] == stored_title and stored_title
+    assert [e.type for e in seen][:2] == ["run.started", "run.ended"]
