@@ -221,7 +221,12 @@ def test_if_busy_is_validated(client: httpx.Client) -> None:
         "/api/chat", json={"message": "hi", "session_id": session_id, "if_busy": "later"}
     )
     assert answer.status_code == 422
-    assert answer.json()["error"]["code"] == "invalid_request"
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_request"
+    # A known field with a value out of its choices (not an unknown field).
+    assert [(d["loc"], d["type"]) for d in error["details"]] == [
+        (["body", "if_busy"], "literal_error")
+    ]
 
 
 def test_websocket_chat_frames_follow_if_busy(server: AppServer, fake: FakeUpstreamThread) -> None:
