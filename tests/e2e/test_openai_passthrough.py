@@ -348,3 +348,29 @@ def test_built_in_tools_are_offered_only_when_the_operator_turns_them_on(
             tools=[WEATHER],  # type: ignore[list-item]
         )
         assert fake.fake.requests[-1]["tools"] == [WEATHER]
+
+
+def test_a_client_that_drops_its_tool_calls_can_go_on_in_the_session(
+    client: openai.OpenAI, fake: FakeUpstreamThread
+) -> None:
+    first = client.chat.completions.with_raw_response.create(
+        model="test-model",
+        messages=ask(f"{CALL_WEATHER[:-2]} preamble=2]] weather?"),
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert first.parse().choices[0].finish_reason == "tool_calls"
+    assert first.parse().choices[0].message.content == "stream every "
+
+    # A new question instead of the results: the unanswered calls are not sent again
+    # (a model server refuses calls without their results), the answer's text is.
+    answer = client.chat.completions.create(
+        model="test-model",
+        messages=ask("[[fake tokens=1]] never mind"),
+        extra_headers={"X-Chatstream-Session-Id": first.headers[SESSION]},
+    )
+    assert answer.choices[0].finish_reason == "stop"
+    assert fake.fake.requests[-1]["messages"] == [
+        {"role": "user", "content": f"{CALL_WEATHER[:-2]} preamble=2]] weather?"},
+        {"role": "assistant", "content": "stream every "},
+        {"role": "user", "content": "[[fake tokens=1]] never mind"},
+    ]

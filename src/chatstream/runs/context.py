@@ -5,14 +5,18 @@ Budgets (the contract, section 1): at most `max_messages` messages and
 message included; the oldest go first; the new user message is always sent
 and the system prompt is always sent and never counted.
 
-Two more rules keep the upstream from rejecting what we send: assistant rows
-with neither text nor tool calls (a run that failed before its first token)
-are skipped, and a `tool` row is never sent without the assistant row whose
-call it answers.
+Three more rules keep the upstream from rejecting what we send: assistant
+rows with neither text nor tool calls (a run that failed before its first
+token) are skipped; a `tool` row is never sent without the assistant row
+whose call it answers; and an assistant row's tool calls are sent only when
+the `tool` rows right after it answer every one (a client that called its
+own tools may send a new message instead of their results): otherwise it
+goes as its text alone, and the partial results not at all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,5 +64,28 @@ def build_context(
     while chosen and chosen[0].role == "tool":
         chosen.pop(0)
     context = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    context.extend(_as_upstream(message) for message in chosen)
+    context.extend(_as_upstream(message) for message in _answered_calls_only(chosen))
     return context
+
+
+def _answered_calls_only(chosen: list[HistoryMessage]) -> list[HistoryMessage]:
+    """`chosen`, oldest first, with every unanswered round's calls and results left out."""
+    kept: list[HistoryMessage] = []
+    index = 0
+    while index < len(chosen):
+        message = chosen[index]
+        index += 1
+        if message.role != "assistant" or not message.tool_calls:
+            kept.append(message)
+            continue
+        results = []
+        while index < len(chosen) and chosen[index].role == "tool":
+            results.append(chosen[index])
+            index += 1
+        called = {call.get("id") for call in message.tool_calls}
+        if called <= {result.tool_call_id for result in results}:
+            kept.append(message)
+            kept.extend(results)
+        elif message.content:
+            kept.append(dataclasses.replace(message, tool_calls=None))
+    return kept

@@ -57,6 +57,8 @@ class ToolCallEvent(TypedDict):
     call_id: str
     name: str
     arguments: str
+    # A call of the client's own tool (OpenAI-compatible clients): the answer, not run here.
+    client: NotRequired[bool]
 
 
 class ToolResultEvent(TypedDict):

@@ -101,7 +101,7 @@ class Generation:
             if spec.client_tools:
                 # The client runs its own tools: the calls are the answer (never run here).
                 for call in calls:
-                    self._append(call_event(call))
+                    self._append({**call_event(call), "client": True})
                 return
             if not offer_tools:
                 raise UpstreamError(

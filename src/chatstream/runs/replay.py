@@ -16,8 +16,9 @@ import math
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
+from typing import Any
 
-from chatstream.runs.events import ErrorEvent, Event, MessageStatus
+from chatstream.runs.events import ErrorEvent, Event, MessageStatus, ToolCallEvent
 from chatstream.runs.generation import CANCELLED_TOOL
 from chatstream.runs.handle import RunState
 from chatstream.runs.log import MemoryEventLog, Pusher
@@ -52,14 +53,15 @@ class StoredRun:
             if row.role == "assistant":
                 for call in row.tool_calls or ():
                     function = call.get("function") or {}
-                    log.append(
-                        {
-                            "type": "tool_call",
-                            "call_id": str(call.get("id") or ""),
-                            "name": str(function.get("name") or ""),
-                            "arguments": str(function.get("arguments") or ""),
-                        }
-                    )
+                    event: ToolCallEvent = {
+                        "type": "tool_call",
+                        "call_id": str(call.get("id") or ""),
+                        "name": str(function.get("name") or ""),
+                        "arguments": str(function.get("arguments") or ""),
+                    }
+                    if row is answer:  # the answer's own calls: the client's tools
+                        event["client"] = True
+                    log.append(event)
             elif row.role == "tool":
                 log.append(
                     {
@@ -115,12 +117,14 @@ def rows_from_events(
     text and calls, then a result row per call (a call the run did not live to
     answer gets the same "ended before the tool finished" result a cancelled
     round does, so the history never holds a call without its result), then
-    the answer's text, with `status`. Row ids are the ones the run itself
-    would have written.
+    the answer's text, with `status` (and the calls of the client's own tools,
+    which no result follows: they are the answer). Row ids are the ones the
+    run itself would have written.
     """
     model: str | None = None
     text: list[str] = []
     rounds: list[tuple[OutputRow, list[str]]] = []  # each round's row and its call ids
+    client_calls: list[dict[str, Any]] = []  # the answer's: calls of the client's tools
     results: dict[tuple[int, str], OutputRow] = {}
     calling = False  # between a round's first call and its first result
     for event in events:
@@ -129,6 +133,14 @@ def rows_from_events(
             model = data["model"]
         elif data["type"] == "delta":
             text.append(data["text"])
+        elif data["type"] == "tool_call" and data.get("client"):
+            client_calls.append(
+                {
+                    "id": data["call_id"],
+                    "type": "function",
+                    "function": {"name": data["name"], "arguments": data["arguments"]},
+                }
+            )
         elif data["type"] == "tool_call":
             if not calling:
                 calling = True
@@ -180,6 +192,14 @@ def rows_from_events(
             result.id = tool_row_id(run_id, round_index, call_index)
             rows.append(result)
     rows.append(
-        OutputRow(id=run_id, role="assistant", content="".join(text), status=status, model=model)
+        OutputRow(
+            id=run_id,
+            role="assistant",
+            content="".join(text),
+            status=status,
+            model=model,
+            finish_reason="tool_calls" if client_calls else None,
+            tool_calls=client_calls or None,
+        )
     )
     return rows
