@@ -256,6 +256,31 @@ def test_websocket_chat_frames_follow_if_busy(server: AppServer, fake: FakeUpstr
     assert ends == {"a": "cancelled", "c": "complete"}
 
 
+def test_a_websocket_chat_frame_may_wait_its_turn(
+    server: AppServer, fake: FakeUpstreamThread
+) -> None:
+    with httpx.Client(base_url=server.base_url, timeout=20) as client:
+        session_id = new_session(client)
+        with open_socket(server) as ws:
+            send(
+                ws,
+                {"type": "chat", "request_id": "a", "message": STALLED, "session_id": session_id},
+            )
+            recv_until(ws, lambda frames: len(frames) >= 3)
+            queued = {"type": "chat", "request_id": "b", "message": "then this"}
+            send(ws, {**queued, "session_id": session_id, "if_busy": "enqueue"})
+            send(ws, {"type": "ping", "request_id": "p"})  # frames are read in order
+            pong = recv_until(ws, lambda frames: any(f["type"] == "pong" for f in frames))
+            assert [f for f in pong if f.get("request_id") == "b"] == []  # b waits, silently
+            assert len(fake.fake.requests) == 1
+            fake.fake.release(wait_for=1)
+            frames = recv_until(ws, lambda frames: dones(frames) == 2)
+        ends = {f["request_id"]: f["status"] for f in frames if f["type"] == "done"}
+        assert ends == {"a": "complete", "b": "complete"}
+        roles = [m["role"] for m in messages(client, session_id)]
+    assert roles == ["user", "assistant", "user", "assistant"]
+
+
 # --- the session's events --------------------------------------------------------------
 
 

@@ -133,6 +133,7 @@ class RedisSessions:
         self._wake.set()
 
     async def _publish_forever(self) -> None:
+        failing = False
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
@@ -140,25 +141,36 @@ class RedisSessions:
                 message = self._outbox[0]
                 try:
                     await self._client.publish(self._channel, message)
+                    failing = False
                 except (RedisError, OSError):
                     # A hint, not a record: a watcher that reconnects reads the state anew.
-                    logger.warning("a session event could not reach Redis; dropped")
+                    if not failing:
+                        logger.warning(
+                            "session events cannot reach Redis; dropped until it is back"
+                        )
+                    failing = True
                     await anyio.sleep(RETRY_S)
                 if self._outbox and self._outbox[0] is message:
                     self._outbox.popleft()
             self._drained.set()
 
     async def _subscribe_forever(self) -> None:
+        failing = False
         while True:
             pubsub = self._client.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
+                if failing:
+                    logger.info("session events from other instances: Redis is back")
+                failing = False
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._receive(message["data"])
             except (RedisError, OSError):
-                logger.warning("session events from other instances: Redis unreachable; retrying")
+                if not failing:
+                    logger.warning("session events from other instances: Redis unreachable")
+                failing = True
                 await anyio.sleep(RETRY_S)
             finally:
                 with (
