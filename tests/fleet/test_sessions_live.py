@@ -7,6 +7,7 @@ run lives (`if_busy`), are exactly what A would say and do.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -189,3 +190,14 @@ def test_a_tab_on_another_instance_follows_the_session(
         assert tab.ended.wait(10)
     assert tab.types[-1] == "session.deleted"
     assert tab.types.count("run.started") == 1
+
+
+def test_shutdown_ends_the_session_streams_it_serves(fleet: FleetFactory) -> None:
+    a = fleet("a")  # default keepalive (15 s): only the shutdown can end the stream in time
+    session_id = new_session(a)
+    with Watcher(a.base_url, session_id) as tab:
+        assert tab.status == 200
+        # (uvicorn re-raises the SIGTERM it handled, once shut down)
+        assert a.stop() in (0, -signal.SIGTERM)
+        assert tab.ended.wait(10)
+    assert "graceful shutdown exceeded" not in a.log_text()
