@@ -77,12 +77,13 @@ def last_seq(response: httpx.Response) -> int:
 
     Another instance learns of a run when its first events reach Redis, a
     few milliseconds after it starts, later under load: until then it
-    answers 404.
+    answers 404. While Redis is restarting it answers from the database,
+    which knows the run's row but not its events: `last_seq` is null.
     """
     if response.status_code == 404:
         return 0
     response.raise_for_status()
-    return int(response.json()["last_seq"])
+    return int(response.json()["last_seq"] or 0)
 
 
 def instance_env(
