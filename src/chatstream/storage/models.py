@@ -68,6 +68,8 @@ class SessionRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # A client's own name for the conversation (the AI SDK's chat id), unique per owner.
     external_id: Mapped[str | None] = mapped_column(String(200))
+    # The last message of the branch the session shows and continues (messages form a tree).
+    active_leaf_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
     # Listed most recently active first (GET /api/sessions).
     __table_args__ = (
@@ -87,6 +89,8 @@ class MessageRow(Base):
     owner: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
+    # An answer's reasoning (the model's thinking), never mixed into `content`.
+    reasoning: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))
     model: Mapped[str | None] = mapped_column(String(200))
     finish_reason: Mapped[str | None] = mapped_column(String(64))
@@ -105,6 +109,8 @@ class MessageRow(Base):
     runner: Mapped[str | None] = mapped_column(String(64))
     # On the rows a run wrote (tool rounds and answer): the run, i.e. the answer's id.
     run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # The message this one follows; siblings share a parent (edits, regenerations).
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
     __table_args__ = (
         Index("ix_messages_session_pk", "session_id", "pk"),
@@ -112,6 +118,7 @@ class MessageRow(Base):
         Index("ux_messages_owner_client_message_id", "owner", "client_message_id", unique=True),
         Index("ix_messages_runner", "runner"),
         Index("ix_messages_run_id", "run_id"),
+        Index("ix_messages_parent_id", "parent_id"),
     )
 
 
