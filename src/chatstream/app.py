@@ -19,7 +19,17 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
 from chatstream import __version__
-from chatstream.api import chat, meta, openai_compat, playground, runs, sessions, ui_stream, ws
+from chatstream.api import (
+    chat,
+    meta,
+    openai_compat,
+    playground,
+    responses_api,
+    runs,
+    sessions,
+    ui_stream,
+    ws,
+)
 from chatstream.api import metrics as metrics_api
 from chatstream.api import usage as usage_api
 from chatstream.api.body_limit import BodyLimit
@@ -47,6 +57,7 @@ from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.service import ChatService
 from chatstream.runs.session_events import SessionEvents
 from chatstream.runs.session_gate import LiveSessions, local_sessions
+from chatstream.runs.unstored import Unstored
 from chatstream.startup import StartupReport, database_location, open_spool, prepare_database
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
@@ -161,6 +172,9 @@ def create_app(
             # Hooks and the Telegram deliveries outlive the registry: the runs it
             # ends at shutdown still get their hooks and reach their chats.
             await stack.enter_async_context(hook_runner)
+            unstored = Unstored(store)
+            hook_runner.add(unstored)
+            stack.callback(hook_runner.remove, unstored)
             if settings.auto_title == "model":
                 # Its sessions' watchers are told the title it sets.
                 auto_title = TitleAnnouncer(AutoTitle(store, upstream), store, session_events)
@@ -226,6 +240,7 @@ def create_app(
                 journal=journal,
                 limits=limits,
                 instance=spool.instance_id,
+                unstored=unstored,
                 shared_redis_ping=link.ping if link is not None else None,
             )
             # Only now: the database answered at the current schema, and Redis, when used.
@@ -260,7 +275,9 @@ def create_app(
     app.state.quotas = quotas
     install_error_handlers(app)
     install_docs(app)
-    protocol_adapters = (ui_stream.router, openai_compat.router)
+    v1 = (responses_api.router, openai_compat.router)
+    # /v1's catch-all last: what none of them serves answers OpenAI's 404 or 405.
+    protocol_adapters = (ui_stream.router, *v1, openai_compat.unknown_paths(*v1))
     for router in (chat.router, runs.router, sessions.router, meta.api_router, *protocol_adapters):
         app.include_router(router, dependencies=[Depends(get_principal)])
     app.include_router(usage_api.router, dependencies=[Depends(get_principal)])

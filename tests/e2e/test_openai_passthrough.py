@@ -46,7 +46,8 @@ def test_a_model_is_retrieved_by_id_and_an_unknown_one_is_not_found(
 @pytest.mark.parametrize(
     ("method", "path", "status", "allow"),
     [
-        ("POST", "/v1/responses", 404, None),
+        ("POST", "/v1/embeddings", 404, None),
+        ("PUT", "/v1/responses", 405, "POST"),
         ("GET", "/v1/embeddings", 404, None),
         ("DELETE", "/v1/models/test-model", 405, "GET"),
         ("GET", "/v1/chat/completions", 405, "POST"),

@@ -16,6 +16,7 @@ from chatstream.ratelimit import ChatLimits
 from chatstream.runs.handle import RunRegistry
 from chatstream.runs.journal import RunJournal
 from chatstream.runs.service import ChatService
+from chatstream.runs.unstored import Unstored
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
 
@@ -36,6 +37,8 @@ class AppState:
     # This instance's id, kept in its spool (so the same across restarts):
     # /readyz, and X-Chatstream-Instance on every answer.
     instance: str
+    # Answers not to be kept (the Responses API's `store: false`), deleted once ended.
+    unstored: Unstored
     # With CHATSTREAM_REDIS_URL: reach the Redis runs are shared through.
     shared_redis_ping: Callable[[], Awaitable[object]] | None = None
 

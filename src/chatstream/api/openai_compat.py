@@ -84,7 +84,8 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
-def _chat_request(**fields: Any) -> ChatInput:
+def chat_input(**fields: Any) -> ChatInput:
+    """A `/v1` request's chat turn; a 400 in OpenAI's terms naming the field if not valid."""
     try:
         return ChatRequest(**fields).to_input()
     except ValidationError as exc:
@@ -141,7 +142,7 @@ async def chat_completions(
         body.messages, continuing=session_id is not None, max_chars=settings.history_chars
     )
     max_tokens = body.max_completion_tokens or body.max_tokens
-    chat_request = _chat_request(
+    chat_request = chat_input(
         message=turn.message,
         session_id=session_id,
         model=body.model,
@@ -259,28 +260,35 @@ class MethodNotAllowed(ChatstreamError):
     code = "method_not_allowed"
 
 
-@router.api_route(
-    "/{path:path}",
-    methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
-    include_in_schema=False,
-)
-async def unknown(request: Request) -> Response:
-    """Any other `/v1/...` request: OpenAI's 404 (unknown path) or 405 (wrong method)."""
-    allowed = sorted(
-        method
-        for route in router.routes
-        if isinstance(route, APIRoute)
-        and route.endpoint is not unknown
-        and route.path_regex.match(request.url.path)
-        for method in route.methods or ()
+def unknown_paths(*routers: APIRouter) -> APIRouter:
+    """The `/v1` catch-all, included after `routers`: OpenAI's 404 or 405 for the rest."""
+    fallback = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+
+    @fallback.api_route(
+        "/{path:path}",
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        include_in_schema=False,
     )
-    where = f"{request.method} {request.url.path}"
-    if allowed:
-        raise MethodNotAllowed(
-            f"{where} is not allowed; use {', '.join(allowed)}.",
-            headers={"Allow": ", ".join(allowed)},
+    async def unknown(request: Request) -> Response:
+        """Any other `/v1/...` request: OpenAI's 404 (unknown path) or 405 (wrong method)."""
+        allowed = sorted(
+            method
+            for given in routers
+            for route in given.routes
+            if isinstance(route, APIRoute) and route.path_regex.match(request.url.path)
+            for method in route.methods or ()
         )
-    raise UnknownPath(f"Unknown request URL: {where}. See GET /openapi.json for what /v1 serves.")
+        where = f"{request.method} {request.url.path}"
+        if allowed:
+            raise MethodNotAllowed(
+                f"{where} is not allowed; use {', '.join(allowed)}.",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        raise UnknownPath(
+            f"Unknown request URL: {where}. See GET /openapi.json for what /v1 serves."
+        )
+
+    return fallback
 
 
 def too_large(scope: Scope, message: str) -> Response:

@@ -11,8 +11,9 @@ with a comment line, and drops a client that stops reading. When the run's
 stream is lost (another instance's run, Redis away longer than a lease),
 the translation is handed an `error` and an `interrupted` end, so the
 client's own library reports a failure and the stream still ends with
-`[DONE]` (these protocols have no ids to resume from; the AI SDK's resume
-endpoint starts the run's stream again).
+its `closing`: `[DONE]` (the AI SDK's resume endpoint starts the run's
+stream again), or nothing for the Responses API, whose events are numbered
+and resumable (`starting_after`).
 
 The response follows the run; it does not own it. When the client leaves,
 the run goes on, unless the response was told to cancel it then (the AI
@@ -57,6 +58,7 @@ class TranslatedStream(Response):
         send_timeout_s: float,
         headers: dict[str, str] | None = None,
         cancel_on_disconnect: bool = False,
+        closing: bytes = DONE_LINE,
     ) -> None:
         # Response.__init__ wants a body; this response writes its own, as it goes.
         self.status_code = 200
@@ -67,6 +69,7 @@ class TranslatedStream(Response):
         self._keepalive_s = keepalive_s
         self._send_timeout_s = send_timeout_s
         self._cancel_on_disconnect = cancel_on_disconnect
+        self._closing = closing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
@@ -104,7 +107,10 @@ class TranslatedStream(Response):
                 lost = translate(_stream_lost(self._run, exc, last_seq))
                 await watch.send({"type": "http.response.body", "body": lost, "more_body": True})
             followed_to_the_end = True
-            await watch.send({"type": "http.response.body", "body": DONE_LINE, "more_body": True})
+            if self._closing:
+                await watch.send(
+                    {"type": "http.response.body", "body": self._closing, "more_body": True}
+                )
             # The end goes through the middlewares, bounded like every send.
             with anyio.move_on_after(self._send_timeout_s):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

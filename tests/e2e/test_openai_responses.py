@@ -1,0 +1,236 @@
+"""`/v1/responses` (issue #26), driven by the OpenAI Python SDK against the fake upstream.
+
+A response is a run: its events are numbered, it resumes from any number,
+can be read back, cancelled, continued (`previous_response_id`) and deleted.
+What reaches the model is read back from the fake upstream (`fake.requests`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from pydantic import BaseModel
+
+from tests.support.servers import AppServer, FakeUpstreamThread
+from tests.support.wait import wait_until
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+CALL_WEATHER = '[[fake tool=get_weather tool_args={"city": "Paris"} arg_chunks=3]]'
+
+
+@pytest.fixture
+def sdk(server: AppServer) -> Iterator[openai.OpenAI]:
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+    yield client
+    client.close()
+
+
+def stored(server: AppServer, session_id: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{server.base_url}/api/sessions/{session_id}/messages", timeout=10)
+    response.raise_for_status()
+    return list(response.json()["items"])
+
+
+def test_a_streamed_response_has_the_sdks_events_numbered_and_resumes_from_any_number(
+    sdk: openai.OpenAI, server: AppServer
+) -> None:
+    events = list(
+        sdk.responses.create(
+            model="test-model",
+            input="[[fake tokens=12]] hello",
+            instructions="Be brief.",
+            stream=True,
+        )
+    )
+    kinds = [event.type for event in events]
+    assert kinds[:5] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert kinds.count("response.output_text.delta") == 12
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    done = events[-1].response  # type: ignore[union-attr]
+    assert done.status == "completed" and done.output_text == text
+    assert done.instructions == "Be brief."
+    assert done.usage is not None and done.usage.output_tokens > 0
+    message_id = done.id.removeprefix("resp_")
+    rows = stored(server, _session_of(server, done.id))
+    assert rows[-1]["content"] == text and rows[-1]["id"].replace("-", "") == message_id
+
+    # Read back whole, and resumed after any event number: the same events, same numbers.
+    again = sdk.responses.retrieve(done.id)
+    assert (again.status, again.output_text) == ("completed", text)
+    for after in (0, 5, len(events) - 2):
+        resumed = list(sdk.responses.retrieve(done.id, stream=True, starting_after=after))
+        assert [e.sequence_number for e in resumed] == list(range(after + 1, len(events)))
+        assert [e.type for e in resumed] == kinds[after + 1 :]
+
+
+def _session_of(server: AppServer, response_id: str) -> str:
+    message_id = response_id.removeprefix("resp_")
+    run = httpx.get(f"{server.base_url}/api/runs/{_dashed(message_id)}", timeout=10)
+    run.raise_for_status()
+    return str(run.json()["session_id"])
+
+
+def _dashed(hex_id: str) -> str:
+    return str(uuid.UUID(hex=hex_id))
+
+
+def test_a_client_tool_loop_and_previous_response_id_continue_one_session(
+    sdk: openai.OpenAI, server: AppServer, fake: FakeUpstreamThread
+) -> None:
+    first = sdk.responses.create(
+        model="test-model",
+        input=[{"role": "user", "content": f"{CALL_WEATHER} weather in Paris?"}],
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="auto",
+    )
+    sent = fake.fake.requests[-1]
+    # Responses' function tools reach the model as Chat Completions tools, nothing added.
+    assert sent["tools"] == [
+        {
+            "type": "function",
+            "function": {k: WEATHER[k] for k in ("name", "description", "parameters")},
+        }
+    ]
+    assert sent["tool_choice"] == "auto"
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 1
+    call = calls[0]
+    assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Paris"})
+    assert first.status == "completed"
+
+    second = sdk.responses.create(
+        model="test-model",
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert second.output_text == "The tool said: sunny"
+    assert second.previous_response_id == first.id
+    context = fake.fake.requests[-1]["messages"]
+    assert [m["role"] for m in context] == ["user", "assistant", "tool"]
+    assert context[1]["tool_calls"][0]["id"] == call.call_id
+    session = _session_of(server, second.id)
+    assert session == _session_of(server, first.id)
+    assert [r["role"] for r in stored(server, session)] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
+
+    items = sdk.responses.input_items.list(second.id)
+    assert [(i.type, getattr(i, "call_id", None)) for i in items.data] == [
+        ("function_call_output", call.call_id)
+    ]
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+def test_structured_output_parses_into_the_clients_model(
+    sdk: openai.OpenAI, fake: FakeUpstreamThread
+) -> None:
+    parsed = sdk.responses.parse(
+        model="test-model",
+        input='[[fake answer={"name": "Ada", "age": 36}]] who?',
+        text_format=Person,
+    )
+    assert parsed.output_parsed == Person(name="Ada", age=36)
+    response_format = fake.fake.requests[-1]["response_format"]
+    assert response_format["type"] == "json_schema"
+    assert response_format["json_schema"]["name"] == "Person"
+    assert response_format["json_schema"]["schema"]["required"] == ["name", "age"]
+
+
+def test_background_cancel_and_delete(sdk: openai.OpenAI, server: AppServer) -> None:
+    queued = sdk.responses.create(
+        model="test-model",
+        input="[[fake tokens=400 interval_ms=20]] long",
+        background=True,
+        include=["reasoning.encrypted_content"],  # accepted, cannot apply: ignored
+    )
+    assert queued.status == "queued"
+    wait_until(
+        lambda: sdk.responses.retrieve(queued.id).output_text != "",
+        what="the background response has text",
+    )
+    assert sdk.responses.retrieve(queued.id).status == "in_progress"
+    with pytest.raises(openai.ConflictError):
+        sdk.responses.delete(queued.id)
+    cancelled = sdk.responses.cancel(queued.id)
+    assert cancelled.status == "cancelled"
+    session = _session_of(server, queued.id)
+    assert stored(server, session)[-1]["status"] == "cancelled"
+    sdk.responses.delete(queued.id)
+    assert stored(server, session) == []
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(queued.id)
+
+
+def test_store_false_keeps_nothing_once_the_answer_has_ended(
+    sdk: openai.OpenAI, server: AppServer
+) -> None:
+    answer = sdk.responses.create(model="test-model", input="forget me", store=False)
+    assert answer.status == "completed" and answer.output_text
+
+    def no_sessions() -> bool:
+        listed = httpx.get(f"{server.base_url}/api/sessions", timeout=10).json()
+        return listed["items"] == []
+
+    wait_until(no_sessions, what="the unstored conversation is deleted")
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(answer.id)
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.responses.create(
+            model="test-model", input="x", store=False, previous_response_id=answer.id
+        )
+    assert raised.value.param == "store"
+
+
+def test_what_cannot_apply_is_a_clear_openai_error(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.responses.create(
+            model="test-model",
+            input="search",
+            tools=[{"type": "web_search"}],  # type: ignore[list-item]
+        )
+    assert "web_search" in raised.value.message and raised.value.param == "tools.[0]"
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.responses.create(model="test-model", input="x", previous_response_id="resp_nope")
+    assert raised.value.code == "previous_response_not_found"
+    with pytest.raises(openai.NotFoundError) as raised:
+        sdk.responses.create(model="gpt-nothing", input="x")
+    assert raised.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.responses.compact(model="test-model", input="x")
+    assert "not supported" in raised.value.message
