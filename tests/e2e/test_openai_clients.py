@@ -145,6 +145,37 @@ def test_langchain_with_structured_output_gives_the_model(
     assert person == Person(name="Ada", age=36)
 
 
+def test_langchain_on_the_responses_api_runs_a_tool_loop_and_structured_output(
+    server: AppServer, fake: FakeUpstreamThread
+) -> None:
+    model = ChatOpenAI(
+        model="test-model",
+        base_url=f"{server.base_url}/v1",
+        api_key="unused",  # type: ignore[arg-type]
+        max_retries=0,
+        use_responses_api=True,
+    )
+    with_tools = model.bind_tools([get_weather])
+    messages: list[BaseMessage] = [
+        HumanMessage('[[fake tool=get_weather tool_args={"city": "Oslo"}]] weather?')
+    ]
+    reply = with_tools.invoke(messages)
+    assert isinstance(reply, AIMessage)
+    assert [(c["name"], c["args"]) for c in reply.tool_calls] == [("get_weather", {"city": "Oslo"})]
+    messages += [
+        reply,
+        ToolMessage(
+            get_weather.invoke(reply.tool_calls[0]["args"]), tool_call_id=reply.tool_calls[0]["id"]
+        ),
+    ]
+    final = with_tools.invoke(messages)
+    assert final.text == "The tool said: sunny in Oslo"
+    assert [m["role"] for m in fake.fake.requests[-1]["messages"]] == ["user", "assistant", "tool"]
+
+    structured = model.with_structured_output(Person, method="json_schema")
+    assert structured.invoke(f"[[fake answer={ADA}]] who?") == Person(name="Ada", age=36)
+
+
 # --- LiteLLM ---------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
+from tests.support.node import node_executable, run_script
 from tests.support.servers import AppServer, FakeUpstreamThread
 from tests.support.wait import wait_until
 
@@ -151,6 +152,29 @@ def test_a_client_tool_loop_and_previous_response_id_continue_one_session(
         ("function_call_output", call.call_id)
     ]
 
+    # Stateless, the call referred to by its item id (as the AI SDK does with store on).
+    third = sdk.responses.create(
+        model="test-model",
+        input=[
+            {"role": "user", "content": "weather in Paris?"},
+            {"type": "item_reference", "id": call.id},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "rain"},
+        ],
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert third.output_text == "The tool said: rain"
+    sent_calls = fake.fake.requests[-1]["messages"][1]["tool_calls"]
+    assert [(c["id"], c["function"]["name"]) for c in sent_calls] == [(call.call_id, "get_weather")]
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.responses.create(
+            model="test-model",
+            input=[
+                {"type": "item_reference", "id": "msg_nothing_0"},
+                {"role": "user", "content": "x"},
+            ],
+        )
+    assert raised.value.param == "input.[0]"
+
 
 class Person(BaseModel):
     name: str
@@ -234,3 +258,27 @@ def test_what_cannot_apply_is_a_clear_openai_error(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         sdk.responses.compact(model="test-model", input="x")
     assert "not supported" in raised.value.message
+
+
+def test_the_ai_sdks_default_openai_model_streams_and_runs_a_tool_loop(
+    server: AppServer, fake: FakeUpstreamThread
+) -> None:
+    node = node_executable()
+    result = run_script(
+        node,
+        "ai_openai_responses.mjs",
+        {
+            "baseURL": f"{server.base_url}/v1",
+            "model": "test-model",
+            "prompt": f"{CALL_WEATHER} weather in Paris?",
+        },
+    )
+    assert result["error"] is None
+    assert result["toolCalls"] == [{"name": "get_weather", "input": {"city": "Paris"}}]
+    assert result["toolResults"] == ["sunny in Paris"]
+    assert result["text"] == "The tool said: sunny in Paris"
+    assert result["steps"] == 2
+    # The second step sent the SDK's own tool result back, answered in one session.
+    context = fake.fake.requests[-1]["messages"]
+    assert [m["role"] for m in context][-2:] == ["assistant", "tool"]
+    assert context[-1]["content"] == "sunny in Paris"

@@ -21,7 +21,6 @@ and the run's events into Responses' events (`api/responses_encoder.py`).
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from typing import Annotated, Any
 
 import anyio
@@ -41,19 +40,23 @@ from chatstream.api.openai_translation import FAILED_STATUS
 from chatstream.api.openai_turns import check_vision, turn_of
 from chatstream.api.quota import GatedChatDep
 from chatstream.api.responses_encoder import ResponseEcho, ResponseEncoder
+from chatstream.api.responses_lookup import (
+    handle,
+    input_item,
+    message_id_of,
+    resolved,
+    session_of,
+    snapshot,
+)
 from chatstream.api.responses_requests import ResponseRequest, chat_messages, validated
 from chatstream.api.translated_stream import TranslatedStream
 from chatstream.api.validators import Text
-from chatstream.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from chatstream.errors import Conflict, InvalidRequest, NotFound
 from chatstream.runs.handle import RunHandle
-from chatstream.runs.replay import StoredRun
 from chatstream.runs.spec import Passthrough
 from chatstream.storage.turns import Turns
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
-
-# A live response read without streaming: the events that arrive within this are its state.
-SNAPSHOT_WAIT_S = 0.2
 
 _ERRORS = openai_errors(
     {
@@ -66,25 +69,12 @@ _ERRORS = openai_errors(
 )
 
 
-class PreviousResponseNotFound(InvalidRequest):
-    code = "previous_response_not_found"
-
-
 class CompactionUnsupported(InvalidRequest):
     code = "unsupported_endpoint"
 
 
 class ResponseInProgress(Conflict):
     code = "response_in_progress"
-
-
-def message_id_of(response_id: str) -> uuid.UUID | None:
-    if not response_id.startswith("resp_"):
-        return None
-    try:
-        return uuid.UUID(hex=response_id.removeprefix("resp_"))
-    except ValueError:
-        return None
 
 
 def _echo(body: ResponseRequest) -> ResponseEcho:
@@ -119,6 +109,7 @@ async def create_response(
     principal: PrincipalDep,
     chat: GatedChatDep,
     settings: SettingsDep,
+    registry: RegistryDep,
     state: State,
 ) -> Response:
     if body.model not in settings.models:
@@ -132,7 +123,9 @@ async def create_response(
             details=[{"loc": ["body", "store"]}],
         )
     if body.previous_response_id is not None:
-        session_id = await _session_of(state, principal.owner, body.previous_response_id)
+        session_id = await session_of(state, principal.owner, body.previous_response_id)
+    if isinstance(body.input, list):
+        body.input = await resolved(body.input, state, registry, principal.owner)
     messages = validated(chat_messages(body))
     check_vision(messages, body.model, settings.models_without_vision)
     turn = turn_of(messages, continuing=session_id is not None, max_chars=settings.history_chars)
@@ -210,41 +203,6 @@ async def _cancel_scope_on_disconnect(request: Request, scope: anyio.CancelScope
     scope.cancel()
 
 
-async def _session_of(state: Any, owner: str, previous: str) -> uuid.UUID:
-    message_id = message_id_of(previous)
-    row = await state.store.get_message(owner, message_id) if message_id else None
-    if row is None or row.role != "assistant":
-        raise PreviousResponseNotFound(
-            f"Previous response with id '{previous}' not found.",
-            details=[{"loc": ["body", "previous_response_id"]}],
-        )
-    session_id: uuid.UUID = row.session_id
-    return session_id
-
-
-async def _handle(
-    state: Any, registry: Any, owner: str, response_id: str
-) -> tuple[RunHandle, float | None]:
-    """The response's run: live (any instance), or rebuilt from its stored rows."""
-    message_id = message_id_of(response_id)
-    if message_id is None:
-        raise NotFound(f"No response with id '{response_id}'.")
-    run: RunHandle | None
-    try:
-        run = await registry.get(message_id, owner)
-    except ServiceUnavailable:
-        run = None  # other instances unreachable: the database still knows how it ended
-    turn = await Turns(state.database).get(owner, message_id)
-    created_at = turn.outputs[-1].created_at.timestamp() if turn is not None else None
-    if run is not None and (turn is not None or (await run.state()).live):
-        return run, created_at  # (an ended run whose rows are gone was deleted)
-    if turn is None:
-        raise NotFound(f"No response with id '{response_id}'.")
-    user = next((row.id for row in reversed(turn.inputs) if row.role == "user"), message_id)
-    rows = await state.store.run_rows(owner, message_id)
-    return StoredRun(turn.session_id, user, rows), created_at
-
-
 @router.get(
     "/responses/{response_id}",
     response_model=None,
@@ -263,7 +221,7 @@ async def retrieve_response(
         int | None, Query(ge=0, description="With stream: only events numbered above this.")
     ] = None,
 ) -> Response:
-    run, created_at = await _handle(state, registry, principal.owner, response_id)
+    run, created_at = await handle(state, registry, principal.owner, response_id)
     encoder = ResponseEncoder(
         message_id=str(run.id),
         model="",
@@ -273,20 +231,8 @@ async def retrieve_response(
     headers = {SESSION_HEADER: str(run.session_id), MESSAGE_HEADER: str(run.id)}
     if stream:
         return _stream(run, encoder, settings, headers)
-    await _snapshot(run, encoder)
+    await snapshot(run, encoder)
     return JSONResponse(encoder.response(), headers=headers)
-
-
-async def _snapshot(run: RunHandle, encoder: ResponseEncoder) -> None:
-    """Encode what the run has so far: the events it had when asked, or all to its end."""
-    state = await run.state()
-    async with run.follow(0, SNAPSHOT_WAIT_S) as batches:
-        async for batch in batches:
-            if not batch:
-                return  # nothing new within SNAPSHOT_WAIT_S: that is where it stands
-            encoder.encode(batch)
-            if encoder.status != "in_progress" or (state.live and batch[-1].seq >= state.last_seq):
-                return
 
 
 @router.post(
@@ -298,12 +244,12 @@ async def _snapshot(run: RunHandle, encoder: ResponseEncoder) -> None:
 async def cancel_response(
     response_id: Text, principal: PrincipalDep, registry: RegistryDep, state: State
 ) -> Response:
-    run, created_at = await _handle(state, registry, principal.owner, response_id)
+    run, created_at = await handle(state, registry, principal.owner, response_id)
     await run.cancel()
     encoder = ResponseEncoder(message_id=str(run.id), model="", created_at=created_at)
     with anyio.move_on_after(5):
         await run.wait()
-    await _snapshot(run, encoder)
+    await snapshot(run, encoder)
     return JSONResponse(encoder.response())
 
 
@@ -318,7 +264,7 @@ async def cancel_response(
 async def delete_response(
     response_id: Text, principal: PrincipalDep, registry: RegistryDep, state: State
 ) -> Response:
-    run, _ = await _handle(state, registry, principal.owner, response_id)
+    run, _ = await handle(state, registry, principal.owner, response_id)
     if (await run.state()).live:
         raise ResponseInProgress(
             f"The response '{response_id}' is still running; cancel it first "
@@ -346,7 +292,7 @@ async def list_input_items(
     turn = await Turns(state.database).get(principal.owner, message_id) if message_id else None
     if turn is None:
         raise NotFound(f"No response with id '{response_id}'.")
-    items = [_input_item(row) for row in turn.inputs]
+    items = [input_item(row) for row in turn.inputs]
     if order == "desc":
         items.reverse()
     if after is not None:
@@ -362,26 +308,6 @@ async def list_input_items(
             "has_more": len(items) > limit,
         }
     )
-
-
-def _input_item(row: Any) -> dict[str, Any]:
-    hex_id = row.id.hex
-    if row.role == "tool":
-        return {
-            "id": f"fco_{hex_id}",
-            "type": "function_call_output",
-            "call_id": row.tool_call_id,
-            "output": row.content,
-            "status": "completed",
-        }
-    kind = "output_text" if row.role == "assistant" else "input_text"
-    return {
-        "id": f"msg_{hex_id}",
-        "type": "message",
-        "role": row.role,
-        "status": "completed",
-        "content": [{"type": kind, "text": row.content}],
-    }
 
 
 @router.post(

@@ -235,17 +235,17 @@ def chat_messages(request: ResponseRequest) -> list[dict[str, Any]]:
 
 
 def validated(messages: list[dict[str, Any]]) -> list[CompletionMessage]:
-    """The messages as `/v1/chat/completions` takes them; a 400 naming the input item if not."""
+    """The messages as `/v1/chat/completions` takes them; a 400 naming the problem if not."""
     out: list[CompletionMessage] = []
-    items = iter(range(len(messages)))
     for message in messages:
-        index = next(items)
         try:
             out.append(CompletionMessage.model_validate(message))
         except ValidationError as exc:
             first = exc.errors()[0]
+            role = message.get("role") or "input"
             raise InvalidRequest(
-                f"Input item {index}: {first['msg']}.", details=[{"loc": ["body", "input"]}]
+                f"A {role} item of the input is not valid: {first['msg']}.",
+                details=[{"loc": ["body", "input"]}],
             ) from None
     if not out or out[-1].role not in ("user", "tool"):
         raise InvalidRequest(
