@@ -8,8 +8,10 @@ What reaches the model is read back from the fake upstream (`fake.requests`).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -18,6 +20,7 @@ import pytest
 from pydantic import BaseModel
 
 from tests.support.node import node_executable, run_script
+from tests.support.readme import SHOWN_URL, readme_block
 from tests.support.servers import AppServer, FakeUpstreamThread
 from tests.support.wait import wait_until
 
@@ -282,3 +285,28 @@ def test_the_ai_sdks_default_openai_model_streams_and_runs_a_tool_loop(
     context = fake.fake.requests[-1]["messages"]
     assert [m["role"] for m in context][-2:] == ["assistant", "tool"]
     assert context[-1]["content"] == "sunny in Paris"
+
+
+def test_the_readme_example_runs_as_shown(make_server: Callable[..., AppServer]) -> None:
+    # As against `make run`: the offline demo upstream, its model `demo`.
+    server = make_server(models=["demo"], openai_api_key=None, openai_base_url=None)
+    script = readme_block("python", "client.responses.create(")
+    assert f'base_url="{SHOWN_URL}/v1"' in script
+    shown = subprocess.run(
+        [sys.executable, "-c", script.replace(SHOWN_URL, server.base_url)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    (session,) = httpx.get(f"{server.base_url}/api/sessions", timeout=10).json()["items"]
+    rows = stored(server, session["id"])
+    assert [r["role"] for r in rows] == [
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
+    assert shown == [rows[1]["content"], "4", "get_current_time", "The tool said: 12:00"]
