@@ -7,6 +7,9 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.ready
 # Client libraries some tests drive (the browser EventSource's rules, in Node).
 JS_READY := tests/js/node_modules/.ready
+# Python client libraries whose pins clash with ours (tests/clients/requirements.txt).
+CLIENTS_VENV  := .venv-clients
+CLIENTS_READY := $(CLIENTS_VENV)/.ready
 
 .PHONY: run test lint bench soak clean
 
@@ -25,7 +28,12 @@ $(JS_READY): tests/js/package.json tests/js/package-lock.json
 		npm ci --prefix tests/js --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "npm not found: the tests that need Node clients will be skipped"; fi
 
-test: $(READY) $(JS_READY)
+$(CLIENTS_READY): tests/clients/requirements.txt
+	@test -x $(CLIENTS_VENV)/bin/python || $(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r tests/clients/requirements.txt
+	@touch $@
+
+test: $(READY) $(JS_READY) $(CLIENTS_READY)
 	$(BIN)/python -m pytest
 
 lint: $(READY)
@@ -41,4 +49,4 @@ soak: $(READY)
 	$(BIN)/python bench/soak.py --minutes 60 --streams 100
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) .pytest_cache .mypy_cache .ruff_cache
