@@ -58,6 +58,9 @@ from chatstream.storage.turns import Turns
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 
+# Names the hosted tools a request asked for, which nothing here runs (not offered).
+IGNORED_TOOLS_HEADER = "X-Chatstream-Ignored-Tools"
+
 _ERRORS = openai_errors(
     {
         400: "Not valid (`param` names the field), or a hosted tool chatstream cannot run.",
@@ -141,16 +144,21 @@ async def create_response(
     passthrough = Passthrough(
         messages=turn.context,
         fields=fields,
-        client_tools=bool(body.tools),
+        client_tools="tools" in fields,
         server_tools=settings.openai_server_tools,
     )
     chat_request = dataclasses.replace(chat_request, passthrough=passthrough)
     started = await chat.start(principal, chat_request, turn.shape)
     run = started.run
     headers = {SESSION_HEADER: str(run.session_id), MESSAGE_HEADER: str(run.id), **started.headers}
+    hosted = body.hosted_tools()
+    if hosted:
+        headers[IGNORED_TOOLS_HEADER] = ", ".join(dict.fromkeys(hosted))
     if not body.store:
         await state.unstored.forget_after(run, principal.owner)
-    encoder = ResponseEncoder(message_id=str(run.id), model=body.model, echo=_echo(body))
+    encoder = ResponseEncoder(
+        message_id=str(run.id), model=body.model, echo=_echo(body), namespaces=body.namespaces()
+    )
     if body.stream:
         return _stream(run, encoder, settings, headers)
     if body.background:

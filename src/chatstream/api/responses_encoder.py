@@ -69,6 +69,7 @@ class ResponseEncoder:
         created_at: float | None = None,
         echo: ResponseEcho | None = None,
         starting_after: int = -1,
+        namespaces: dict[str, str] | None = None,
     ) -> None:
         self.id = response_id(message_id)
         self._hex = message_id.replace("-", "")
@@ -76,6 +77,7 @@ class ResponseEncoder:
         self.created_at = created_at if created_at is not None else time.time()
         self._echo = echo or ResponseEcho()
         self._after = starting_after
+        self._namespaces = namespaces or {}
         self._seq = -1
         self.status = "in_progress"
         self.output: list[dict[str, Any]] = []
@@ -294,6 +296,9 @@ class ResponseEncoder:
             "name": call["name"],
             "arguments": "",
         }
+        namespace = self._namespaces.get(call["name"])
+        if namespace is not None:
+            item["namespace"] = namespace
         self.output.append(item)
         frames = self._frame(
             {"type": "response.output_item.added", "output_index": index, "item": dict(item)}

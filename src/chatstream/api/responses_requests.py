@@ -16,7 +16,10 @@ turned into what `/v1/chat/completions` sends the model (one streaming core):
 Any other field (`include`, `reasoning`, `truncation`, `user`, ...) is
 accepted and ignored, as the issue of a client written against OpenAI's
 newest API should never be a 400 for an option that cannot apply here.
-A tool type other than `function` (OpenAI's hosted tools) is a 400 naming it.
+Function tools, and those of a `namespace` (Codex groups its tools so), go
+to the model; hosted tools (`web_search`, `file_search`, ...) cannot run
+here and are not offered to it: the answer's `X-Chatstream-Ignored-Tools`
+header names them.
 """
 
 from __future__ import annotations
@@ -38,6 +41,15 @@ class FunctionTool(BaseModel):
     description: Text | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    tools: list[dict[str, Any]] | None = None  # a namespace's
+
+
+def _function(index: int, tool: FunctionTool) -> FunctionTool:
+    if tool.name is None:
+        raise InvalidRequest(
+            "A function tool needs a name.", details=[{"loc": ["body", "tools", index]}]
+        )
+    return tool
 
 
 class TextFormat(BaseModel):
@@ -92,14 +104,43 @@ class ResponseRequest(BaseModel):
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     metadata: dict[str, Text] | None = None
 
+    def function_tools(self) -> list[FunctionTool]:
+        """The function tools offered, a namespace's flattened (each keeps its own name)."""
+        found: list[FunctionTool] = []
+        for index, tool in enumerate(self.tools or ()):
+            if tool.type == "namespace":
+                found += [
+                    _function(index, FunctionTool.model_validate(t)) for t in tool.tools or ()
+                ]
+            elif tool.type == "function":
+                found.append(_function(index, tool))
+        return found
+
+    def namespaces(self) -> dict[str, str]:
+        """A namespaced function's name → its namespace (its calls name it, as OpenAI's do)."""
+        return {
+            str(inner.get("name")): str(tool.name)
+            for tool in self.tools or ()
+            if tool.type == "namespace"
+            for inner in tool.tools or ()
+        }
+
+    def hosted_tools(self) -> list[str]:
+        """The types of the hosted tools asked for (`web_search`, ...): none runs here."""
+        return [
+            tool.type for tool in self.tools or () if tool.type not in ("function", "namespace")
+        ]
+
     def upstream_fields(self, max_tokens_cap: int) -> dict[str, Any]:
         """What goes to the model, in Chat Completions' names."""
         fields: dict[str, Any] = {}
-        if self.tools:
-            fields["tools"] = [_chat_tool(index, tool) for index, tool in enumerate(self.tools)]
-        if self.tool_choice is not None:
+        tools = [_chat_tool(tool) for tool in self.function_tools()]
+        if tools:
+            fields["tools"] = tools
+        # Chat Completions takes these only beside tools (when all were hosted: none).
+        if self.tool_choice is not None and tools:
             fields["tool_choice"] = _chat_tool_choice(self.tool_choice)
-        if self.parallel_tool_calls is not None:
+        if self.parallel_tool_calls is not None and tools:
             fields["parallel_tool_calls"] = self.parallel_tool_calls
         if self.text is not None and self.text.format is not None:
             response_format = _response_format(self.text.format)
@@ -112,13 +153,7 @@ class ResponseRequest(BaseModel):
         return fields
 
 
-def _chat_tool(index: int, tool: FunctionTool) -> dict[str, Any]:
-    if tool.type != "function" or tool.name is None:
-        raise InvalidRequest(
-            f"Tool type '{tool.type}' is not supported here: chatstream passes your function "
-            "tools to the model (type 'function', with a name) and runs no hosted tools.",
-            details=[{"loc": ["body", "tools", index]}],
-        )
+def _chat_tool(tool: FunctionTool) -> dict[str, Any]:
     function: dict[str, Any] = {"name": tool.name}
     for key in ("description", "parameters", "strict"):
         value = getattr(tool, key)
