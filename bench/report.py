@@ -57,7 +57,7 @@ def report(results: dict[int, dict[str, dict[str, Any]]], args: argparse.Namespa
             _row(users, "upstream", direct["tokens_per_s"], "1.00", "0", "0", upstream_cpu, "1.00",
                  direct["upstream_rss_mb"], direct["failures"])
         )  # fmt: skip
-        for name in ("chatstream", "nometrics", "workers", "websocket", "aisdk", "v1", "relay"):
+        for name in ("chatstream", "nometrics", "workers", "websocket", "aisdk", "v1", "responses", "relay"):
             row = by_target.get(name)
             if row is None:
                 continue

@@ -9,6 +9,7 @@ concurrent streams it measures, in the same run:
   websocket   the same, over `WS /ws/chat`: one socket per user, its chats in turn
   aisdk       the same, as the Vercel AI SDK's UI message stream (`POST /api/ui/chat`)
   v1          the same, as OpenAI chat chunks (`POST /v1/chat/completions`, stream: true)
+  responses   the same, as OpenAI Responses events (`POST /v1/responses`, stream: true)
   relay       the same load through a tutorial-style FastAPI + AsyncOpenAI relay
   nometrics   (only when asked for) like chatstream, on a second server started with
               CHATSTREAM_METRICS=false: the cost of metrics is the CPU-s/1k difference
@@ -196,7 +197,7 @@ async def measure(
     sample_rss()
     scraper = None
     if (
-        target.name in ("chatstream", "websocket", "workers", "aisdk", "v1")
+        target.name in ("chatstream", "websocket", "workers", "aisdk", "v1", "responses")
         and args.scrape_interval > 0
     ):
         scraper = asyncio.create_task(scrape_metrics(target.port, args.scrape_interval))
@@ -255,6 +256,9 @@ def targets(servers: Servers) -> dict[str, Target | SocketTarget]:
                         AI_SDK_BODY, b'"type":"text-delta"', unique=b"@chat@"),
         "v1": Target("v1", "127.0.0.1", servers.chatstream_port, "/v1/chat/completions",
                      direct_body, b'"delta":{"content"'),
+        "responses": Target("responses", "127.0.0.1", servers.chatstream_port, "/v1/responses",
+                            b'{"model":"bench","input":"bench","stream":true}',
+                            b'"type":"response.output_text.delta"'),
     }  # fmt: skip
 
 
@@ -297,7 +301,7 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument(
         "--targets",
-        default="chatstream,workers,websocket,aisdk,v1,relay",
+        default="chatstream,workers,websocket,aisdk,v1,responses,relay",
         help="add nometrics: metrics on vs off; workers needs Redis (--redis-url)",
     )
     parser.add_argument(
@@ -338,6 +342,7 @@ def main() -> int:
             "websocket": servers.chatstream.pid,
             "aisdk": servers.chatstream.pid,
             "v1": servers.chatstream.pid,
+            "responses": servers.chatstream.pid,
             "relay": servers.relay.pid,
         }
         if servers.nometrics is not None:
