@@ -29,6 +29,7 @@ on only cleaned up and redacted (see `upstream.errors`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -201,6 +202,28 @@ class ServerShutdown(ChatstreamError):
     code = "server_shutdown"
     default_message = "The server is restarting; try again."
     default_retryable = True
+
+
+def failed_run_status(code: str) -> int:
+    """The HTTP status of an answer whose run ended in the error `code` (a 5xx).
+
+    A run's `error` event carries the code only; the status is its class's
+    (an upstream failure is 502, 503 or 504, a shutdown 503). Anything else a
+    run ends in is the server's failure: 500.
+    """
+    status = _status_by_code().get(code, 500)
+    return status if status >= 500 else 500
+
+
+@functools.cache
+def _status_by_code() -> dict[str, int]:
+    found: dict[str, int] = {}
+    pending: list[type[ChatstreamError]] = [ChatstreamError]
+    while pending:
+        error = pending.pop()
+        found.setdefault(error.code, error.status)
+        pending += error.__subclasses__()
+    return found
 
 
 class StartupError(Exception):

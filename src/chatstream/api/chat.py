@@ -21,7 +21,7 @@ from chatstream.api.schemas import (
     sse_responses,
 )
 from chatstream.api.sse import RunEventStream
-from chatstream.errors import DatabaseUnavailable
+from chatstream.errors import DatabaseUnavailable, failed_run_status
 from chatstream.runs.events import DoneEvent, ErrorEvent, Event
 from chatstream.runs.handle import RunHandle
 from chatstream.storage.models import utcnow
@@ -46,15 +46,8 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorBody, "description": text} for status, text in _ERROR_TEXTS.items()
 }
 
+
 # Status of `POST /api/chat` when the run did not complete, by error code.
-_FAILED_STATUS = {
-    "upstream_error": 502,
-    "upstream_timeout": 504,
-    "upstream_rate_limited": 503,
-    "server_shutdown": 503,
-}
-
-
 @router.post(
     "/chat/stream",
     response_class=RunEventStream,
@@ -177,7 +170,7 @@ async def _final_answer(run: RunHandle, outcome: _Outcome, owner: str, store: St
         payload = ChatResponse(session_id=run.session_id, message=message, persisted=persisted)
         return JSONResponse(payload.model_dump(mode="json"))
     return error_response(
-        _FAILED_STATUS.get(error["code"], 500),
+        failed_run_status(error["code"]),
         error["code"],
         error["message"],
         details={

@@ -56,7 +56,6 @@ from chatstream.api.openai_schemas import (
     openai_errors,
 )
 from chatstream.api.openai_translation import (
-    FAILED_STATUS,
     CompletionChunkTranslation,
     ToolCalls,
     failure_of,
@@ -67,7 +66,7 @@ from chatstream.api.quota import GatedChatDep
 from chatstream.api.schemas import ChatRequest
 from chatstream.api.translated_stream import TranslatedStream
 from chatstream.api.validators import Text
-from chatstream.errors import ChatstreamError, InvalidRequest, NotFound
+from chatstream.errors import ChatstreamError, InvalidRequest, NotFound, failed_run_status
 from chatstream.runs.events import DoneEvent, ErrorEvent
 from chatstream.runs.service import ChatInput
 from chatstream.runs.spec import Passthrough
@@ -198,7 +197,7 @@ async def chat_completions(
         status = (
             409
             if failure["error"]["code"] == "cancelled"
-            else FAILED_STATUS.get(failure["error"]["code"] or "", 500)
+            else failed_run_status(failure["error"]["code"] or "")
         )
         return openai_error_response(
             status, failure["error"]["message"], code=failure["error"]["code"], headers=headers

@@ -20,15 +20,9 @@ from chatstream.api.openai_schemas import (
     OpenAIErrorBody,
     error_type,
 )
+from chatstream.errors import failed_run_status
 from chatstream.runs.events import DoneEvent, ErrorEvent, Event
 
-# Status of a non-streaming answer whose run did not complete, by error code.
-FAILED_STATUS = {
-    "upstream_error": 502,
-    "upstream_timeout": 504,
-    "upstream_rate_limited": 503,
-    "server_shutdown": 503,
-}
 CANCELLED = "The run was cancelled; what it generated is saved."
 
 
@@ -56,7 +50,7 @@ def failure_of(done: DoneEvent, error: ErrorEvent | None) -> OpenAIErrorBody | N
                 "param": None,
             }
         }
-    status = FAILED_STATUS.get(error["code"], 500)
+    status = failed_run_status(error["code"])
     return {
         "error": {
             "message": error["message"],

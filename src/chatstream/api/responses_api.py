@@ -36,7 +36,6 @@ from chatstream.api.openai_compat import (
     chat_input,
 )
 from chatstream.api.openai_schemas import OpenAIRoute, openai_error_response, openai_errors
-from chatstream.api.openai_translation import FAILED_STATUS
 from chatstream.api.openai_turns import check_vision, turn_of
 from chatstream.api.quota import GatedChatDep
 from chatstream.api.responses_encoder import ResponseEcho, ResponseEncoder
@@ -51,7 +50,7 @@ from chatstream.api.responses_lookup import (
 from chatstream.api.responses_requests import ResponseRequest, chat_messages, validated
 from chatstream.api.translated_stream import TranslatedStream
 from chatstream.api.validators import Text
-from chatstream.errors import Conflict, InvalidRequest, NotFound
+from chatstream.errors import Conflict, InvalidRequest, NotFound, failed_run_status
 from chatstream.runs.handle import RunHandle
 from chatstream.runs.spec import Passthrough
 from chatstream.storage.turns import Turns
@@ -171,7 +170,7 @@ async def create_response(
     failed = encoder.run_error
     if encoder.status == "failed" and failed is not None:
         # As /v1/chat/completions: a run that failed is an HTTP error (the SDKs raise it).
-        status = FAILED_STATUS.get(failed["code"], 500)
+        status = failed_run_status(failed["code"])
         return openai_error_response(
             status, failed["message"], code=failed["code"], headers=headers
         )
