@@ -51,6 +51,7 @@ from chatstream.logs import Redactor, RequestIdMiddleware, secrets_of
 from chatstream.metrics import HttpMetrics, Metrics
 from chatstream.quotas.quotas import Quotas
 from chatstream.ratelimit import ChatLimits
+from chatstream.runs.handle import RunHost
 from chatstream.runs.journal import RunJournal
 from chatstream.runs.lifecycle import RunListener, RunListeners
 from chatstream.runs.registry import LocalRunRegistry
@@ -325,7 +326,7 @@ def create_app(
 
 async def _open_live_sessions(
     stack: AsyncExitStack, settings: Settings, events: SessionEvents, instance: str
-) -> Callable[[LocalRunRegistry], LiveSessions]:
+) -> Callable[[RunHost], LiveSessions]:
     """Sessions' live state, given the registry: this process's, or every instance's (Redis).
 
     Opened before the registry and closed after it, so that the ends of the
@@ -342,7 +343,7 @@ async def _open_live_sessions(
 
 async def _open_registry(
     stack: AsyncExitStack, settings: Settings, listeners: RunListeners, instance: str
-) -> tuple[SharedRunsLink | None, LocalRunRegistry]:
+) -> tuple[SharedRunsLink | None, RunHost]:
     """This instance's runs: its own only, or shared with every instance through Redis."""
     if settings.redis_url is None:
         registry = LocalRunRegistry(
@@ -361,13 +362,13 @@ async def _open_registry(
     except StartupError as exc:
         logger.error("chatstream cannot start: %s", exc)
         raise
-    shared = SharedRunRegistry(
-        shared=link.shared,
+    here = LocalRunRegistry(
         max_live_runs=settings.max_live_runs,
         retention_s=settings.run_retention_s,
         max_retained=settings.max_retained_runs,
         listeners=listeners,
     )
+    shared = SharedRunRegistry(here, link.shared)
     link.stop_local = shared.stop_local
     return link, await stack.enter_async_context(shared)
 

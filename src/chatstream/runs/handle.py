@@ -13,10 +13,14 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from chatstream.runs.events import Event, MessageStatus
 from chatstream.runs.log import Pusher
+
+if TYPE_CHECKING:
+    from chatstream.runs.registry import Admission
+    from chatstream.runs.run import Run
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,4 +80,40 @@ class RunRegistry(Protocol):
     @property
     def accepting(self) -> bool:
         """False once shutdown has begun: no new runs."""
+        ...
+
+
+class RunHost(RunRegistry, Protocol):
+    """The registry of an instance that generates runs: admits and drives its own.
+
+    `LocalRunRegistry` is one (this process's runs only); `SharedRunRegistry`
+    is one too, by composition: it hosts through a `LocalRunRegistry` and
+    looks runs up on every instance. The chat service, the session gate and
+    the app's wiring type against this.
+    """
+
+    def admit(self, owner: str) -> Admission:
+        """A slot for one new run here; raises when at capacity or shutting down."""
+        ...
+
+    async def launched(self, run_id: uuid.UUID, owner: str) -> RunHandle | None:
+        """The run once it is launched (here, or on another instance); bound it with a timeout."""
+        ...
+
+    def local(self, run_id: uuid.UUID, owner: str) -> Run | None:
+        """The run, if this process has it and it belongs to `owner`."""
+        ...
+
+    def live_runs(self) -> list[Run]:
+        """This process's live runs."""
+        ...
+
+    def known(self, run_id: uuid.UUID) -> bool:
+        """Whether this process has (or recently had) the run, whoever owns it."""
+        ...
+
+    max_retained_bytes: int
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop admitting; let live runs finish for `grace_s`, then interrupt the rest."""
         ...

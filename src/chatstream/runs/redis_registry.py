@@ -1,8 +1,8 @@
 """Runs shared by every instance on one Redis: this process's, and everyone else's.
 
-`SharedRunRegistry` is the local registry (it owns and drives the runs
-this instance generates, exactly as in one process) whose lookups also
-reach the runs of other instances, as `RemoteRun` handles. This instance's
+`SharedRunRegistry` hosts this instance's runs through a `LocalRunRegistry`
+(which owns and drives them, exactly as in one process) and looks runs up on
+every instance: other instances' runs are `RemoteRun` handles. This instance's
 runs are found in memory first: following a run on the instance that
 generates it costs no Redis round trip.
 """
@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from types import TracebackType
 
 import anyio
 from redis.exceptions import RedisError
 
 from chatstream.errors import ServiceUnavailable
 from chatstream.runs.handle import RunHandle
-from chatstream.runs.lifecycle import RunListeners
 from chatstream.runs.redis_remote import SharedRuns
-from chatstream.runs.registry import LocalRunRegistry
+from chatstream.runs.registry import Admission, LocalRunRegistry
 from chatstream.runs.run import Run
 
 
@@ -36,26 +36,29 @@ class SharedRunsUnavailable(ServiceUnavailable):
 REMOTE_POLL_S = 0.02
 
 
-class SharedRunRegistry(LocalRunRegistry):
-    def __init__(
-        self,
-        *,
-        shared: SharedRuns,
-        max_live_runs: int,
-        retention_s: float,
-        max_retained: int = 10000,
-        listeners: RunListeners | None = None,
-    ) -> None:
-        super().__init__(
-            max_live_runs=max_live_runs,
-            retention_s=retention_s,
-            max_retained=max_retained,
-            listeners=listeners,
-        )
+class SharedRunRegistry:
+    """A `RunHost` whose runs are this process's `here` and whose lookups reach every instance."""
+
+    def __init__(self, here: LocalRunRegistry, shared: SharedRuns) -> None:
+        self.here = here
         self._shared = shared
 
-    async def get(self, run_id: uuid.UUID, owner: str) -> RunHandle | None:  # type: ignore[override]
-        local = self.local(run_id, owner)
+    async def __aenter__(self) -> SharedRunRegistry:
+        await self.here.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.here.__aexit__(exc_type, exc, tb)
+
+    # --- every instance's runs ------------------------------------------------------
+
+    async def get(self, run_id: uuid.UUID, owner: str) -> RunHandle | None:
+        local = self.here.local(run_id, owner)
         if local is not None:
             return local
         try:
@@ -63,10 +66,8 @@ class SharedRunRegistry(LocalRunRegistry):
         except (RedisError, OSError):
             raise SharedRunsUnavailable() from None
 
-    async def live_in_session(  # type: ignore[override]
-        self, session_id: uuid.UUID, owner: str
-    ) -> Sequence[RunHandle]:
-        local = await super().live_in_session(session_id, owner)
+    async def live_in_session(self, session_id: uuid.UUID, owner: str) -> Sequence[RunHandle]:
+        local = await self.here.live_in_session(session_id, owner)
         ids = {run.id for run in local}
         try:
             everywhere = await self._shared.live_in_session(session_id, owner)
@@ -74,18 +75,48 @@ class SharedRunRegistry(LocalRunRegistry):
             raise SharedRunsUnavailable() from None
         return [*local, *(run for run in everywhere if run.id not in ids)]
 
-    async def launched(self, run_id: uuid.UUID, owner: str) -> RunHandle | None:  # type: ignore[override]
+    async def launched(self, run_id: uuid.UUID, owner: str) -> RunHandle | None:
         """The run, once launched here or anywhere else (bound it with a timeout)."""
         while True:
             run = await self.get(run_id, owner)
-            if run is not None or self.known(run_id):
+            if run is not None or self.here.known(run_id):
                 return run
             with anyio.move_on_after(REMOTE_POLL_S):
-                return await super().launched(run_id, owner)
+                return await self.here.launched(run_id, owner)
 
     def stop_local(self, run_id: uuid.UUID, status: str) -> bool:
         """Stop this process's run `run_id` (a cancel from another instance)."""
-        run: Run | None = self._runs.get(run_id)
-        if run is None:
-            return False
-        return run.stop("interrupted" if status == "interrupted" else "cancelled")
+        return self.here.stop(run_id, "interrupted" if status == "interrupted" else "cancelled")
+
+    # --- this process's runs: `here`'s -----------------------------------------------
+
+    def admit(self, owner: str) -> Admission:
+        return self.here.admit(owner)
+
+    def local(self, run_id: uuid.UUID, owner: str) -> Run | None:
+        return self.here.local(run_id, owner)
+
+    def live_runs(self) -> list[Run]:
+        return self.here.live_runs()
+
+    def known(self, run_id: uuid.UUID) -> bool:
+        return self.here.known(run_id)
+
+    @property
+    def accepting(self) -> bool:
+        return self.here.accepting
+
+    @property
+    def live_count(self) -> int:
+        return self.here.live_count
+
+    @property
+    def max_retained_bytes(self) -> int:
+        return self.here.max_retained_bytes
+
+    @max_retained_bytes.setter
+    def max_retained_bytes(self, value: int) -> None:
+        self.here.max_retained_bytes = value
+
+    async def shutdown(self, grace_s: float) -> None:
+        await self.here.shutdown(grace_s)

@@ -33,8 +33,8 @@ from anyio.abc import TaskGroup
 from redis.exceptions import RedisError
 
 from chatstream.config import Settings
+from chatstream.runs.handle import RunHost
 from chatstream.runs.redis_keys import Keys
-from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.session_events import SessionEvents
 from chatstream.runs.session_gate import POLL_S, LiveSessions, LocalSessionGate
 
@@ -93,7 +93,7 @@ class RedisSessions:
         self._claim = self._client.register_script(CLAIM)
         self._release = self._client.register_script(RELEASE)
         self.local: LocalSessionGate | None = None  # set with the registry (`sessions`)
-        self._registry: LocalRunRegistry | None = None
+        self._registry: RunHost | None = None
 
     async def __aenter__(self) -> RedisSessions:
         self._tasks = anyio.create_task_group()
@@ -118,7 +118,7 @@ class RedisSessions:
         await tasks.__aexit__(exc_type, exc, tb)
         await self._client.aclose()
 
-    def sessions(self, registry: LocalRunRegistry, *, wait_s: float) -> LiveSessions:
+    def sessions(self, registry: RunHost, *, wait_s: float) -> LiveSessions:
         self.local = LocalSessionGate(registry)
         self._registry = registry
         self._events.on_run_end = self._ended

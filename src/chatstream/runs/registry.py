@@ -24,6 +24,7 @@ from anyio.abc import TaskGroup
 
 from chatstream.errors import ServerShutdown, ServiceUnavailable
 from chatstream.logs import log_fault
+from chatstream.runs.events import MessageStatus
 from chatstream.runs.lifecycle import RunListeners, RunStarted
 from chatstream.runs.log import MemoryEventLog
 from chatstream.runs.run import Run
@@ -47,13 +48,13 @@ class Admission:
         if self._used:
             raise RuntimeError("admission already used")
         self._used = True
-        self._registry._launch(run)
+        self._registry.launch_admitted(run)
         return run
 
     def release(self) -> None:
         if not self._used:
             self._used = True
-            self._registry._reserved -= 1
+            self._registry.give_back_admission()
 
 
 class LocalRunRegistry:
@@ -112,7 +113,12 @@ class LocalRunRegistry:
         self._reserved += 1
         return Admission(self, owner)
 
-    def _launch(self, run: Run) -> None:
+    def give_back_admission(self) -> None:
+        """An admitted run that will not start (`Admission.release`)."""
+        self._reserved -= 1
+
+    def launch_admitted(self, run: Run) -> None:
+        """Start driving an admitted run (`Admission.start`)."""
         assert self._tasks is not None, "registry used outside its lifespan"
         self._reserved -= 1
         self._runs[run.id] = run
@@ -195,6 +201,11 @@ class LocalRunRegistry:
 
     def live_runs(self) -> list[Run]:
         return list(self._live)
+
+    def stop(self, run_id: uuid.UUID, status: MessageStatus) -> bool:
+        """Stop this process's run `run_id`, whoever owns it; False if it has none live."""
+        run = self._runs.get(run_id)
+        return run.stop(status) if run is not None else False
 
     async def live_in_session(self, session_id: uuid.UUID, owner: str) -> list[Run]:
         """The owner's live runs in one session, oldest first."""

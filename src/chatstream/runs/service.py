@@ -21,10 +21,9 @@ from chatstream.config import Settings
 from chatstream.errors import ChatstreamError, Conflict, IdempotencyConflict, InvalidChat, Problem
 from chatstream.ratelimit import ChatLimits, RateWindow
 from chatstream.runs.context import build_context
-from chatstream.runs.handle import RunHandle
+from chatstream.runs.handle import RunHandle, RunHost
 from chatstream.runs.lifecycle import RunListeners
 from chatstream.runs.log import EventLog, MemoryEventLog
-from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.replay import StoredRun
 from chatstream.runs.run import Run, RunLimits, RunSpec, RunStore
 from chatstream.runs.session_events import SessionEvents
@@ -101,7 +100,7 @@ class ChatService:
         settings: Settings,
         *,
         store: Store,
-        registry: LocalRunRegistry,
+        registry: RunHost,
         upstream: ChatUpstream,
         tools: ToolSet,
         limits: ChatLimits,

@@ -27,8 +27,7 @@ from typing import Literal, Protocol
 import anyio
 
 from chatstream.errors import Conflict
-from chatstream.runs.handle import RunRegistry
-from chatstream.runs.registry import LocalRunRegistry
+from chatstream.runs.handle import RunHost, RunRegistry
 from chatstream.runs.session_events import SessionEvents
 
 IfBusy = Literal["reject", "enqueue", "interrupt"]
@@ -80,7 +79,7 @@ class _Claim:
 class LocalSessionGate:
     """One process's sessions: a claim per session whose run is live or launching."""
 
-    def __init__(self, registry: LocalRunRegistry) -> None:
+    def __init__(self, registry: RunHost) -> None:
         self._registry = registry
         self._claims: dict[uuid.UUID, _Claim] = {}
 
@@ -174,9 +173,7 @@ class LiveSessions:
         return await self.gate.active(owner, session_ids)
 
 
-def local_sessions(
-    events: SessionEvents, registry: LocalRunRegistry, *, wait_s: float
-) -> LiveSessions:
+def local_sessions(events: SessionEvents, registry: RunHost, *, wait_s: float) -> LiveSessions:
     """The live state of one process's sessions (no Redis)."""
     gate = LocalSessionGate(registry)
     events.on_run_end = gate.ended
