@@ -35,7 +35,6 @@ import time
 import uuid
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Header
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
@@ -45,6 +44,7 @@ from starlette.types import Scope
 
 from chatstream.api.body_limit import payload_too_large
 from chatstream.api.deps import PrincipalDep, SettingsDep
+from chatstream.api.follow import follow_to_end
 from chatstream.api.openai_requests import CompletionRequest
 from chatstream.api.openai_schemas import (
     ChatCompletion,
@@ -67,7 +67,7 @@ from chatstream.api.schemas import ChatRequest
 from chatstream.api.translated_stream import TranslatedStream
 from chatstream.api.validators import Text
 from chatstream.errors import ChatstreamError, InvalidRequest, NotFound, failed_run_status
-from chatstream.runs.events import DoneEvent, ErrorEvent
+from chatstream.runs.events import DoneEvent, ErrorEvent, Event
 from chatstream.runs.service import ChatInput
 from chatstream.runs.spec import Passthrough
 
@@ -175,21 +175,21 @@ async def chat_completions(
     calls = ToolCalls()
     error: ErrorEvent | None = None
     done: DoneEvent | None = None
-    async with run.follow() as batches, anyio.create_task_group() as tasks:
-        # Following the run makes this request count as its reader (disconnect policy).
-        tasks.start_soon(_cancel_scope_on_disconnect, request, tasks.cancel_scope)
-        async for batch in batches:
-            for event in batch:
-                data: Any = event.data
-                if event.type == "delta":
-                    text.append(data["text"])
-                elif event.type in ("tool_call", "tool_result"):
-                    calls.see(event.type, data)
-                elif event.type == "error":
-                    error = data
-                elif event.type == "done":
-                    done = data
-        tasks.cancel_scope.cancel()
+
+    def read(batch: list[Event]) -> None:
+        nonlocal error, done
+        for event in batch:
+            data: Any = event.data
+            if event.type == "delta":
+                text.append(data["text"])
+            elif event.type in ("tool_call", "tool_result"):
+                calls.see(event.type, data)
+            elif event.type == "error":
+                error = data
+            elif event.type == "done":
+                done = data
+
+    await follow_to_end(run, request, read)
     if done is None:
         return Response(status_code=499, headers=headers)  # the client left; nobody reads this
     failure = failure_of(done, error)
@@ -225,12 +225,6 @@ async def chat_completions(
         }
     )
     return JSONResponse(completion.model_dump(mode="json"), headers=headers)
-
-
-async def _cancel_scope_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
 
 
 @router.get("/models", response_model=ModelObjectList, summary="OpenAI: the models you may ask for")

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from chatstream.api.deps import PrincipalDep, RegistryDep, SettingsDep, State
+from chatstream.api.follow import follow_to_end
 from chatstream.api.openai_compat import (
     MESSAGE_HEADER,
     SESSION_HEADER,
@@ -164,7 +165,7 @@ async def create_response(
         queued = encoder.response()
         queued["status"] = "queued"
         return JSONResponse(queued, headers=headers)
-    ended = await _follow_to_end(run, encoder, request)
+    ended = await follow_to_end(run, request, encoder.encode)
     if not ended:
         return Response(status_code=499, headers=headers)  # the client left; nobody reads this
     failed = encoder.run_error
@@ -188,26 +189,6 @@ def _stream(
         headers=headers,
         closing=b"",  # the Responses stream ends with its last event, no [DONE]
     )
-
-
-async def _follow_to_end(run: RunHandle, encoder: ResponseEncoder, request: Request) -> bool:
-    """Encode the run to its end (the bytes unused); False if the client left first."""
-    ended = False
-    async with run.follow() as batches, anyio.create_task_group() as tasks:
-        # Following the run makes this request count as its reader (disconnect policy).
-        tasks.start_soon(_cancel_scope_on_disconnect, request, tasks.cancel_scope)
-        async for batch in batches:
-            encoder.encode(batch)
-            if encoder.status != "in_progress":
-                ended = True
-        tasks.cancel_scope.cancel()
-    return ended
-
-
-async def _cancel_scope_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
 
 
 @router.get(
