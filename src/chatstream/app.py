@@ -38,6 +38,7 @@ from chatstream.api.docs import install_docs
 from chatstream.api.errors import install_error_handlers
 from chatstream.api.instance import InstanceHeader
 from chatstream.api.openai_schemas import document_openai_errors, openai_stream_schemas
+from chatstream.api.quota import QuotaGate
 from chatstream.api.schemas import document_errors, event_schemas
 from chatstream.api.sse import SERVER_SEND
 from chatstream.api.ui_schemas import ui_chunk_schemas
@@ -259,7 +260,8 @@ def create_app(
             app.state.chatstream = state
             lifespan_state: dict[str, Any] = {"chatstream": state}
             if telegram is not None:
-                telegram.serve(chat_service, store, registry)
+                # Through the quota gate, as every HTTP chat: over quota is refused there too.
+                telegram.serve(QuotaGate(state, quotas), store, registry)
                 lifespan_state["telegram"] = telegram
             yield lifespan_state
 

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import anyio
 
@@ -92,6 +93,17 @@ PLAIN_TURN = TurnShape()
 class StartedRun:
     run: RunHandle  # a new run, or the one an earlier request with the same key started
     window: RateWindow | None  # for the X-RateLimit-* headers of the answer
+
+
+class Started(Protocol):
+    @property
+    def run(self) -> RunHandle: ...
+
+
+class ChatStarter(Protocol):
+    """What starts a chat for a transport: the service itself, or it behind the quota gate."""
+
+    async def start(self, principal: Principal, chat: ChatInput) -> Started: ...
 
 
 class ChatService:

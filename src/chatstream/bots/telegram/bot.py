@@ -41,7 +41,7 @@ from chatstream.errors import (
 )
 from chatstream.owners import telegram_owner
 from chatstream.runs.handle import RunRegistry
-from chatstream.runs.service import NO_TEXT, ChatInput, ChatService
+from chatstream.runs.service import NO_TEXT, ChatInput, ChatStarter
 from chatstream.storage.repository import Store
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class TelegramBot:
         )
         self.outbox = Outbox(self._api)
         self._tasks: TaskGroup | None = None
-        self._chat: ChatService | None = None
+        self._chat: ChatStarter | None = None
         self._store: Store | None = None
         self._registry: RunRegistry | None = None
         self._seen: OrderedDict[int, None] = OrderedDict()  # update ids being handled or handled
@@ -103,7 +103,7 @@ class TelegramBot:
         finally:
             await self._api.aclose()
 
-    def serve(self, chat: ChatService, store: Store, registry: RunRegistry) -> None:
+    def serve(self, chat: ChatStarter, store: Store, registry: RunRegistry) -> None:
         """Start taking updates, now that the chat service exists."""
         self._chat = chat
         self._store = store
