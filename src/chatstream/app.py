@@ -1,19 +1,18 @@
 """`create_app(settings)`: the one place where chatstream is wired together.
 
-The lifespan opens every resource on one exit stack, in dependency order,
-and closes them in reverse: the run registry closes first (live runs finish
-or are interrupted, and persist), then the upstream client, then the
-database.
+What needs no I/O is built here (listeners, metrics, quotas, auth), with
+the routes and middleware; the lifespan opens the rest through
+`assembly.open_server`, one opener per capability on one exit stack, in an
+explicit order that is also the shutdown order reversed (see there).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import anyio.to_thread
 from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
@@ -33,7 +32,7 @@ from chatstream.api import (
 from chatstream.api import metrics as metrics_api
 from chatstream.api import usage as usage_api
 from chatstream.api.body_limit import BodyLimit
-from chatstream.api.deps import AppState, get_principal
+from chatstream.api.deps import get_principal
 from chatstream.api.docs import install_docs
 from chatstream.api.errors import install_error_handlers
 from chatstream.api.instance import InstanceHeader
@@ -43,35 +42,21 @@ from chatstream.api.schemas import document_errors, event_schemas
 from chatstream.api.sse import SERVER_SEND
 from chatstream.api.ui_schemas import ui_chunk_schemas
 from chatstream.api.usage import QUOTA_HEADERS, document_quota_headers
+from chatstream.assembly import Parts, open_server, open_tracing
 from chatstream.auth import Authenticator, ClientAddress
-from chatstream.bots.telegram import TelegramBot, webhook_router
+from chatstream.bots.telegram import webhook_router
 from chatstream.config import Settings
-from chatstream.errors import StartupError
-from chatstream.hooks import AutoTitle, Hook, HookRunner, installed_hooks
+from chatstream.hooks import Hook, HookRunner, installed_hooks
 from chatstream.logs import Redactor, RequestIdMiddleware, secrets_of
 from chatstream.metrics import HttpMetrics, Metrics
 from chatstream.quotas.quotas import Quotas
-from chatstream.ratelimit import ChatLimits
-from chatstream.runs.handle import RunHost
-from chatstream.runs.journal import RunJournal
 from chatstream.runs.lifecycle import RunListener, RunListeners
-from chatstream.runs.registry import LocalRunRegistry
-from chatstream.runs.service import ChatService
 from chatstream.runs.session_events import SessionEvents
-from chatstream.runs.session_gate import LiveSessions, local_sessions
-from chatstream.runs.unstored import Unstored
-from chatstream.startup import StartupReport, database_location, open_spool, prepare_database
-from chatstream.storage.db import Database
-from chatstream.storage.repository import Store
-from chatstream.title_events import TitleAnnouncer
+from chatstream.startup import StartupReport, database_location
 from chatstream.tools import ToolRegistry
-from chatstream.upstream.cache import AnswerCache
-from chatstream.upstream.client import open_client
-from chatstream.upstream.stream import ChatUpstream
 
 if TYPE_CHECKING:
-    from chatstream.runs.shared import SharedRunsLink
-    from chatstream.tracing import Tracing
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +113,6 @@ def create_app(
     cannot be used (the database, its schema, Redis) stops the lifespan with
     one logged line (`chatstream.startup`).
     """
-    offered = (tools or ToolRegistry.default()).select(settings.tools)
     # Metrics, post-run hooks and tracing hear about runs through these.
     hook_runner = HookRunner(
         installed_hooks() if hooks is None else hooks, timeout_s=settings.hook_timeout_s
@@ -139,112 +123,31 @@ def create_app(
     metrics = Metrics(settings) if settings.metrics else None
     if metrics is not None:
         run_listeners.add(metrics.listener)
-    tracing = _tracing(settings)
+    tracing = open_tracing(settings)
     if tracing is not None:
         run_listeners.add(tracing.listener)
     quota_metrics = metrics.listener if metrics is not None else None
     quotas = Quotas(settings, listeners=run_listeners, metrics=quota_metrics)
     run_listeners.add(quotas)
-    authenticator = Authenticator(settings)
-    client_address = ClientAddress(settings.trusted_proxies)
-    redactor = Redactor(secrets_of(settings))
+    parts = Parts(
+        settings=settings,
+        tools=(tools or ToolRegistry.default()).select(settings.tools),
+        hook_runner=hook_runner,
+        run_listeners=run_listeners,
+        session_events=session_events,
+        metrics=metrics,
+        tracing=tracing,
+        quotas=quotas,
+        authenticator=Authenticator(settings),
+        client_address=ClientAddress(settings.trusted_proxies),
+        redactor=Redactor(secrets_of(settings)),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
-            # Closed after the runs have ended, so that their last figures count.
-            if metrics is not None:
-                stack.callback(metrics.close)
-            if tracing is not None:
-                stack.push_async_callback(tracing.aclose)
-            database = await stack.enter_async_context(Database.from_settings(settings))
-            try:
-                await prepare_database(
-                    database, auto_migrate=settings.auto_migrate, redact=redactor
-                )
-                limits = await stack.enter_async_context(ChatLimits(settings))
-                await stack.enter_async_context(quotas)
-            except StartupError as exc:
-                # The one line an operator needs; StartupReport keeps the traceback out.
-                logger.error("chatstream cannot start: %s", exc)
-                raise
-            client = await stack.enter_async_context(open_client(settings))
-            store = Store(database)
-            upstream = ChatUpstream(client, redactor)
-            # Hooks and the Telegram deliveries outlive the registry: the runs it
-            # ends at shutdown still get their hooks and reach their chats.
-            await stack.enter_async_context(hook_runner)
-            unstored = Unstored(store)
-            hook_runner.add(unstored)
-            stack.callback(hook_runner.remove, unstored)
-            if settings.auto_title == "model":
-                # Its sessions' watchers are told the title it sets.
-                auto_title = TitleAnnouncer(AutoTitle(store, upstream), store, session_events)
-                hook_runner.add(auto_title)
-                stack.callback(hook_runner.remove, auto_title)
-            telegram = None
-            if settings.telegram_enabled:
-                telegram = await stack.enter_async_context(TelegramBot(settings))
-            run_upstream = upstream
-            if settings.cache_ttl_s is not None:
-                cache = await stack.enter_async_context(AnswerCache(settings))
-                run_upstream = cache.wrap(upstream)
-            try:
-                spool = await anyio.to_thread.run_sync(open_spool, settings.spool_dir)
-            except StartupError as exc:
-                logger.error("chatstream cannot start: %s", exc)
-                raise
-            stack.callback(spool.close)
-            spool.max_bytes = settings.spool_max_bytes
-            live = await _open_live_sessions(stack, settings, session_events, spool.instance_id)
-            link, registry = await _open_registry(stack, settings, run_listeners, spool.instance_id)
-            registry.max_retained_bytes = settings.run_retention_bytes
-            live_sessions = live(registry)
-            if metrics is not None:
-                await stack.enter_async_context(
-                    metrics.watching(
-                        live_runs=lambda: registry.live_count, spool_pending=spool.pending_count
-                    )
-                )
-            journal = await stack.enter_async_context(
-                RunJournal(
-                    store,
-                    spool,
-                    checkpoint_interval_s=settings.checkpoint_interval_s,
-                    live_runs=registry.live_runs,
-                    known=registry.known,
-                    shared_status=link.statuses if link is not None else None,
-                )
-            )
-            if link is not None:
-                await stack.enter_async_context(link.sweeping(journal, store))
-            chat_service = ChatService(
-                settings,
-                store=store,
-                registry=registry,
-                upstream=run_upstream,
-                tools=offered,
-                limits=limits,
-                journal=journal,
-                runner=spool.instance_id,
-                listeners=run_listeners,
-                log_for=link.log_for if link is not None else None,
-                live=live_sessions,
-            )
-            state = AppState(
-                settings=settings,
-                database=database,
-                store=store,
-                registry=registry,
-                chat=chat_service,
-                authenticator=authenticator,
-                client_address=client_address,
-                journal=journal,
-                limits=limits,
-                instance=spool.instance_id,
-                unstored=unstored,
-                shared_redis_ping=link.ping if link is not None else None,
-            )
+            opened = await open_server(stack, parts)
+            state = opened.state
             # Only now: the database answered at the current schema, and Redis, when used.
             logger.info(
                 "chatstream %s ready: models %s%s; %s%s",
@@ -253,16 +156,16 @@ def create_app(
                 " (offline demo upstream)" if settings.demo else "",
                 database_location(settings.database_url),
                 "; runs shared through Redis"
-                if link is not None
-                else ("; limits in Redis" if limits.uses_redis else ""),
+                if opened.shared
+                else ("; limits in Redis" if state.limits.uses_redis else ""),
             )
             # Also on app.state, for whoever holds the app (operators' tooling, tests).
             app.state.chatstream = state
             lifespan_state: dict[str, Any] = {"chatstream": state}
-            if telegram is not None:
+            if opened.telegram is not None:
                 # Through the quota gate, as every HTTP chat: over quota is refused there too.
-                telegram.serve(QuotaGate(state, quotas), store, registry)
-                lifespan_state["telegram"] = telegram
+                opened.telegram.serve(QuotaGate(state, quotas), state.store, state.registry)
+                lifespan_state["telegram"] = opened.telegram
             yield lifespan_state
 
     app = ChatstreamApp(
@@ -324,69 +227,6 @@ def create_app(
     app.add_middleware(StartupReport)  # outermost: it watches the lifespan only
     _document(app, settings)
     return app
-
-
-async def _open_live_sessions(
-    stack: AsyncExitStack, settings: Settings, events: SessionEvents, instance: str
-) -> Callable[[RunHost], LiveSessions]:
-    """Sessions' live state, given the registry: this process's, or every instance's (Redis).
-
-    Opened before the registry and closed after it, so that the ends of the
-    runs interrupted at shutdown still reach the other instances.
-    """
-    wait_s = settings.max_run_duration_s
-    if settings.redis_url is None:
-        return lambda registry: local_sessions(events, registry, wait_s=wait_s)
-    from chatstream.runs.redis_sessions import RedisSessions
-
-    shared = await stack.enter_async_context(RedisSessions(settings, instance, events))
-    return lambda registry: shared.sessions(registry, wait_s=wait_s)
-
-
-async def _open_registry(
-    stack: AsyncExitStack, settings: Settings, listeners: RunListeners, instance: str
-) -> tuple[SharedRunsLink | None, RunHost]:
-    """This instance's runs: its own only, or shared with every instance through Redis."""
-    if settings.redis_url is None:
-        registry = LocalRunRegistry(
-            max_live_runs=settings.max_live_runs,
-            retention_s=settings.run_retention_s,
-            max_retained=settings.max_retained_runs,
-            listeners=listeners,
-        )
-        return None, await stack.enter_async_context(registry)
-    # Imported here: redis-py stays out of a process that does not use it.
-    from chatstream.runs.redis_registry import SharedRunRegistry
-    from chatstream.runs.shared import SharedRunsLink
-
-    try:
-        link = await stack.enter_async_context(SharedRunsLink(settings, instance))
-    except StartupError as exc:
-        logger.error("chatstream cannot start: %s", exc)
-        raise
-    here = LocalRunRegistry(
-        max_live_runs=settings.max_live_runs,
-        retention_s=settings.run_retention_s,
-        max_retained=settings.max_retained_runs,
-        listeners=listeners,
-    )
-    shared = SharedRunRegistry(here, link.shared)
-    link.stop_local = shared.stop_local
-    return link, await stack.enter_async_context(shared)
-
-
-def _tracing(settings: Settings) -> Tracing | None:
-    """OpenTelemetry, when its endpoint is set; otherwise not even imported."""
-    if not settings.otel_exporter_otlp_endpoint:
-        return None
-    try:
-        from chatstream.tracing import Tracing
-    except ImportError:
-        raise RuntimeError(
-            "OTEL_EXPORTER_OTLP_ENDPOINT is set, but tracing needs the OpenTelemetry SDK: "
-            "pip install 'chatstream[otel]' (or unset the variable)"
-        ) from None
-    return Tracing.from_settings(settings)
 
 
 class ChatstreamApp(FastAPI):
