@@ -38,6 +38,7 @@ from chatstream.api.errors import install_error_handlers
 from chatstream.api.instance import InstanceHeader
 from chatstream.api.openai_schemas import document_openai_errors, openai_stream_schemas
 from chatstream.api.quota import QuotaGate
+from chatstream.api.responses_schemas import responses_schemas
 from chatstream.api.schemas import document_errors, event_schemas
 from chatstream.api.sse import SERVER_SEND
 from chatstream.api.ui_schemas import ui_chunk_schemas
@@ -263,6 +264,7 @@ def _document(app: FastAPI, settings: Settings) -> None:
         components.update(event_schemas())
         components.update(ui_chunk_schemas())
         components.update(openai_stream_schemas())
+        components.update(responses_schemas())
         for operation in (op for ops in schema["paths"].values() for op in ops.values()):
             content = operation.get("responses", {}).get("200", {}).get("content", {})
             # An event stream is described per event (itemSchema), not as one string.

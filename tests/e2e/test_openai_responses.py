@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import pytest
 from pydantic import BaseModel
@@ -357,3 +358,35 @@ def test_a_response_carries_the_quota_headers_and_is_refused_over_quota(
         return False
 
     wait_until(refused, what="the used-up quota refuses the next response")
+
+
+def test_every_streamed_event_and_response_is_what_openapi_describes(
+    server: AppServer,
+) -> None:
+    document = httpx.get(f"{server.base_url}/openapi.json", timeout=10).json()
+    components = document["components"]["schemas"]
+
+    def check(value: Any, component: str) -> None:
+        schema = {**components[component], "components": {"schemas": components}}
+        validator = jsonschema.Draft202012Validator(schema)
+        problems = [e.message for e in validator.iter_errors(value)]
+        assert problems == [], (component, value, problems)
+
+    operation = document["paths"]["/v1/responses"]["post"]["responses"]["200"]["content"]
+    assert "text/event-stream" in operation and "application/json" in operation
+    body = {
+        "model": "test-model",
+        "input": f"{CALL_WEATHER} [[fake preamble=3]] weather?",
+        "tools": [WEATHER],
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{server.base_url}/v1/responses", json=body, timeout=20) as answer:
+        lines = [line for line in answer.iter_lines() if line]
+    events = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data:")]
+    kinds = [line.removeprefix("event: ") for line in lines if line.startswith("event:")]
+    assert kinds == [event["type"] for event in events]
+    assert "response.function_call_arguments.done" in kinds
+    for event in events:
+        check(event, "ResponseStreamEvent")
+    whole = httpx.get(f"{server.base_url}/v1/responses/{events[-1]['response']['id']}", timeout=10)
+    check(whole.json(), "ResponseObject")

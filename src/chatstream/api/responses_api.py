@@ -49,6 +49,7 @@ from chatstream.api.responses_lookup import (
     snapshot,
 )
 from chatstream.api.responses_requests import ResponseRequest, chat_messages, validated
+from chatstream.api.responses_schemas import response_responses
 from chatstream.api.translated_stream import TranslatedStream
 from chatstream.api.validators import Text
 from chatstream.errors import Conflict, InvalidRequest, NotFound, failed_run_status
@@ -103,7 +104,7 @@ def _echo(body: ResponseRequest) -> ResponseEcho:
 @router.post(
     "/responses",
     response_model=None,
-    responses=_ERRORS,
+    responses={**response_responses(), **_ERRORS},
     summary="OpenAI Responses: create a response (JSON, a stream of events, or at once)",
 )
 async def create_response(
@@ -194,7 +195,7 @@ def _stream(
 @router.get(
     "/responses/{response_id}",
     response_model=None,
-    responses=openai_errors({404: "No such response of yours."}),
+    responses={**response_responses(), **openai_errors({404: "No such response of yours."})},
     summary="OpenAI Responses: a response as it stands, or its events from any point",
 )
 async def retrieve_response(
