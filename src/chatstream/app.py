@@ -72,8 +72,10 @@ are `{"error": {"code", "message"}}` JSON before a stream starts, and an
 
 **Client protocols** over the same runs: `POST /api/ui/chat` speaks the
 Vercel AI SDK's UI message stream (`useChat` with `DefaultChatTransport`);
-`/v1` speaks OpenAI's Chat Completions API, errors included (in OpenAI's
-shape there), for the OpenAI SDKs with `base_url` at `/v1`.
+`/v1` speaks OpenAI's Chat Completions and Responses APIs, errors included
+(in OpenAI's shape there), for the OpenAI SDKs with `base_url` at `/v1`; a
+response (`resp_<message_id>`) is a run, resumable after any
+`sequence_number` from any instance.
 
 **WebSocket `/ws/chat`** (not listed below: OpenAPI has no WebSocket
 operations). JSON text frames. Client → server:
