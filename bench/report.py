@@ -5,6 +5,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+# The chatstream servers the table has a row for, in the order it prints them.
+SERVER_TARGETS = (
+    "chatstream",
+    "nometrics",
+    "workers",
+    "websocket",
+    "aisdk",
+    "v1",
+    "responses",
+    "relay",
+)
+
 COLUMNS = (
     ("streams", 7),
     ("server", -10),
@@ -57,7 +69,7 @@ def report(results: dict[int, dict[str, dict[str, Any]]], args: argparse.Namespa
             _row(users, "upstream", direct["tokens_per_s"], "1.00", "0", "0", upstream_cpu, "1.00",
                  direct["upstream_rss_mb"], direct["failures"])
         )  # fmt: skip
-        for name in ("chatstream", "nometrics", "workers", "websocket", "aisdk", "v1", "responses", "relay"):
+        for name in SERVER_TARGETS:
             row = by_target.get(name)
             if row is None:
                 continue
