@@ -220,7 +220,8 @@ def test_the_session_header_continues_with_stored_history_and_only_the_last_mess
     [
         ({"tools": [{"type": "function"}]}, "tools.[0].function", "invalid_value"),
         ({"n": 2}, "n", "invalid_value"),
-        ({"logprobs": True}, "logprobs", "unsupported_parameter"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "unsupported_parameter"),
+        ({"logprobs": False, "top_logprobs": 2}, "top_logprobs", "invalid_value"),
         (
             {"stream_options": {"include_usage": True, "x": 1}},
             "stream_options.x",
@@ -234,7 +235,16 @@ def test_the_session_header_continues_with_stored_history_and_only_the_last_mess
         ),
         ({"messages": ask("   ")}, "messages", "invalid_request"),
     ],
-    ids=["tools", "n", "logprobs", "stream_options", "tool message", "no user message", "blank"],
+    ids=[
+        "tools",
+        "n",
+        "audio",
+        "top_logprobs alone",
+        "stream_options",
+        "tool message",
+        "no user message",
+        "blank",
+    ],
 )
 def test_unsupported_or_invalid_fields_are_a_bad_request_naming_the_field(
     sdk: SDK, server: AppServer, extra: dict[str, Any], param: str, code: str | None
@@ -416,7 +426,7 @@ def test_what_is_sent_is_what_openapi_describes(server: AppServer) -> None:
         ({"messages": ask("[[fake tokens=3 error_after=1]] b"), "stream": True}, 200),
         ({"messages": ask("[[fake tokens=3]] c")}, 200),
         ({"messages": ask("[[fake status=500]] d")}, 502),
-        ({"messages": ask("e"), "logprobs": True}, 400),
+        ({"messages": ask("e"), "audio": {"voice": "alloy", "format": "wav"}}, 400),
     ]:
         case = operation.Case(body={"model": "test-model", **body})
         # Bodies, event streams and headers are checked against the operation's description.
@@ -470,10 +480,10 @@ def test_node_sdk_raises_its_typed_errors(
         {
             "model": "test-model",
             "messages": ask("hi"),
-            "logprobs": True,
+            "audio": {"voice": "alloy", "format": "wav"},
         },
     )["error"]
-    assert bad["typed"]["BadRequestError"] and bad["status"] == 400 and bad["param"] == "logprobs"
+    assert bad["typed"]["BadRequestError"] and bad["status"] == 400 and bad["param"] == "audio"
 
     # Each more server in the test has its own spool (one process per spool directory).
     limited = make_server(rate_limit="1/minute", spool_dir=tmp_path / "limited")

@@ -186,6 +186,48 @@ def test_the_clients_options_reach_the_model_as_sent(
     assert fake.fake.requests[-1]["max_tokens"] == 12
 
 
+def test_logprobs_pass_through_streamed_and_whole_when_the_model_gives_them(
+    client: openai.OpenAI, server: AppServer, fake: FakeUpstreamThread
+) -> None:
+    stream = client.chat.completions.create(
+        model="test-model",
+        messages=ask("[[fake tokens=6]] odds?"),
+        logprobs=True,
+        top_logprobs=2,
+        stream=True,
+    )
+    chunks = list(stream)
+    assert fake.fake.requests[-1]["logprobs"] is True
+    assert fake.fake.requests[-1]["top_logprobs"] == 2
+    streamed_text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    tokens = [
+        token
+        for chunk in chunks
+        if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content
+        for token in chunk.choices[0].logprobs.content
+    ]
+    # One entry per token of the text, each with the two alternatives asked for.
+    assert len(tokens) == 6
+    assert "".join(token.token for token in tokens) == streamed_text != ""
+    assert all(len(token.top_logprobs) == 2 and token.logprob < 0 for token in tokens)
+    assert all(token.bytes == list(token.token.encode()) for token in tokens)
+    saved = stored(server, stream.response.headers[SESSION])[-1]
+    assert saved["content"] == streamed_text  # logprobs are passed on, never mixed into text
+
+    whole = client.chat.completions.create(
+        model="test-model", messages=ask("[[fake tokens=4]] odds?"), logprobs=True
+    )
+    choice = whole.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    assert "".join(t.token for t in choice.logprobs.content) == choice.message.content
+    assert all(t.top_logprobs == [] for t in choice.logprobs.content)
+
+    # Not asked: none asked of the model, none in the answer.
+    plain = client.chat.completions.create(model="test-model", messages=ask("[[fake tokens=2]]"))
+    assert "logprobs" not in fake.fake.requests[-1]
+    assert plain.choices[0].logprobs is None
+
+
 # --- (2) client tools, (6) what is stored replays -----------------------------------
 
 

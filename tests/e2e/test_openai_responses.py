@@ -390,3 +390,54 @@ def test_every_streamed_event_and_response_is_what_openapi_describes(
         check(event, "ResponseStreamEvent")
     whole = httpx.get(f"{server.base_url}/v1/responses/{events[-1]['response']['id']}", timeout=10)
     check(whole.json(), "ResponseObject")
+
+
+def test_logprobs_asked_with_include_stream_with_the_text_and_match_openapi(
+    sdk: openai.OpenAI, server: AppServer, fake: FakeUpstreamThread
+) -> None:
+    events = list(
+        sdk.responses.create(
+            model="test-model",
+            input="[[fake tokens=5]] odds?",
+            include=["message.output_text.logprobs"],
+            top_logprobs=2,
+            stream=True,
+        )
+    )
+    sent = fake.fake.requests[-1]
+    assert (sent["logprobs"], sent["top_logprobs"]) == (True, 2)
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    tokens = [token for delta in deltas for token in delta.logprobs]
+    assert len(tokens) == 5
+    assert "".join(t.token for t in tokens) == "".join(d.delta for d in deltas) != ""
+    assert all(len(t.top_logprobs) == 2 for t in tokens)
+    # Numbered like every event, with no gap where the slower frame was built.
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    (done,) = [e for e in events if e.type == "response.output_text.done"]
+    assert [t.token for t in done.logprobs] == [t.token for t in tokens]
+    final = events[-1].response.output[0].content[0]
+    assert [t.token for t in final.logprobs or []] == [t.token for t in tokens]
+
+    # Without the include: the model is not asked, the deltas carry none.
+    plain = list(sdk.responses.create(model="test-model", input="[[fake tokens=2]]", stream=True))
+    assert "logprobs" not in fake.fake.requests[-1]
+    assert all(e.logprobs == [] for e in plain if e.type == "response.output_text.delta")
+
+    document = httpx.get(f"{server.base_url}/openapi.json", timeout=10).json()
+    components = document["components"]["schemas"]
+    validator = jsonschema.Draft202012Validator(
+        {**components["ResponseStreamEvent"], "components": {"schemas": components}}
+    )
+    body = {
+        "model": "test-model",
+        "input": "[[fake tokens=3]] odds?",
+        "include": ["message.output_text.logprobs"],
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{server.base_url}/v1/responses", json=body, timeout=20) as answer:
+        lines = [line.removeprefix("data: ") for line in answer.iter_lines() if line]
+    wire = [json.loads(line) for line in lines if line.startswith("{")]
+    assert any(event.get("logprobs") for event in wire)
+    for event in wire:
+        problems = [e.message for e in validator.iter_errors(event)]
+        assert problems == [], (event["type"], problems)

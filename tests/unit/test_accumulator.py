@@ -155,11 +155,26 @@ def test_content_as_a_list_of_parts_is_their_text() -> None:
         {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": "f"}]}}]},
         {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": 5}}]}}]},
         {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": {}}}]}}]},
+        {"choices": [{"delta": {}, "logprobs": "high"}]},
+        {"choices": [{"delta": {}, "logprobs": {"content": {"token": "a"}}}]},
+        {"choices": [{"delta": {}, "logprobs": {"content": ["a"]}}]},
     ],
 )
 def test_a_malformed_chunk_is_an_upstream_error(bad: Any) -> None:
     with pytest.raises(UpstreamError, match="malformed"):
         ChunkAccumulator().feed(bad)
+
+
+def test_token_logprobs_wait_until_taken_once() -> None:
+    acc = ChunkAccumulator()
+    first = {"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}
+    second = {"token": "!", "logprob": -0.2, "bytes": [33], "top_logprobs": []}
+    acc.feed({"choices": [{"delta": {"content": "Hi"}, "logprobs": {"content": [first]}}]})
+    acc.feed({"choices": [{"delta": {"content": "!"}, "logprobs": {"content": [second]}}]})
+    acc.feed({"choices": [{"delta": {}, "logprobs": {"content": None, "refusal": None}}]})
+    assert acc.take_logprobs() == [first, second]
+    assert acc.take_logprobs() == []
+    assert acc.text == "Hi!"
 
 
 def test_values_bound_for_columns_are_clipped_and_nul_free() -> None:

@@ -58,6 +58,7 @@ from chatstream.api.openai_schemas import (
 from chatstream.api.openai_translation import (
     CompletionChunkTranslation,
     ToolCalls,
+    choice_logprobs,
     failure_of,
     usage_of,
 )
@@ -67,7 +68,7 @@ from chatstream.api.schemas import ChatRequest
 from chatstream.api.translated_stream import TranslatedStream
 from chatstream.api.validators import Text
 from chatstream.errors import ChatstreamError, InvalidRequest, NotFound, failed_run_status
-from chatstream.runs.events import DoneEvent, ErrorEvent, Event
+from chatstream.runs.events import DoneEvent, ErrorEvent, Event, TokenLogprob
 from chatstream.runs.service import ChatInput
 from chatstream.runs.spec import Passthrough
 
@@ -172,6 +173,7 @@ async def chat_completions(
         )
 
     text: list[str] = []
+    logprobs: list[TokenLogprob] = []  # only when the client asked and the model gave them
     calls = ToolCalls()
     error: ErrorEvent | None = None
     done: DoneEvent | None = None
@@ -182,6 +184,8 @@ async def chat_completions(
             data: Any = event.data
             if event.type == "delta":
                 text.append(data["text"])
+                if "logprobs" in data:
+                    logprobs.extend(data["logprobs"])
             elif event.type in ("tool_call", "tool_result"):
                 calls.see(event.type, data)
             elif event.type == "error":
@@ -219,6 +223,7 @@ async def chat_completions(
                         or None,
                     },
                     "finish_reason": done["finish_reason"] or "stop",
+                    "logprobs": choice_logprobs(logprobs) if logprobs else None,
                 }
             ],
             "usage": usage_of(done),

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from chatstream.api.validators import Text
 
@@ -181,16 +190,19 @@ PASSTHROUGH_FIELDS = frozenset(
         "logit_bias",
         "user",
         "reasoning_effort",
+        "logprobs",
+        "top_logprobs",
     }
 )
 
 
 class CompletionRequest(BaseModel):
-    """`POST /v1/chat/completions`. Any other field (`logprobs`, `n` > 1, …) answers 400.
+    """`POST /v1/chat/completions`. Any other field (`n` > 1, `audio`, …) answers 400.
 
     `tools`, `tool_choice`, `parallel_tool_calls`, `response_format`, `stop`,
-    `seed`, `top_p`, the penalties, `logit_bias`, `user` and `reasoning_effort`
-    go to the model as sent; the model's calls of your tools come back to you
+    `seed`, `top_p`, the penalties, `logit_bias`, `user`, `reasoning_effort`,
+    `logprobs` and `top_logprobs` go to the model as sent (its token logprobs
+    come back in the choices, when it gives them); the model's calls of your tools come back to you
     (`finish_reason: "tool_calls"`), chatstream never runs them.
     """
 
@@ -231,6 +243,22 @@ class CompletionRequest(BaseModel):
     logit_bias: dict[str, int] | None = None
     user: Text | None = None
     reasoning_effort: Text | None = None
+    logprobs: bool | None = Field(
+        default=None,
+        description="The answer's tokens with their log probabilities, in each choice's "
+        "`logprobs` (streamed with the text), when the model server gives them.",
+    )
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = Field(
+        default=None, description="With `logprobs: true`: the likeliest alternatives per token."
+    )
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            # OpenAI's own rule: alternatives are only given with the tokens' logprobs.
+            raise ValueError("it needs logprobs: true")
+        return value
 
     def upstream_fields(self, max_tokens_cap: int) -> dict[str, Any]:
         """What goes to the model as sent: the pass-through fields and a capped token limit."""

@@ -29,6 +29,7 @@ from typing_extensions import TypedDict
 from chatstream.api.openai_requests import CONTENT_TAGS, PART_TAGS
 from chatstream.api.schemas import done_terminated_stream
 from chatstream.errors import ChatstreamError
+from chatstream.runs.events import TokenLogprob
 
 # --- responses -------------------------------------------------------------------
 
@@ -59,11 +60,20 @@ class AssistantMessage(BaseModel):
     )
 
 
+class ChoiceLogprobs(TypedDict):
+    """The answer's tokens with their log probabilities, as the model server gave them."""
+
+    content: list[TokenLogprob] | None
+    refusal: None
+
+
 class CompletionChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = Field(
+        default=None, description="With `logprobs: true`, when the model server gives them."
+    )
 
 
 class ChatCompletion(BaseModel):
@@ -97,7 +107,7 @@ class ChunkChoice(TypedDict):
     index: int
     delta: ChunkDelta
     finish_reason: str | None
-    logprobs: None
+    logprobs: ChoiceLogprobs | None
 
 
 class ChatCompletionChunk(TypedDict):

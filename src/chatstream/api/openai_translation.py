@@ -14,6 +14,7 @@ import orjson
 
 from chatstream.api.openai_schemas import (
     ChatCompletionChunk,
+    ChoiceLogprobs,
     ChunkDelta,
     ChunkToolCall,
     CompletionUsage,
@@ -21,7 +22,7 @@ from chatstream.api.openai_schemas import (
     error_type,
 )
 from chatstream.errors import failed_run_status
-from chatstream.runs.events import DoneEvent, ErrorEvent, Event
+from chatstream.runs.events import DoneEvent, ErrorEvent, Event, TokenLogprob
 
 CANCELLED = "The run was cancelled; what it generated is saved."
 
@@ -84,14 +85,24 @@ class CompletionChunkTranslation:
         # A content chunk's frame around its text (the hot path: once per token).
         self._content_frame = (b"", b"")
 
-    def _chunk(self, delta: ChunkDelta, finish_reason: str | None = None) -> bytes:
+    def _chunk(
+        self,
+        delta: ChunkDelta,
+        finish_reason: str | None = None,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> bytes:
         chunk: ChatCompletionChunk = {
             "id": self._id,
             "object": "chat.completion.chunk",
             "created": self._created,
             "model": self._model,
             "choices": [
-                {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+                {
+                    "index": 0,
+                    "delta": delta,
+                    "finish_reason": finish_reason,
+                    "logprobs": None if logprobs is None else choice_logprobs(logprobs),
+                }
             ],
         }
         if self._include_usage:
@@ -103,6 +114,9 @@ class CompletionChunkTranslation:
         for event in batch:
             data: Any = event.data
             if event.type == "delta":
+                if "logprobs" in data:
+                    frames.append(self._chunk({"content": data["text"]}, None, data["logprobs"]))
+                    continue
                 head, tail = self._content_frame
                 frames.append(head + orjson.dumps(data["text"]) + tail)
             elif event.type == "start":
@@ -139,6 +153,11 @@ class CompletionChunkTranslation:
             "usage": usage_of(done),
         }
         return last + b"data: " + orjson.dumps(usage) + b"\n\n"
+
+
+def choice_logprobs(tokens: list[TokenLogprob]) -> ChoiceLogprobs:
+    """A choice's `logprobs`, as OpenAI writes it, around the model server's token entries."""
+    return {"content": tokens, "refusal": None}
 
 
 class ToolCalls:

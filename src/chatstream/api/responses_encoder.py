@@ -87,6 +87,8 @@ class ResponseEncoder:
         self.run_error: ErrorEvent | None = None
         self._open: dict[str, Any] | None = None  # the item text is streaming into
         self._texts: list[str] = []
+        self._logprobs: list[Any] = []  # the open item's token logprobs, when asked for
+        self._delta_fields: dict[str, Any] = {}
         self._delta_frame = (b"", b"")
 
     # --- the response object ----------------------------------------------------------
@@ -156,7 +158,7 @@ class ResponseEncoder:
             data: Any = event.data
             kind: str = event.type
             if kind == "delta":
-                frames.append(self._text(data["text"], "message"))
+                frames.append(self._text(data["text"], "message", data.get("logprobs")))
             elif kind == "reasoning":
                 frames.append(self._text(data["text"], "reasoning"))
             elif kind == "start":
@@ -177,11 +179,14 @@ class ResponseEncoder:
                 frames.append(self._end(data))
         return b"".join(frames)
 
-    def _text(self, text: str, item_type: str) -> bytes:
+    def _text(self, text: str, item_type: str, logprobs: list[Any] | None = None) -> bytes:
         opened = b""
         if self._open is None or self._open["type"] != item_type:
             opened = self._close() + self._open_item(item_type)
         self._texts.append(text)
+        if logprobs is not None:  # asked for with `include`: the delta carries its tokens'
+            self._logprobs += logprobs
+            return opened + self._frame({**self._delta_fields, "logprobs": logprobs, "delta": text})
         self._seq += 1
         if self._seq <= self._after:
             return opened
@@ -213,6 +218,7 @@ class ResponseEncoder:
         self.output.append(item)
         self._open = item
         self._texts = []
+        self._logprobs = []
         added = self._frame(
             {"type": "response.output_item.added", "output_index": index, "item": dict(item)}
         )
@@ -232,6 +238,7 @@ class ResponseEncoder:
             "output_index": index,
             "content_index": 0,
         }
+        self._delta_fields = dict(fixed)
         if item_type == "message":
             fixed["logprobs"] = []
         fixed["delta"] = "\0"
@@ -251,13 +258,15 @@ class ResponseEncoder:
         index = self.output.index(item)
         if item["type"] == "message":
             part: dict[str, Any] = {"type": "output_text", "text": text, "annotations": []}
+            if self._logprobs:
+                part["logprobs"] = self._logprobs
             done: dict[str, Any] = {
                 "type": "response.output_text.done",
                 "item_id": item["id"],
                 "output_index": index,
                 "content_index": 0,
                 "text": text,
-                "logprobs": [],
+                "logprobs": self._logprobs,
             }
         else:
             part = {"type": "reasoning_text", "text": text}

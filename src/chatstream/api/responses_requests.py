@@ -12,8 +12,11 @@ turned into what `/v1/chat/completions` sends the model (one streaming core):
                               come back to you, never run here
     tool_choice, text.format  `tool_choice`, `response_format`
     max_output_tokens         `max_tokens`, capped at CHATSTREAM_MAX_TOKENS
+    include: "message.output_text.logprobs", top_logprobs
+                              `logprobs: true`, `top_logprobs` (each text delta's
+                              `logprobs`, when the model server gives them)
 
-Any other field (`include`, `reasoning`, `truncation`, `user`, ...) is
+Any other field (other `include` values, `reasoning`, `truncation`, `user`, ...) is
 accepted and ignored, as the issue of a client written against OpenAI's
 newest API should never be a 400 for an option that cannot apply here.
 Function tools, and those of a `namespace` (Codex groups its tools so), go
@@ -103,6 +106,12 @@ class ResponseRequest(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     metadata: dict[str, Text] | None = None
+    include: list[Text] | None = Field(
+        default=None,
+        description='"message.output_text.logprobs": the text\'s token logprobs; other '
+        "values are accepted and ignored.",
+    )
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
 
     def function_tools(self) -> list[FunctionTool]:
         """The function tools offered, a namespace's flattened (each keeps its own name)."""
@@ -150,7 +159,14 @@ class ResponseRequest(BaseModel):
             fields["top_p"] = self.top_p
         if self.max_output_tokens is not None:
             fields["max_tokens"] = min(self.max_output_tokens, max_tokens_cap)
+        if LOGPROBS_INCLUDE in (self.include or ()):
+            fields["logprobs"] = True
+            if self.top_logprobs is not None:
+                fields["top_logprobs"] = self.top_logprobs
         return fields
+
+
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 
 def _chat_tool(tool: FunctionTool) -> dict[str, Any]:

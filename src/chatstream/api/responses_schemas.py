@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, NotRequired
 from pydantic import Field, TypeAdapter
 from typing_extensions import TypedDict
 
+from chatstream.runs.events import TokenLogprob
+
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 
@@ -20,6 +22,8 @@ class OutputText(TypedDict):
     type: Literal["output_text"]
     text: str
     annotations: list[Any]
+    # With include: ["message.output_text.logprobs"], when the model server gives them.
+    logprobs: NotRequired[list[TokenLogprob]]
 
 
 class ReasoningText(TypedDict):
@@ -139,7 +143,7 @@ class OutputTextDeltaEvent(_Numbered):
     item_id: str
     output_index: int
     content_index: int
-    logprobs: list[Any]
+    logprobs: list[TokenLogprob]
     delta: str
 
 
@@ -149,7 +153,7 @@ class OutputTextDoneEvent(_Numbered):
     output_index: int
     content_index: int
     text: str
-    logprobs: list[Any]
+    logprobs: list[TokenLogprob]
 
 
 class ReasoningTextDeltaEvent(_Numbered):

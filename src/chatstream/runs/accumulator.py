@@ -4,7 +4,9 @@ Fed the parsed JSON of every upstream event, in order. Returns new text as
 it arrives (so the run can stream it at once) and keeps what the end of the
 round needs: the full text, complete tool calls (fragments of `id`, `name`
 and `arguments` arrive spread over many chunks, keyed by `index`), the
-`finish_reason`, and `usage` when the server reports it.
+`finish_reason`, and `usage` when the server reports it. Token log
+probabilities (`choices[0].logprobs.content`, sent only when a client asked
+for them) wait in `logprobs` until the run takes them with the text.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class ChunkAccumulator:
     with one `type(...) is` test.
     """
 
-    __slots__ = ("_parts", "_tool_calls", "content_chunks", "finish_reason", "usage")
+    __slots__ = ("_parts", "_tool_calls", "content_chunks", "finish_reason", "logprobs", "usage")
 
     def __init__(self) -> None:
         self._parts: list[str] = []
@@ -66,6 +68,8 @@ class ChunkAccumulator:
         # Chunks that carried text or tool-call pieces: the local token
         # estimate when the server reports no usage (one chunk ≈ one token).
         self.content_chunks = 0
+        # Token logprobs not yet sent with text (see `take_logprobs`).
+        self.logprobs: list[Any] = []
 
     def feed(self, chunk: Any) -> str | None:
         """Take one parsed chunk; return the text it adds, if any."""
@@ -96,6 +100,9 @@ class ChunkAccumulator:
                 raise _malformed("`finish_reason` is not a string")
             if finish_reason:
                 self.finish_reason = finish_reason[:FINISH_REASON_MAX_CHARS]
+        logprobs = choice.get("logprobs")
+        if logprobs is not None:
+            self._add_logprobs(logprobs)
         delta = choice.get("delta")
         if delta is None:
             return None
@@ -152,6 +159,21 @@ class ChunkAccumulator:
                 call.name += name
             if arguments:
                 call.arguments.append(arguments)
+
+    def _add_logprobs(self, logprobs: Any) -> None:
+        if type(logprobs) is not dict:
+            raise _malformed("`logprobs` is not an object")
+        tokens = logprobs.get("content")
+        if tokens is None:
+            return
+        if type(tokens) is not list or any(type(token) is not dict for token in tokens):
+            raise _malformed("`logprobs.content` is not a list of objects")
+        self.logprobs.extend(tokens)
+
+    def take_logprobs(self) -> list[Any]:
+        """The token logprobs received since the last call, handed over once."""
+        taken, self.logprobs = self.logprobs, []
+        return taken
 
     @property
     def text(self) -> str:

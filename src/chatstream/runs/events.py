@@ -47,9 +47,25 @@ class ThinkingEvent(TypedDict):
     elapsed_ms: int
 
 
+class TopLogprob(TypedDict):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TypedDict):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
 class DeltaEvent(TypedDict):
     type: Literal["delta"]
     text: str
+    # The text's tokens with their log probabilities, as the model server sent
+    # them: only when an OpenAI-compatible client asked (`logprobs: true`).
+    logprobs: NotRequired[list[TokenLogprob]]
 
 
 class ToolCallEvent(TypedDict):
@@ -157,10 +173,11 @@ class Event:
         """The event's JSON, encoded now and kept for every reader that sends it."""
         if self._json is None:
             data = self._data
-            if data is not None and data["type"] == "delta":
-                # Nearly every event: built around its text's JSON, which is
-                # the same bytes as encoding the whole payload, at its size
-                # with no copy (half the time of dumps-then-copy).
+            if data is not None and data["type"] == "delta" and len(data) == 2:
+                # Nearly every event (a plain `delta`, no logprobs): built
+                # around its text's JSON, which is the same bytes as encoding
+                # the whole payload, at its size with no copy (half the time
+                # of dumps-then-copy).
                 self._json = DELTA_JSON % orjson.dumps(data["text"])
             else:
                 self._json = bytes(memoryview(orjson.dumps(data)))

@@ -155,7 +155,7 @@ class Generation:
                 self.first_text_at = self._clock()
         chunk_chars = self._spec.chunk_chars
         if chunk_chars is None:
-            self._append({"type": "delta", "text": text})
+            self._send_text(text)
             return
         self._pending_text.append(text)
         self._pending_chars += len(text)
@@ -165,9 +165,15 @@ class Generation:
     def flush_text(self) -> None:
         """Send the text held back for `chunk_chars`, if any."""
         if self._pending_text:
-            self._append({"type": "delta", "text": "".join(self._pending_text)})
+            self._send_text("".join(self._pending_text))
             self._pending_text.clear()
             self._pending_chars = 0
+
+    def _send_text(self, text: str) -> None:
+        if self.round.logprobs:  # only when the client asked for them
+            self._append({"type": "delta", "text": text, "logprobs": self.round.take_logprobs()})
+        else:
+            self._append({"type": "delta", "text": text})
 
     async def _run_tools(self, calls: list[ToolCall]) -> list[str | None]:
         """Run the round's calls concurrently; each result is sent the moment it is ready."""

@@ -44,6 +44,9 @@ Directives (all optional):
   tool_rounds=N      keep calling the tool for N rounds
   ignore_tool_choice=1  call tools even when told tool_choice "none"
 
+A request with `logprobs: true` gets each token's `logprobs` (and up to 3
+`top_logprobs`), as OpenAI streams them.
+
 The emulator is deterministic: the same request gives the same bytes.
 """
 
@@ -283,6 +286,9 @@ class Emulator:
                     {"type": "text", "text": token[half:]},
                 ]
                 yield Send(chunk.delta({"content": parts}))
+            elif request.get("logprobs"):
+                logprobs = _token_logprobs(token, index, request.get("top_logprobs") or 0)
+                yield Send(chunk.delta({"content": token}, logprobs))
             else:
                 yield Send(chunk.delta({"content": token}))
         if len(tokens) == script.drop_after:
@@ -359,13 +365,19 @@ class _ChunkWriter:
             + b',"choices":['
         )
 
-    def delta(self, delta: dict[str, Any]) -> bytes:
+    def delta(self, delta: dict[str, Any], logprobs: dict[str, Any] | None = None) -> bytes:
+        tail = (
+            b"}]}\n\n"
+            if logprobs is None
+            else b',"logprobs":' + orjson.dumps(logprobs) + b"}]}\n\n"
+        )
         return (
             b"data: "
             + self._head
             + b'{"index":0,"delta":'
             + orjson.dumps(delta)
-            + b',"finish_reason":null}]}\n\n'
+            + b',"finish_reason":null'
+            + tail
         )
 
     def finish(self, reason: str) -> bytes:
@@ -415,6 +427,17 @@ _MALFORMED: dict[str, Any] = {
         ]
     },
 }
+
+
+def _token_logprobs(token: str, index: int, alternatives: int) -> dict[str, Any]:
+    """A made-up but well-formed `logprobs` for one token, as OpenAI streams it."""
+    logprob = -0.1 * (index % 7 + 1)
+    top = [
+        {"token": candidate, "logprob": logprob - rank, "bytes": list(candidate.encode())}
+        for rank, candidate in enumerate([token, token.upper(), token.strip() or "_"])
+    ]
+    entry = {**top[0], "top_logprobs": top[:alternatives]}
+    return {"content": [entry], "refusal": None}
 
 
 def _malformed_event(kind: str) -> bytes:

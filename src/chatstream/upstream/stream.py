@@ -308,6 +308,7 @@ async def _whole_completion(response: httpx2.Response) -> AsyncIterator[list[Any
                         ],
                     },
                     "finish_reason": choice.get("finish_reason"),
+                    "logprobs": choice.get("logprobs"),
                 }
             ],
             "usage": body.get("usage"),
