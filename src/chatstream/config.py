@@ -12,12 +12,17 @@ import re
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import parse_qs, urlsplit
 
 from limits import parse_many
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from chatstream.config_urls import (
+    check_base_url,
+    check_database_url,
+    check_redis_url,
+    check_store_url,
+)
 from chatstream.quotas.window import window_seconds
 
 CommaList = Annotated[list[str], NoDecode]
@@ -31,38 +36,6 @@ class ConfigurationError(ValueError):
 
 
 DEMO_MODEL = "demo"  # the model name of the built-in offline demo upstream
-
-# The async drivers chatstream runs on, and what to write instead of a URL they cannot use.
-DATABASE_SCHEMES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
-_DATABASE_ADVICE = {
-    "postgres": "use postgresql+asyncpg://user:password@host:5432/dbname "
-    "(chatstream talks to PostgreSQL through asyncpg)",
-    "postgresql": "use postgresql+asyncpg://user:password@host:5432/dbname "
-    "(chatstream talks to PostgreSQL through asyncpg)",
-    "sqlite": "use sqlite+aiosqlite:///path/to/chatstream.db (chatstream talks to SQLite "
-    "through aiosqlite)",
-}
-
-
-REDIS_SCHEMES = ("redis://", "rediss://", "redis+unix://")
-
-
-def _check_redis_database(url: str) -> str:
-    """A Redis URL whose database number is a number: redis-py would quietly use 0 instead."""
-    parts = urlsplit(url)
-    chosen = parse_qs(parts.query).get("db")
-    if chosen is not None:
-        if not all(value.isdigit() for value in chosen):
-            raise ValueError(
-                "its db=… must be a database number (db=0), not " + repr("db=" + chosen[0])
-            )
-        return url
-    if parts.scheme != "redis+unix" and not re.fullmatch(r"/?(\d+/?)?", parts.path):
-        raise ValueError(
-            "the database after the port must be a number, as in redis://host:6379/0, "
-            f"not {parts.path!r}"
-        )
-    return url
 
 
 def _split_commas(value: object) -> object:
@@ -219,16 +192,7 @@ class Settings(BaseSettings):
     @field_validator("openai_base_url")
     @classmethod
     def _check_base_url(cls, value: str | None) -> str | None:
-        if not value:
-            return value
-        parts = urlsplit(value.strip())
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            # The scheme is what is usually missing: httpx would take host:port for one.
-            raise ValueError(
-                "must be a URL with a scheme and a host: include http:// or https:// "
-                "(e.g. http://localhost:8000/v1)"
-            )
-        return value.strip()
+        return check_base_url(value) if value else value
 
     @field_validator("rate_limit")
     @classmethod
@@ -263,30 +227,12 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
-        if value.startswith(DATABASE_SCHEMES):
-            return value
-        # The scheme only: the rest of the URL may hold a password.
-        scheme = value.split("://", 1)[0] if "://" in value else ""
-        dialect = scheme.split("+", 1)[0].lower()
-        advice = _DATABASE_ADVICE.get(dialect)
-        if advice is None:
-            advice = "must start with sqlite+aiosqlite:/// or postgresql+asyncpg://"
-        shown = f"{scheme}:// is not supported; " if scheme else ""
-        raise ValueError(shown + advice)
+        return check_database_url(value)
 
-    @field_validator("rate_limit_storage")
+    @field_validator("rate_limit_storage", "cache_storage")
     @classmethod
     def _check_storage(cls, value: str) -> str:
-        if not value.startswith(("memory://", *REDIS_SCHEMES)):
-            raise ValueError("must be memory:// or a redis:// URL")
-        return value if value.startswith("memory://") else _check_redis_database(value)
-
-    @field_validator("cache_storage")
-    @classmethod
-    def _check_cache_storage(cls, value: str) -> str:
-        if not value.startswith(("memory://", *REDIS_SCHEMES)):
-            raise ValueError("must be memory:// or a redis:// URL")
-        return value if value.startswith("memory://") else _check_redis_database(value)
+        return check_store_url(value)
 
     @field_validator("telegram_webhook_secret")
     @classmethod
@@ -320,9 +266,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        if value and not value.startswith(REDIS_SCHEMES):
-            raise ValueError("must be a redis:// URL (or rediss://, redis+unix://)")
-        return _check_redis_database(value) if value else None
+        return check_redis_url(value) if value else None
 
     @model_validator(mode="after")
     def _demo_model(self) -> Settings:
