@@ -343,21 +343,21 @@ def test_a_response_carries_the_quota_headers_and_is_refused_over_quota(
     make_server: Callable[..., AppServer],
 ) -> None:
     server = make_server(quota_tokens=20)
-    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
-    raw = client.responses.with_raw_response.create(
-        model="test-model", input="[[fake tokens=40]] a"
-    )
-    assert raw.headers["x-quota-limit"] == "20"
-    assert raw.parse().usage.total_tokens > 20  # type: ignore[union-attr]
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0) as client:
+        raw = client.responses.with_raw_response.create(
+            model="test-model", input="[[fake tokens=40]] a"
+        )
+        assert raw.headers["x-quota-limit"] == "20"
+        assert raw.parse().usage.total_tokens > 20  # type: ignore[union-attr]
 
-    def refused() -> bool:
-        try:
-            client.responses.create(model="test-model", input="[[fake tokens=2]] b")
-        except openai.RateLimitError as exc:
-            return exc.code == "quota_exceeded"
-        return False
+        def refused() -> bool:
+            try:
+                client.responses.create(model="test-model", input="[[fake tokens=2]] b")
+            except openai.RateLimitError as exc:
+                return exc.code == "quota_exceeded"
+            return False
 
-    wait_until(refused, what="the used-up quota refuses the next response")
+        wait_until(refused, what="the used-up quota refuses the next response")
 
 
 def test_every_streamed_event_and_response_is_what_openapi_describes(

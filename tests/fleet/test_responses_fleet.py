@@ -24,37 +24,38 @@ def test_a_response_is_resumed_read_and_cancelled_from_another_instance(
     fleet: FleetFactory, fake: FakeUpstreamThread
 ) -> None:
     a, b = fleet("a"), fleet("b")
-    on_a, on_b = sdk(a.base_url), sdk(b.base_url)
-    stream = on_a.responses.create(
-        model="test-model", input="[[fake tokens=20 stall_after=8]] hi", stream=True
-    )
-    events = iter(stream)
-    head = [next(events) for _ in range(8)]
-    response_id = head[0].response.id  # type: ignore[union-attr]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        resumed = pool.submit(
-            lambda: list(on_b.responses.retrieve(response_id, stream=True, starting_after=5))
+    # Closed at the end: an SDK client left open leaks its sockets into the next test.
+    with sdk(a.base_url) as on_a, sdk(b.base_url) as on_b:
+        stream = on_a.responses.create(
+            model="test-model", input="[[fake tokens=20 stall_after=8]] hi", stream=True
         )
-        live = on_b.responses.retrieve(response_id)
-        assert live.status == "in_progress" and live.output_text  # the text so far
-        fake.fake.release(wait_for=1)
-        seen_by_a = head + list(events)
-        seen_by_b = resumed.result(timeout=30)
-    assert seen_by_a[-1].type == "response.completed"
-    assert summary(seen_by_b) == summary(seen_by_a)[6:]
-    final = on_b.responses.retrieve(response_id)
-    assert final.status == "completed"
-    assert final.output_text == seen_by_a[-1].response.output_text  # type: ignore[union-attr]
+        events = iter(stream)
+        head = [next(events) for _ in range(8)]
+        response_id = head[0].response.id  # type: ignore[union-attr]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            resumed = pool.submit(
+                lambda: list(on_b.responses.retrieve(response_id, stream=True, starting_after=5))
+            )
+            live = on_b.responses.retrieve(response_id)
+            assert live.status == "in_progress" and live.output_text  # the text so far
+            fake.fake.release(wait_for=1)
+            seen_by_a = head + list(events)
+            seen_by_b = resumed.result(timeout=30)
+        assert seen_by_a[-1].type == "response.completed"
+        assert summary(seen_by_b) == summary(seen_by_a)[6:]
+        final = on_b.responses.retrieve(response_id)
+        assert final.status == "completed"
+        assert final.output_text == seen_by_a[-1].response.output_text  # type: ignore[union-attr]
 
-    # Cancelled from B, while A generates it: A's stream ends, cancelled.
-    stalled = on_a.responses.create(
-        model="test-model", input="[[fake tokens=20 stall_after=3]] again", stream=True
-    )
-    events = iter(stalled)
-    created = next(events)
-    cancelled = on_b.responses.cancel(created.response.id)  # type: ignore[union-attr]
-    assert cancelled.status == "cancelled"
-    rest = list(events)
-    assert rest[-1].type == "response.incomplete"
-    assert rest[-1].response.status == "cancelled"  # type: ignore[union-attr]
-    fake.fake.release()
+        # Cancelled from B, while A generates it: A's stream ends, cancelled.
+        stalled = on_a.responses.create(
+            model="test-model", input="[[fake tokens=20 stall_after=3]] again", stream=True
+        )
+        events = iter(stalled)
+        created = next(events)
+        cancelled = on_b.responses.cancel(created.response.id)  # type: ignore[union-attr]
+        assert cancelled.status == "cancelled"
+        rest = list(events)
+        assert rest[-1].type == "response.incomplete"
+        assert rest[-1].response.status == "cancelled"  # type: ignore[union-attr]
+        fake.fake.release()
