@@ -171,7 +171,7 @@ def test_arguments_split_across_ten_chunks(
 
 def _argument_fragments_sent(fake: FakeUpstreamThread) -> list[str]:
     """The argument pieces the fake upstream streamed (its script is deterministic: replay it)."""
-    from chatstream.upstream.emulator import Emulator, Send
+    from chatstream.emulation.emulator import Emulator, Send
 
     pieces: list[str] = []
     for action in Emulator().reply(fake.fake.requests[0]).body:

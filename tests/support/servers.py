@@ -15,8 +15,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from chatstream.emulation.fake_server import FakeUpstream
 from chatstream.server import uvicorn_config
-from chatstream.upstream.fake_server import FakeUpstream
 from tests.support.sentinels import GuardedApp
 
 START_TIMEOUT_S = 20.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from chatstream.upstream.emulator import Drop, Emulator, Script, Send, Stall
+from chatstream.emulation.emulator import Drop, Emulator, Script, Send, Stall
 
 
 def reply_events(emulator: Emulator, text: str) -> tuple[int, list[object]]:

@@ -14,12 +14,12 @@ from typing import Any
 import httpx2
 import openai
 
+from chatstream.emulation.demo import DEMO_BASE_URL, DemoTransport
+from chatstream.emulation.emulator import Emulator
 from chatstream.runs.events import Event
 from chatstream.runs.run import Run, RunLimits, RunSpec
 from chatstream.storage.records import RunOutput
 from chatstream.tools import ToolRegistry, ToolSet
-from chatstream.upstream.demo import DEMO_BASE_URL, DemoTransport
-from chatstream.upstream.emulator import Emulator
 from chatstream.upstream.stream import ChatUpstream
 
 

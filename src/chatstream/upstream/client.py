@@ -17,8 +17,8 @@ import httpx2
 import openai
 
 from chatstream.config import Settings
-from chatstream.upstream.demo import DEMO_BASE_URL, DemoTransport
-from chatstream.upstream.emulator import Emulator, Script
+from chatstream.emulation.demo import DEMO_BASE_URL, DemoTransport
+from chatstream.emulation.emulator import Emulator, Script
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Sans-I/O emulator of an OpenAI-compatible `/chat/completions` stream.
 
 One script engine behind two adapters: the in-process offline demo upstream
-(`upstream/demo.py`, an httpx2 transport) and `chatstream fake-upstream`
-(`upstream/fake_server.py`, real HTTP), which the tests and benchmarks talk to.
+(`emulation/demo.py`, an httpx2 transport) and `chatstream fake-upstream`
+(`emulation/fake_server.py`, real HTTP), which the tests and benchmarks talk to.
 
 What a reply does is a `Script`: server-wide defaults, overridden per request
 by a directive anywhere in the last user message, for example

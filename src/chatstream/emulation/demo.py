@@ -13,7 +13,7 @@ import anyio
 import httpx2
 import orjson
 
-from chatstream.upstream.emulator import Action, Drop, Emulator, Send, Sleep, Stall
+from chatstream.emulation.emulator import Action, Drop, Emulator, Send, Sleep, Stall
 
 DEMO_BASE_URL = "http://demo-upstream.invalid/v1"
 
