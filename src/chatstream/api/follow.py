@@ -32,16 +32,27 @@ from chatstream.runs.handle import RunHandle
 async def follow_to_end(
     run: RunHandle, request: Request, read: Callable[[list[Event]], object]
 ) -> bool:
-    """Hand every batch of the run's events to `read`; False if the client left first."""
+    """Hand every batch of the run's events to `read`; False if the client left first.
+
+    A follow that fails (the run's stream lost: `RunStreamLost`) raises that
+    error itself, not wrapped by the task group, so the request is answered
+    with it (a 503 in the protocol's shape) rather than as an unexpected failure.
+    """
     ended = False
+    failed: ChatstreamError | None = None
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_cancel_scope_on_disconnect, request, tasks.cancel_scope)
-        async with run.follow() as batches:
-            async for batch in batches:
-                read(batch)
-                if batch and batch[-1].type == "done":
-                    ended = True
+        try:
+            async with run.follow() as batches:
+                async for batch in batches:
+                    read(batch)
+                    if batch and batch[-1].type == "done":
+                        ended = True
+        except ChatstreamError as exc:
+            failed = exc
         tasks.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
     return ended
 
 
