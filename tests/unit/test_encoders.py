@@ -538,8 +538,10 @@ TELEGRAM_CASES: list[tuple[str, Mode, int]] = [
 
 
 def test_telegram_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
-    # "typing" again whenever tools start running, however soon after the last one.
+    # "typing" again whenever tools start running, however soon after the last one, and
+    # never because time passed (a slow machine would add some): only the events decide.
     monkeypatch.setattr(telegram_delivery, "TYPING_MIN_GAP_S", 0.0)
+    monkeypatch.setattr(telegram_delivery, "TYPING_INTERVAL_S", 3600.0)
     sections = []
     for name, mode, chunk_chars in TELEGRAM_CASES:
         calls = telegram_calls(name, mode, chunk_chars)
