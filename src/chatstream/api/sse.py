@@ -18,16 +18,18 @@ policy and nobody else follows it).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import anyio
+import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from chatstream.api.follow import stream_lost
 from chatstream.api.sendwatch import SendWatch
 from chatstream.errors import ChatstreamError
-from chatstream.runs.events import Event
+from chatstream.runs.events import Event, EventPayload
 from chatstream.runs.handle import RunHandle
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,13 @@ def encode_events(batch: list[Event]) -> bytes:
         return KEEPALIVE
     return b"".join(
         [b"id: %d\nevent: %s\ndata: %s\n\n" % (e.seq, e.type.encode(), e.json) for e in batch]
+    )
+
+
+def encode_unnumbered(payloads: Iterable[EventPayload]) -> bytes:
+    """Events that are not the run's: no `id`, so `Last-Event-ID` stays the last event's."""
+    return b"".join(
+        [b"event: %s\ndata: %s\n\n" % (p["type"].encode(), orjson.dumps(p)) for p in payloads]
     )
 
 
@@ -89,9 +98,12 @@ class RunEventStream(Response):
                             {"type": "http.response.body", "body": body, "more_body": True}
                         )
             except ChatstreamError as exc:
-                # The run's stream was lost (another instance's, Redis away): end
-                # the response; the client resumes after the last id it has.
+                # The run's stream was lost (another instance's, Redis away): say so
+                # and end, as every protocol does (api/follow.py); the client
+                # resumes after the last id it has.
                 logger.info("event stream of run %s ended early: %s", self._run.id, exc.code)
+                lost = encode_unnumbered(stream_lost(self._run.id, exc))
+                await watch.send({"type": "http.response.body", "body": lost, "more_body": True})
             # The end goes through the middlewares, bounded like every send.
             with anyio.move_on_after(self._send_timeout_s):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -29,10 +29,11 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from chatstream.api.follow import stream_lost
 from chatstream.api.sendwatch import SendWatch
 from chatstream.api.sse import KEEPALIVE, SERVER_SEND, SSE_HEADERS, EagerSend
 from chatstream.errors import ChatstreamError
-from chatstream.runs.events import DoneEvent, ErrorEvent, Event
+from chatstream.runs.events import Event
 from chatstream.runs.handle import RunHandle
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ class TranslatedStream(Response):
                             )
             except ChatstreamError as exc:
                 logger.info("event stream of run %s ended early: %s", self._run.id, exc.code)
-                lost = translate(_stream_lost(self._run, exc, last_seq))
+                error, done = stream_lost(self._run.id, exc)
+                lost = translate([Event(last_seq + 1, error), Event(last_seq + 2, done)])
                 await watch.send({"type": "http.response.body", "body": lost, "more_body": True})
             followed_to_the_end = True
             if self._closing:
@@ -122,26 +124,6 @@ class TranslatedStream(Response):
                 cancelled = await self._run.cancel()
             if cancelled:
                 logger.info("run %s cancelled: its client disconnected", self._run.id)
-
-
-def _stream_lost(run: RunHandle, exc: ChatstreamError, last_seq: int) -> list[Event]:
-    """The end a follower that lost the run's stream tells its client (the run goes on)."""
-    error: ErrorEvent = {
-        "type": "error",
-        "code": "server_shutdown",  # of the contract's codes, the retryable "not here now"
-        "message": exc.message,
-        "retryable": True,
-    }
-    done: DoneEvent = {
-        "type": "done",
-        "message_id": str(run.id),
-        "status": "interrupted",
-        "finish_reason": None,
-        "persisted": False,  # not known here; the run's own instance saves it
-        "usage": None,
-        "metrics": None,
-    }
-    return [Event(last_seq + 1, error), Event(last_seq + 2, done)]
 
 
 async def _stop_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

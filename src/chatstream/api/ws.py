@@ -52,6 +52,7 @@ from starlette.responses import JSONResponse
 
 from chatstream.api.deps import State, principal_of
 from chatstream.api.errors import problem_details
+from chatstream.api.follow import stream_lost
 from chatstream.api.quota import quota_gate
 from chatstream.api.sendwatch import SendWatch
 from chatstream.api.ws_frames import (
@@ -66,6 +67,7 @@ from chatstream.api.ws_frames import (
     frame_heads,
     origin_allowed,
     request_id_of,
+    unnumbered_frame,
 )
 from chatstream.api.ws_transport import close_or_abort
 from chatstream.auth import Principal
@@ -373,15 +375,11 @@ class ChatSocket:
                                 follow.sent = event.seq
                                 await send(event_frame(heads, event))
                 except ChatstreamError as exc:
-                    # This run's stream was lost (Redis away): say so, for this run
-                    # only; the client resumes it after `follow.sent`.
-                    await self._error(
-                        exc.code,
-                        exc.message,
-                        request_id=follow.request_id,
-                        message_id=run.id,
-                        retryable=True,
-                    )
+                    # This run's stream was lost (Redis away): its `error` and `done`,
+                    # for this run only, as every protocol ends it (api/follow.py);
+                    # the client resumes it after `follow.sent`.
+                    for payload in stream_lost(run.id, exc):
+                        await send(unnumbered_frame(run.id, follow.request_id, payload))
             finally:
                 follow.ended.set()
                 if self._follows.get(run.id) is follow:

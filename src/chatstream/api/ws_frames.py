@@ -13,7 +13,7 @@ echoes it on the `error` or `pong` that frame causes.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from chatstream.api.schemas import ChatRequest
 from chatstream.api.validators import NO_NUL
 from chatstream.errors import ChatstreamError, InvalidRequest, NotFound
-from chatstream.runs.events import Event
+from chatstream.runs.events import Event, EventPayload
 
 RequestId = Annotated[str, Field(min_length=1, max_length=200), NO_NUL]
 
@@ -122,3 +122,15 @@ def frame_heads(message_id: uuid.UUID, request_id: str | None) -> tuple[str, str
 def event_frame(heads: tuple[str, str], event: Event) -> str:
     head = heads[1] if event.type in ("start", "done") else heads[0]
     return f"{head}{event.seq},{event.json[1:].decode()}"
+
+
+def unnumbered_frame(message_id: uuid.UUID, request_id: str | None, payload: EventPayload) -> str:
+    """A frame of a run's that is not one of its events (`api/follow.py`): no `seq`.
+
+    Shaped as that run's event frames are, so that a client that resumes
+    after the last `seq` it has gets every event of the run.
+    """
+    frame: dict[str, Any] = {} if request_id is None else {"request_id": request_id}
+    frame["message_id"] = str(message_id)
+    frame.update(payload)
+    return orjson.dumps(frame).decode()
