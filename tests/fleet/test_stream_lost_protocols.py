@@ -6,7 +6,8 @@ stream, and what it was sent must be the start of the answer A saves:
     native SSE      `error` (retryable) + `done` `interrupted`, with no `id`
     WebSocket       an `error` frame + a `done` frame for the run, with no `seq`
     AI SDK          `error` chunk, `finish-step`, `finish` (error), `[DONE]`
-    Responses       `response.failed` (the SDK's typed event), then the end
+    Responses       one `error` event (the SDK's typed event), numbered as the last
+                    event sent: `starting_after` it resumes with nothing missed
 
 `/v1/chat/completions` is not here: its stream always follows the run its
 own request started, on the instance that took it, never a run of another
@@ -239,35 +240,46 @@ def sdk(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=30)
 
 
-def test_responses_retrieve_stream_on_b_ends_with_response_failed(
+def test_responses_retrieve_stream_on_b_ends_with_an_error_event_then_resumes(
     pair: Pair, fake: FakeUpstreamThread
 ) -> None:
     on_a, on_b = sdk(pair.a.base_url), sdk(pair.b.base_url)
-    created = on_a.responses.create(model="test-model", input=PROMPT, stream=True)
-    events_on_a = iter(created)
-    response_id = next(events_on_a).response.id  # type: ignore[union-attr]
-    message_id = created.response.headers["x-chatstream-message-id"]
-    pair.b_knows(message_id)
-    followed = on_b.responses.retrieve(response_id, stream=True)
-    events = iter(followed)
-    head: list[Any] = []
-    while sum(1 for e in head if e.type == "response.output_text.delta") < HEAD:
-        head.append(next(events))
-    cut_at = pair.lose_redis_on_b()
-    rest = list(events)  # to the end of the stream: it must end
-    assert time.monotonic() - cut_at < LOST_WITHIN_S
-    fake.fake.release()
-    completed = list(events_on_a)
-    assert completed[-1].type == "response.completed"
-    numbers = [e.sequence_number for e in head + rest]
-    assert numbers == list(range(len(numbers)))
-    assert rest[-1].type == "response.failed", [e.type for e in rest]
-    failed = rest[-1].response  # type: ignore[union-attr]
-    assert failed.status == "failed" and failed.error.code == "server_error"
-    assert LOST_MESSAGE in failed.error.message
-    text = "".join(e.delta for e in head if e.type == "response.output_text.delta")
-    assert failed.output_text == text and len(text) > 0
-    answer = on_a.responses.retrieve(response_id)
-    assert answer.status == "completed" and answer.output_text.startswith(text)
-    for client in (on_a, on_b):
-        client.close()
+    with on_a, on_b:
+        created = on_a.responses.create(model="test-model", input=PROMPT, stream=True)
+        events_on_a = iter(created)
+        response_id = next(events_on_a).response.id  # type: ignore[union-attr]
+        message_id = created.response.headers["x-chatstream-message-id"]
+        pair.b_knows(message_id)
+        followed = on_b.responses.retrieve(response_id, stream=True)
+        events = iter(followed)
+        head: list[Any] = []
+        while sum(1 for e in head if e.type == "response.output_text.delta") < HEAD:
+            head.append(next(events))
+        cut_at = pair.lose_redis_on_b()
+        rest = list(events)  # to the end of the stream: it must end
+        assert time.monotonic() - cut_at < LOST_WITHIN_S
+        fake.fake.release()
+        completed = list(events_on_a)
+        assert completed[-1].type == "response.completed"
+        numbers = [e.sequence_number for e in head + rest[:-1]]
+        assert numbers == list(range(len(numbers)))
+        # One typed `error` event: not `response.failed` (the response goes on), and
+        # numbered as the last event sent, so resuming after it misses nothing.
+        lost = rest[-1]
+        assert lost.type == "error", [e.type for e in rest]
+        assert lost.code == "server_shutdown" and LOST_MESSAGE in lost.message
+        assert lost.sequence_number == numbers[-1]
+        text = "".join(e.delta for e in head + rest if e.type == "response.output_text.delta")
+        answer = on_a.responses.retrieve(response_id)
+        assert answer.status == "completed" and answer.output_text.startswith(text)
+        assert len(text) > 0
+
+        pair.proxy.restore()
+        wait_until(lambda: httpx.get(f"{pair.b.base_url}/readyz", timeout=5).status_code == 200)
+        resumed = list(
+            on_b.responses.retrieve(response_id, stream=True, starting_after=lost.sequence_number)
+        )
+        assert resumed[0].sequence_number == lost.sequence_number + 1
+        assert resumed[-1].type == "response.completed"
+        more = "".join(e.delta for e in resumed if e.type == "response.output_text.delta")
+        assert text + more == answer.output_text

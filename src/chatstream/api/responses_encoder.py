@@ -326,6 +326,23 @@ class ResponseEncoder:
         )
         return frames
 
+    def lost(self, error: ErrorEvent) -> bytes:
+        """A follow whose run's stream was lost here, while the run goes on elsewhere.
+
+        One `error` event, numbered as the last event sent (0 if none): a
+        client that resumes `starting_after` it misses none of the run's
+        events. Not `response.failed`: the response has not failed, and
+        closing its items here would use up numbers its own events will have.
+        """
+        payload = {
+            "type": "error",
+            "code": error["code"],
+            "message": error["message"],
+            "param": None,
+            "sequence_number": max(self._seq, 0),
+        }
+        return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
+
     def _end(self, done: DoneEvent) -> bytes:
         self.usage = usage_of(done)
         status = done["status"]

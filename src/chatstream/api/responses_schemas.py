@@ -186,6 +186,16 @@ class FunctionCallArgumentsDoneEvent(_Numbered):
     arguments: str
 
 
+class StreamErrorEvent(_Numbered):
+    """The follow's stream was lost here (the run goes on): numbered as the last event
+    sent, so resuming `starting_after` it misses nothing."""
+
+    type: Literal["error"]
+    code: str
+    message: str
+    param: None
+
+
 ResponseStreamEvent = Annotated[
     ResponseLifecycleEvent
     | OutputItemEvent
@@ -195,7 +205,8 @@ ResponseStreamEvent = Annotated[
     | ReasoningTextDeltaEvent
     | ReasoningTextDoneEvent
     | FunctionCallArgumentsDeltaEvent
-    | FunctionCallArgumentsDoneEvent,
+    | FunctionCallArgumentsDoneEvent
+    | StreamErrorEvent,
     Field(discriminator="type"),
 ]
 

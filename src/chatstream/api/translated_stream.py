@@ -12,8 +12,9 @@ stream is lost (another instance's run, Redis away longer than a lease),
 the translation is handed an `error` and an `interrupted` end, so the
 client's own library reports a failure and the stream still ends with
 its `closing`: `[DONE]` (the AI SDK's resume endpoint starts the run's
-stream again), or nothing for the Responses API, whose events are numbered
-and resumable (`starting_after`).
+stream again). A protocol whose events are numbered and resumable (the
+Responses API's `starting_after`) ends it its own way (`NumberedTranslation`):
+its end must use up no number the run's own events will have.
 
 The response follows the run; it does not own it. When the client leaves,
 the run goes on, unless the response was told to cancel it then (the AI
@@ -23,7 +24,7 @@ SDK's default: a client disconnect is a stop).
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import anyio
 from starlette.responses import Response
@@ -33,7 +34,7 @@ from chatstream.api.follow import stream_lost
 from chatstream.api.sendwatch import SendWatch
 from chatstream.api.sse import KEEPALIVE, SERVER_SEND, SSE_HEADERS, EagerSend
 from chatstream.errors import ChatstreamError
-from chatstream.runs.events import Event
+from chatstream.runs.events import ErrorEvent, Event
 from chatstream.runs.handle import RunHandle
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,13 @@ DONE_LINE = b"data: [DONE]\n\n"
 class Translation(Protocol):
     def encode(self, batch: list[Event]) -> bytes:
         """The bytes for these events (possibly none); called with every batch, in order."""
+        ...
+
+
+@runtime_checkable
+class NumberedTranslation(Translation, Protocol):
+    def lost(self, error: ErrorEvent) -> bytes:
+        """The end of a follow whose run's stream was lost here, numbered as nothing new."""
         ...
 
 
@@ -106,7 +114,10 @@ class TranslatedStream(Response):
             except ChatstreamError as exc:
                 logger.info("event stream of run %s ended early: %s", self._run.id, exc.code)
                 error, done = stream_lost(self._run.id, exc)
-                lost = translate([Event(last_seq + 1, error), Event(last_seq + 2, done)])
+                if isinstance(self._translation, NumberedTranslation):
+                    lost = self._translation.lost(error)
+                else:
+                    lost = translate([Event(last_seq + 1, error), Event(last_seq + 2, done)])
                 await watch.send({"type": "http.response.body", "body": lost, "more_body": True})
             followed_to_the_end = True
             if self._closing:
