@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import anyio
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from chatstream.api.deps import PrincipalDep, SettingsDep, StoreDep
 from chatstream.api.errors import error_response
+from chatstream.api.follow import follow_to_end
 from chatstream.api.quota import GatedChatDep
 from chatstream.api.schemas import (
     ChatRequest,
@@ -94,25 +94,12 @@ async def chat(
     started = await chat.start(principal, body.to_input())
     run = started.run
     outcome = _Outcome()
-    async with anyio.create_task_group() as tasks:
-        # Following the run (rather than only awaiting it) makes this request
-        # count as the run's reader for the disconnect policy.
-        tasks.start_soon(_cancel_scope_on_disconnect, request, tasks.cancel_scope)
-        async with run.follow() as batches:
-            async for batch in batches:
-                outcome.read(batch)
-        tasks.cancel_scope.cancel()
+    await follow_to_end(run, request, outcome.read)
     if outcome.done is None:
         return Response(status_code=499)  # the client left; nobody reads this
     response = await _final_answer(run, outcome, principal.owner, store)
     response.headers.update(started.headers)
     return response
-
-
-async def _cancel_scope_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
 
 
 @dataclass(slots=True)
