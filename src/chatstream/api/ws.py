@@ -28,6 +28,8 @@ second `resume` of the same run, however soon after, replaces the first
 and starts where it stopped: no event is sent twice. A socket authenticated
 with a JWT is closed (1008) when the token expires.
 
+Who the caller is, and a refused upgrade: `api/ws_handshake.py`.
+
 Bounds: a client that accepts nothing for `CHATSTREAM_SEND_TIMEOUT_S` is
 dropped (1008 if a close frame can still be sent, else the connection is
 reset: `api/ws_transport.py`), and its runs follow the disconnect policy; a
@@ -48,15 +50,13 @@ import anyio.abc
 import orjson
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
-from starlette.responses import JSONResponse
 
-from chatstream.api.deps import State, principal_of
+from chatstream.api.deps import State
 from chatstream.api.errors import problem_details
 from chatstream.api.follow import stream_lost
 from chatstream.api.quota import quota_gate
 from chatstream.api.sendwatch import SendWatch
 from chatstream.api.ws_frames import (
-    AuthFrame,
     CancelFrame,
     ChatFrame,
     PingFrame,
@@ -69,9 +69,10 @@ from chatstream.api.ws_frames import (
     request_id_of,
     unnumbered_frame,
 )
+from chatstream.api.ws_handshake import authenticate, deny
 from chatstream.api.ws_transport import close_or_abort
 from chatstream.auth import Principal
-from chatstream.errors import ChatstreamError, Unauthorized
+from chatstream.errors import ChatstreamError
 from chatstream.logs import log_fault
 from chatstream.runs.handle import RunHandle
 
@@ -93,51 +94,15 @@ async def chat_socket(websocket: WebSocket, state: State) -> None:
     if not origin_allowed(
         websocket.headers.get("origin"), websocket.headers.get("host"), settings.cors_origins
     ):
-        await _deny(websocket, 403, "forbidden", "This origin may not open a socket here.")
+        await deny(websocket, 403, "forbidden", "This origin may not open a socket here.")
         return
     await websocket.accept()
-    authenticated = await _authenticate(websocket, state)
+    authenticated = await authenticate(websocket, state)
     if authenticated is None:
         await close_or_abort(websocket, CLOSE_POLICY, "authentication failed")
         return
     principal, expires_at = authenticated
     await ChatSocket(websocket, state, principal, expires_at).serve()
-
-
-async def _authenticate(
-    websocket: WebSocket, state: State
-) -> tuple[Principal, float | None] | None:
-    """The caller and when its token expires, from the `Authorization` header or a first
-    `auth` frame; None if neither holds.
-
-    Never from the URL: URLs end up in logs.
-    """
-    header = websocket.headers.get("authorization")
-    authenticator = state.authenticator
-    try:
-        if not authenticator.enabled or header is not None:
-            return principal_of(state, websocket, header), authenticator.expiry_of(header)
-        with anyio.fail_after(state.settings.ws_auth_timeout_s):
-            message = await websocket.receive()
-        text = message.get("text") if message["type"] == "websocket.receive" else None
-        if text is None:
-            return None
-        frame = client_frame.validate_json(text)
-        if not isinstance(frame, AuthFrame):
-            return None
-        owner = authenticator.owner_from_token(frame.token)
-    except (Unauthorized, ValidationError, TimeoutError):
-        return None
-    return Principal(owner=owner, limit_key=f"owner:{owner}"), authenticator.expiry_of(frame.token)
-
-
-async def _deny(websocket: WebSocket, status: int, code: str, message: str) -> None:
-    """Refuse the upgrade with an HTTP status (and a JSON body, when the server can send one)."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        body = JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-        await websocket.send_denial_response(body)
-    else:
-        await websocket.close(code=1008)
 
 
 # --- one socket ------------------------------------------------------------------
