@@ -245,12 +245,14 @@ def test_openapi_documents_every_endpoint_and_the_sse_events(client: httpx.Clien
         "ToolResultEvent",
         "ErrorEvent",
         "DoneEvent",
+        "ReasoningEvent",
     ):
         assert event in schemas
     mapping = schemas["StreamEvent"]["discriminator"]["mapping"]
     assert set(mapping) == {
         "start",
         "thinking",
+        "reasoning",
         "delta",
         "tool_call",
         "tool_result",

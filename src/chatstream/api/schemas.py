@@ -139,6 +139,11 @@ class MessageOut(BaseModel):
     session_id: uuid.UUID
     role: Literal["user", "assistant", "tool", "system"]
     content: str
+    reasoning: str | None = Field(
+        default=None,
+        description="An answer's reasoning (the model's thinking, as its `reasoning` events "
+        "streamed it), kept apart from `content` and never sent back to the model.",
+    )
     status: MessageStatus
     model: str | None
     finish_reason: str | None
@@ -217,10 +222,15 @@ SSE_DESCRIPTION = """\
 A `text/event-stream` of the run's events. Every event has three fields:
 
     id: <seq>       1, 2, 3 … within the run, no gaps
-    event: <type>   start | thinking | delta | tool_call | tool_result | error | done
+    event: <type>   start | thinking | reasoning | delta | tool_call | tool_result
+                    | error | done
     data: <JSON>    one line; its "type" equals the event field
 
 `start` comes first, `done` always last (after the answer is committed).
+`reasoning` (text) is the model's thinking, before or among the `delta`s, for
+models that stream it; it is saved as the message's `reasoning`, never mixed
+into its content, and `done.usage.reasoning_tokens` counts it when the model
+server reports that.
 `error` (code, message, retryable) comes just before `done` when the run failed.
 Concatenated `delta.text` is exactly the persisted assistant content. A stream
 idle for 15 s carries a comment line `: keepalive`. Resume with

@@ -43,6 +43,9 @@ Directives (all optional):
   arg_chunks=N       split each call's arguments over N chunks
   tool_rounds=N      keep calling the tool for N rounds
   ignore_tool_choice=1  call tools even when told tool_choice "none"
+  reasoning=N        think aloud first: N tokens of reasoning before the answer
+  reasoning_shape=S  under which name: reasoning_content (default), reasoning,
+                     or details (`reasoning_details[]` of `reasoning.text` parts)
 
 A request with `logprobs: true` gets each token's `logprobs` (and up to 3
 `top_logprobs`), as OpenAI streams them.
@@ -66,6 +69,8 @@ WORDS = (
     "stream ", "every ", "token ", "the ", "moment ", "it ", "is ", "generated, ",
     "and ", "keep ", "the ", "whole ", "answer ", "safe. ",
 )  # fmt: skip
+
+THOUGHTS = ("Let ", "me ", "think ", "this ", "through ", "step ", "by ", "step. ")
 
 DEMO_ANSWER = (
     "Hello! This is chatstream's offline demo model: no model server is configured, so "
@@ -106,6 +111,8 @@ class Script:
     ignore_tool_choice: bool = False
     preamble: int = 0
     answer: str | None = None
+    reasoning: int = 0
+    reasoning_shape: str = "reasoning_content"
 
     def with_directives(self, text: str) -> Script:
         """Apply every `[[fake …]]` directive found in `text`."""
@@ -253,6 +260,8 @@ class Emulator:
         if script.first_token_ms:
             yield Sleep(script.first_token_ms / 1000)
         yield Send(chunk.delta({"role": "assistant", "content": ""}))
+        for index in range(script.reasoning):
+            yield Send(chunk.delta(_reasoning_delta(script.reasoning_shape, THOUGHTS, index)))
         if tool_names:
             for index in range(script.preamble):
                 yield Send(chunk.delta({"content": WORDS[index % len(WORDS)]}))
@@ -300,8 +309,8 @@ class Emulator:
             yield Send(chunk.finish(finish_reason))
         if include_usage and not script.no_usage:
             prompt = sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
-            completion = max(len(tokens), 1)
-            yield Send(chunk.usage(prompt, completion))
+            completion = max(len(tokens), 1) + script.reasoning
+            yield Send(chunk.usage(prompt, completion, script.reasoning))
         yield Send(b"data: [DONE]\n\n")
 
     def _tool_round(
@@ -389,12 +398,14 @@ class _ChunkWriter:
             + b"}]}\n\n"
         )
 
-    def usage(self, prompt: int, completion: int) -> bytes:
-        usage = {
+    def usage(self, prompt: int, completion: int, reasoning: int = 0) -> bytes:
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         }
+        if reasoning:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
         return b"data: " + self._head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"
 
 
@@ -427,6 +438,14 @@ _MALFORMED: dict[str, Any] = {
         ]
     },
 }
+
+
+def _reasoning_delta(shape: str, words: tuple[str, ...], index: int) -> dict[str, Any]:
+    """One token of reasoning, under the name the script's server would use."""
+    word = words[index % len(words)]
+    if shape == "details":
+        return {"content": None, "reasoning_details": [{"type": "reasoning.text", "text": word}]}
+    return {"content": None, shape: word}
 
 
 def _token_logprobs(token: str, index: int, alternatives: int) -> dict[str, Any]:

@@ -7,6 +7,14 @@ and `arguments` arrive spread over many chunks, keyed by `index`), the
 `finish_reason`, and `usage` when the server reports it. Token log
 probabilities (`choices[0].logprobs.content`, sent only when a client asked
 for them) wait in `logprobs` until the run takes them with the text.
+
+The model's reasoning comes under one of three names, by server:
+`delta.reasoning_content` (DeepSeek, vLLM, llama.cpp), `delta.reasoning`
+(OpenRouter, Ollama) or `delta.reasoning_details[]` (OpenRouter's typed
+parts: `reasoning.text`'s `text`, `reasoning.summary`'s `summary`; an
+encrypted part has nothing to show). A server that sends both a name and its
+details says the same thing twice: the plain name wins. It is kept apart
+from the text (`reasoning`), never mixed into it.
 """
 
 from __future__ import annotations
@@ -58,7 +66,16 @@ class ChunkAccumulator:
     with one `type(...) is` test.
     """
 
-    __slots__ = ("_parts", "_tool_calls", "content_chunks", "finish_reason", "logprobs", "usage")
+    __slots__ = (
+        "_parts",
+        "_reasoning",
+        "_tool_calls",
+        "content_chunks",
+        "finish_reason",
+        "logprobs",
+        "new_reasoning",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self._parts: list[str] = []
@@ -70,6 +87,9 @@ class ChunkAccumulator:
         self.content_chunks = 0
         # Token logprobs not yet sent with text (see `take_logprobs`).
         self.logprobs: list[Any] = []
+        self._reasoning: list[str] = []
+        # Reasoning received and not yet sent (see `take_reasoning`).
+        self.new_reasoning = ""
 
     def feed(self, chunk: Any) -> str | None:
         """Take one parsed chunk; return the text it adds, if any."""
@@ -112,6 +132,12 @@ class ChunkAccumulator:
         if fragments is not None:
             self._add_tool_fragments(fragments)
         content = delta.get("content")
+        if content is None or len(delta) > 1:
+            # Not a plain text chunk (`{"content": "..."}`, nearly every one): it
+            # may carry reasoning.
+            reasoning = _reasoning_of(delta)
+            if reasoning:
+                self._add_reasoning(reasoning)
         if type(content) is not str:
             if content is None:
                 return None
@@ -170,6 +196,22 @@ class ChunkAccumulator:
             raise _malformed("`logprobs.content` is not a list of objects")
         self.logprobs.extend(tokens)
 
+    def _add_reasoning(self, text: str) -> None:
+        if "\x00" in text:
+            text = text.replace("\x00", "\ufffd")  # as for text: PostgreSQL cannot hold NUL
+        self._reasoning.append(text)
+        self.new_reasoning += text
+        self.content_chunks += 1
+
+    def take_reasoning(self) -> str:
+        """The reasoning received since the last call, handed over once."""
+        taken, self.new_reasoning = self.new_reasoning, ""
+        return taken
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self._reasoning)
+
     def take_logprobs(self) -> list[Any]:
         """The token logprobs received since the last call, handed over once."""
         taken, self.logprobs = self.logprobs, []
@@ -206,6 +248,33 @@ def _optional_text(value: Any, field: str) -> str | None:
     if value is None or type(value) is str:
         return value
     raise _malformed(f"a tool call's `{field}` is not a string")
+
+
+def _reasoning_of(delta: dict[str, Any]) -> str:
+    """A delta's reasoning, under whichever name its server uses ("" if none)."""
+    for name in ("reasoning_content", "reasoning"):
+        value = delta.get(name)
+        if value is not None:
+            if type(value) is not str:
+                raise _malformed(f"`{name}` is not a string")
+            if value:
+                return value
+    details = delta.get("reasoning_details")
+    if details is None:
+        return ""
+    if type(details) is not list:
+        raise _malformed("`reasoning_details` is not a list")
+    texts = []
+    for detail in details:
+        if type(detail) is not dict:
+            raise _malformed("a reasoning detail is not an object")
+        kind = detail.get("type")
+        value = detail.get("text" if kind == "reasoning.text" else "summary")
+        if kind in ("reasoning.text", "reasoning.summary") and value is not None:
+            if type(value) is not str:
+                raise _malformed("a reasoning detail's text is not a string")
+            texts.append(value)
+    return "".join(texts)
 
 
 def _text_of_parts(content: Any) -> str:

@@ -15,7 +15,9 @@ from typing import Literal, NotRequired, get_args
 import orjson
 from typing_extensions import TypedDict  # pydantic derives schemas from it on 3.11 too
 
-EventType = Literal["start", "thinking", "delta", "tool_call", "tool_result", "error", "done"]
+EventType = Literal[
+    "start", "thinking", "delta", "tool_call", "tool_result", "error", "done", "reasoning"
+]
 
 TERMINAL: EventType = "done"
 
@@ -24,6 +26,9 @@ class Usage(TypedDict):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    # Of the completion tokens, those the model spent reasoning: only when the
+    # model server reports them (`completion_tokens_details.reasoning_tokens`).
+    reasoning_tokens: NotRequired[int]
 
 
 class Metrics(TypedDict):
@@ -58,6 +63,13 @@ class TokenLogprob(TypedDict):
     logprob: float
     bytes: list[int] | None
     top_logprobs: list[TopLogprob]
+
+
+class ReasoningEvent(TypedDict):
+    """The model's reasoning (its thinking before or between answers), never part of `delta`."""
+
+    type: Literal["reasoning"]
+    text: str
 
 
 class DeltaEvent(TypedDict):
@@ -118,6 +130,7 @@ class DoneEvent(TypedDict):
 EventPayload = (
     StartEvent
     | ThinkingEvent
+    | ReasoningEvent
     | DeltaEvent
     | ToolCallEvent
     | ToolResultEvent

@@ -4,7 +4,7 @@
                                   ├─ the client's tools: tool_call+, done (they are the answer)
                                   └─ tool_call+ ─ run tools ─ tool_result+ ─ next round
 
-`Generation` appends `delta`, `tool_call` and `tool_result` events as they
+`Generation` appends `reasoning`, `delta`, `tool_call` and `tool_result` events as they
 happen and keeps what the end of the run writes: each finished tool round's
 rows, the current round's text, every round's usage. The timer
 (`runs/timers.py`) reads its clock fields; the run (`runs/run.py`) decides
@@ -61,6 +61,7 @@ class Generation:
         self.round_started_at = 0.0
         self.last_activity = 0.0
         self.text_in_round = False
+        self.reasoning_in_round = False
         self.tools_running = False
         self.first_text_at: float | None = None
         self._pending_text: list[str] = []
@@ -115,7 +116,7 @@ class Generation:
     async def _stream_round(self, request: UpstreamRequest) -> None:
         self.round = accumulator = ChunkAccumulator()
         self.round_started_at = self.last_activity = self._clock()
-        self.text_in_round = False
+        self.text_in_round = self.reasoning_in_round = False
         feed = accumulator.feed
         clock = self._clock
         held = self._held
@@ -131,6 +132,8 @@ class Generation:
                     with held():
                         for chunk in batch:
                             text = feed(chunk)
+                            if accumulator.new_reasoning:
+                                self._emit_reasoning(accumulator.take_reasoning())
                             if text:
                                 self._emit_text(text)
                     last = batch[-1:]
@@ -147,6 +150,16 @@ class Generation:
             if accumulator.finish_reason is None:
                 raise truncated()
         self.flush_text()
+
+    def _emit_reasoning(self, text: str) -> None:
+        self.reasoning_in_round = True  # something shows: no more `thinking` heartbeats
+        self.flush_text()  # what came before it goes first
+        self._append({"type": "reasoning", "text": text})
+
+    @property
+    def showing(self) -> bool:
+        """Whether this round has shown the client anything yet (text or reasoning)."""
+        return self.text_in_round or self.reasoning_in_round
 
     def _emit_text(self, text: str) -> None:
         if not self.text_in_round:
@@ -232,6 +245,7 @@ class Generation:
                 model=self._spec.model,
                 finish_reason=round_.finish_reason,
                 tool_calls=openai_calls,
+                reasoning=round_.reasoning or None,
             )
         )
         continuation: list[dict[str, Any]] = [
@@ -269,6 +283,7 @@ class Generation:
             status=status,
             model=self._spec.model,
             finish_reason=self.round.finish_reason if final else None,
+            reasoning=self.round.reasoning or None,
         )
         if self._spec.client_tools and final and status == "complete":
             # The client's tools' calls, as the answer carries them (replayed as sent).

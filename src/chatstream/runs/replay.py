@@ -5,8 +5,9 @@ from its first event. Once it has left memory (after
 `CHATSTREAM_RUN_RETENTION_S`), its events are gone but its rows are saved:
 `StoredRun` replays them as a condensed stream through the same `RunHandle`
 interface, so every transport serves it unchanged: `start`; for each tool
-round its text as one `delta`, its `tool_call`s and `tool_result`s; the
-answer's text as one `delta`; an `error` if it ended in one; `done`. Its
+round its reasoning as one `reasoning`, its text as one `delta`, its
+`tool_call`s and `tool_result`s; the answer's reasoning and text the same
+way; an `error` if it ended in one; `done`. Its
 deltas concatenate to the stored assistant rows, as a live replay's do.
 """
 
@@ -48,6 +49,8 @@ class StoredRun:
             }
         )
         for row in rows:
+            if row.reasoning and row.role == "assistant":
+                log.append({"type": "reasoning", "text": row.reasoning})
             if row.content and row.role == "assistant":
                 log.append({"type": "delta", "text": row.content})
             if row.role == "assistant":
@@ -123,6 +126,7 @@ def rows_from_events(
     """
     model: str | None = None
     text: list[str] = []
+    reasoning: list[str] = []
     rounds: list[tuple[OutputRow, list[str]]] = []  # each round's row and its call ids
     client_calls: list[dict[str, Any]] = []  # the answer's: calls of the client's tools
     results: dict[tuple[int, str], OutputRow] = {}
@@ -133,6 +137,8 @@ def rows_from_events(
             model = data["model"]
         elif data["type"] == "delta":
             text.append(data["text"])
+        elif data["type"] == "reasoning":
+            reasoning.append(data["text"])
         elif data["type"] == "tool_call" and data.get("client"):
             client_calls.append(
                 {
@@ -152,9 +158,10 @@ def rows_from_events(
                     model=model,
                     finish_reason="tool_calls",
                     tool_calls=[],
+                    reasoning="".join(reasoning) or None,
                 )
                 rounds.append((row, []))
-                text = []
+                text, reasoning = [], []
             row, call_ids = rounds[-1]
             assert row.tool_calls is not None
             row.tool_calls.append(
@@ -200,6 +207,7 @@ def rows_from_events(
             model=model,
             finish_reason="tool_calls" if client_calls else None,
             tool_calls=client_calls or None,
+            reasoning="".join(reasoning) or None,
         )
     )
     return rows

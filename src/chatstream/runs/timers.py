@@ -50,7 +50,7 @@ async def watch(
         # Never sleep past one idle period: the round's first data may
         # arrive meanwhile, and from then on the idle deadline rules.
         wake = min(deadline, now + limits.idle_timeout_s)
-        if generation.tools_running or not generation.text_in_round:
+        if generation.tools_running or not generation.showing:
             if now >= next_thinking:
                 append({"type": "thinking", "elapsed_ms": int((now - started_at) * 1000)})
                 while next_thinking <= now:

@@ -23,7 +23,15 @@ def round_usage(
             prompt = int(reported.get("prompt_tokens") or 0)
             completion = int(reported.get("completion_tokens") or 0)
             total = int(reported.get("total_tokens") or prompt + completion)
-            return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+            usage: Usage = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": total,
+            }
+            details = reported.get("completion_tokens_details")
+            if isinstance(details, dict) and details.get("reasoning_tokens") is not None:
+                usage["reasoning_tokens"] = int(details["reasoning_tokens"])
+            return usage
         except (TypeError, ValueError, OverflowError):
             pass
     # No usage from the server: estimate. One streamed chunk is about one
@@ -43,11 +51,14 @@ def total_usage(usages: Sequence[Usage]) -> Usage | None:
     """The run's usage: every round summed; None when nothing was asked or produced."""
     if not any(u["total_tokens"] for u in usages):
         return None
-    return {
+    total: Usage = {
         "prompt_tokens": sum(u["prompt_tokens"] for u in usages),
         "completion_tokens": sum(u["completion_tokens"] for u in usages),
         "total_tokens": sum(u["total_tokens"] for u in usages),
     }
+    if any("reasoning_tokens" in u for u in usages):  # reported by the model server
+        total["reasoning_tokens"] = sum(u.get("reasoning_tokens", 0) for u in usages)
+    return total
 
 
 def run_metrics(

@@ -35,6 +35,7 @@ class OutputRow:
     name: str | None = None
     usage: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
+    reasoning: str | None = None  # the model's, kept apart from `content`
 
 
 @dataclass(slots=True)

@@ -389,6 +389,7 @@ def _output_row(row: MessageRow) -> OutputRow:
         name=row.name,
         usage=row.usage,
         metrics=row.metrics,
+        reasoning=row.reasoning,
     )
 
 

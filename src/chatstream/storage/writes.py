@@ -293,6 +293,7 @@ def _insert_rows(output: RunOutput, now: datetime) -> list[dict[str, Any]]:
             "name": row.name,
             "usage": row.usage,
             "metrics": row.metrics,
+            "reasoning": row.reasoning,
             "created_at": now,
         }
         for row in output.rows

@@ -302,6 +302,12 @@ async def _whole_completion(response: httpx2.Response) -> AsyncIterator[list[Any
                     "index": 0,
                     "delta": {
                         "content": message.get("content"),
+                        # The reasoning, under its server's name (the accumulator reads all).
+                        **{
+                            name: message[name]
+                            for name in ("reasoning_content", "reasoning", "reasoning_details")
+                            if message.get(name) is not None
+                        },
                         "tool_calls": [
                             {"index": i, **call}
                             for i, call in enumerate(message.get("tool_calls") or [])
