@@ -173,6 +173,7 @@ async def chat_completions(
         )
 
     text: list[str] = []
+    reasoning: list[str] = []
     logprobs: list[TokenLogprob] = []  # only when the client asked and the model gave them
     calls = ToolCalls()
     error: ErrorEvent | None = None
@@ -186,6 +187,8 @@ async def chat_completions(
                 text.append(data["text"])
                 if "logprobs" in data:
                     logprobs.extend(data["logprobs"])
+            elif event.type == "reasoning":
+                reasoning.append(data["text"])
             elif event.type in ("tool_call", "tool_result"):
                 calls.see(event.type, data)
             elif event.type == "error":
@@ -216,6 +219,7 @@ async def chat_completions(
                     "index": 0,
                     "message": {
                         "content": "".join(text) or (None if calls.pending else ""),
+                        "reasoning_content": "".join(reasoning) or None,
                         "tool_calls": [
                             {key: call[key] for key in ("id", "type", "function")}
                             for call in calls.pending
@@ -229,7 +233,10 @@ async def chat_completions(
             "usage": usage_of(done),
         }
     )
-    return JSONResponse(completion.model_dump(mode="json"), headers=headers)
+    answer = completion.model_dump(mode="json")
+    if not reasoning:
+        del answer["choices"][0]["message"]["reasoning_content"]  # only from models that think
+    return JSONResponse(answer, headers=headers)
 
 
 @router.get("/models", response_model=ModelObjectList, summary="OpenAI: the models you may ask for")

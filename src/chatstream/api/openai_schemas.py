@@ -54,6 +54,11 @@ class ResponseToolCall(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = Field(description="None when the answer is only tool calls.")
+    reasoning_content: str | None = Field(
+        default=None,
+        description="The model's reasoning, when it gave one (as DeepSeek's API names it); "
+        "absent otherwise.",
+    )
     refusal: None = None
     tool_calls: list[ResponseToolCall] | None = Field(
         default=None, description='Calls of your tools (finish_reason "tool_calls").'
@@ -100,6 +105,8 @@ class ChunkToolCall(TypedDict):
 class ChunkDelta(TypedDict):
     role: NotRequired[Literal["assistant"]]
     content: NotRequired[str]
+    # The model's reasoning, streamed before its content (as DeepSeek's API names it).
+    reasoning_content: NotRequired[str]
     tool_calls: NotRequired[list[ChunkToolCall]]
 
 

@@ -126,6 +126,8 @@ class CompletionChunkTranslation:
                 # The same bytes `_chunk({"content": text})` makes, split where the text goes.
                 head, _, tail = self._chunk({"content": "\0"}).partition(b'"\\u0000"')
                 self._content_frame = (head, tail)
+            elif event.type == "reasoning":
+                frames.append(self._chunk({"reasoning_content": data["text"]}))
             elif event.type in ("tool_call", "tool_result"):
                 self._calls.see(event.type, data)
             elif event.type == "error":

@@ -109,6 +109,22 @@ class UITextEndChunk(TypedDict):
     id: str
 
 
+class UIReasoningStartChunk(TypedDict):
+    type: Literal["reasoning-start"]
+    id: str
+
+
+class UIReasoningDeltaChunk(TypedDict):
+    type: Literal["reasoning-delta"]
+    id: str
+    delta: str
+
+
+class UIReasoningEndChunk(TypedDict):
+    type: Literal["reasoning-end"]
+    id: str
+
+
 class UIToolInputAvailableChunk(TypedDict):
     type: Literal["tool-input-available"]
     toolCallId: str
@@ -150,6 +166,9 @@ UIMessageChunk = (
     | UITextStartChunk
     | UITextDeltaChunk
     | UITextEndChunk
+    | UIReasoningStartChunk
+    | UIReasoningDeltaChunk
+    | UIReasoningEndChunk
     | UIToolInputAvailableChunk
     | UIToolOutputAvailableChunk
     | UIFinishStepChunk

@@ -9,11 +9,14 @@ and resumability are the core's.
     run events          UI message chunks
     start               start (messageId), start-step
     thinking            data-thinking (transient)
-    delta               [text-start] text-delta
+    reasoning           [text-end] [reasoning-start] reasoning-delta
+    delta               [reasoning-end] [text-start] text-delta
     tool_call           [text-end] tool-input-available
     tool_result         tool-output-available [finish-step start-step, after a round's last]
     error               [text-end] error
     done                [text-end] finish-step finish | abort (cancelled)
+
+([text-end] ends whichever part is open: text, or reasoning with reasoning-end.)
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from chatstream.api.ui_schemas import (
     UIChatRequest,
     UIMessage,
     UIMessageChunk,
+    UIReasoningDeltaChunk,
+    UIReasoningEndChunk,
+    UIReasoningStartChunk,
     ui_stream_response,
 )
 from chatstream.api.validators import NO_NUL
@@ -71,12 +77,13 @@ def _parsed(text: str) -> Any:
 class UIMessageStreamTranslation:
     """Run events → UI message stream frames, for one response (sans-I/O)."""
 
-    __slots__ = ("_calls_open", "_delta_head", "_text_id", "_texts")
+    __slots__ = ("_calls_open", "_delta_head", "_reasoning_id", "_text_id", "_texts")
 
     def __init__(self) -> None:
         self._text_id: str | None = None  # the open text part, if any
+        self._reasoning_id: str | None = None  # the open reasoning part, if any
         self._delta_head = b""  # its text-delta frame up to the delta's value
-        self._texts = 0
+        self._texts = 0  # parts opened so far (text and reasoning: their ids are unique)
         self._calls_open = 0  # tool calls of the current round still without a result
 
     def encode(self, batch: list[Event]) -> bytes:
@@ -91,17 +98,41 @@ class UIMessageStreamTranslation:
         return b"".join(frames)
 
     def _close_text(self) -> list[bytes]:
+        """End the open part: text or reasoning (at most one is open)."""
+        if self._reasoning_id is not None:
+            reasoning_id, self._reasoning_id = self._reasoning_id, None
+            end: UIReasoningEndChunk = {"type": "reasoning-end", "id": reasoning_id}
+            return [_frame(end)]
         if self._text_id is None:
             return []
         text_id, self._text_id = self._text_id, None
         return [_frame({"type": "text-end", "id": text_id})]
 
+    def _reasoning(self, text: str) -> list[bytes]:
+        frames = []
+        if self._reasoning_id is None:
+            frames = self._close_text()
+            self._texts += 1
+            self._reasoning_id = reasoning_id = f"reasoning-{self._texts}"
+            start: UIReasoningStartChunk = {"type": "reasoning-start", "id": reasoning_id}
+            frames.append(_frame(start))
+        delta: UIReasoningDeltaChunk = {
+            "type": "reasoning-delta",
+            "id": self._reasoning_id,
+            "delta": text,
+        }
+        frames.append(_frame(delta))
+        return frames
+
     def _translate(self, event: Event) -> list[bytes]:
         data: Any = event.data
         kind = event.type
+        if kind == "reasoning":
+            return self._reasoning(data["text"])
         if kind == "delta":
             frames = []
             if self._text_id is None:
+                frames = self._close_text()  # the reasoning before it, if any
                 self._texts += 1
                 self._text_id = f"text-{self._texts}"
                 self._delta_head = _frame(
