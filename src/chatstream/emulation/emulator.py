@@ -261,7 +261,11 @@ class Emulator:
             yield Sleep(script.first_token_ms / 1000)
         yield Send(chunk.delta({"role": "assistant", "content": ""}))
         for index in range(script.reasoning):
+            if index and script.interval_ms:
+                yield Sleep(script.interval_ms / 1000)
             yield Send(chunk.delta(_reasoning_delta(script.reasoning_shape, THOUGHTS, index)))
+        if script.reasoning and script.interval_ms:
+            yield Sleep(script.interval_ms / 1000)  # then the answer, at the same pace
         if tool_names:
             for index in range(script.preamble):
                 yield Send(chunk.delta({"content": WORDS[index % len(WORDS)]}))

@@ -9,7 +9,9 @@ most once a second; what could not be shown meanwhile is simply shown later,
 as part of more text). Modes:
 
 - `draft`: the text so far in a message draft (`sendMessageDraft`, with
-  Telegram's stop button), then the answer as messages;
+  Telegram's stop button), then the answer as messages; while the model
+  reasons before its text, the draft shows the end of that reasoning
+  (`💭 …`), which never becomes part of a message;
 - `edit`: one message edited as the text grows, which becomes the answer's
   (first, or next) message;
 - `chunks`: a new message for every `CHATSTREAM_TELEGRAM_CHUNK_CHARS`
@@ -45,6 +47,8 @@ TYPING_MIN_GAP_S = 1.0
 Mode = Literal["draft", "edit", "chunks"]
 
 STOPPED_NOTICE = "⏹ Stopped."
+THINKING_MARK = "💭 "
+THINKING_SHOWN_CHARS = 600  # the end of the reasoning a draft shows: what it is thinking now
 
 
 def draft_id_for(run: RunHandle) -> int:
@@ -72,6 +76,7 @@ class Delivery:
         self._reply_to = reply_to
         # What the run has said so far.
         self._text = ""
+        self._reasoning = ""  # shown in a draft while no text has come, never sent
         self._waiting = True  # no text yet in this round (or tools running)
         self._ended = False
         self._status: str | None = None
@@ -110,6 +115,9 @@ class Delivery:
         if kind == "delta":
             self._text += data["text"]
             self._waiting = False
+        elif kind == "reasoning":
+            self._reasoning = (self._reasoning + data["text"])[-THINKING_SHOWN_CHARS:]
+            self._waiting = False  # the draft shows it: no "typing" meanwhile
         elif kind == "tool_call":
             if not self._waiting:
                 self._waiting = True
@@ -156,7 +164,10 @@ class Delivery:
             await self._show(pending)
 
     def _pending_text(self) -> str:
-        return self._text[self._committed :].strip()
+        text = self._text[self._committed :].strip()
+        if not text and self._mode == "draft" and self._reasoning.strip():
+            return THINKING_MARK + "…" + self._reasoning.strip()
+        return text
 
     async def _show(self, text: str) -> None:
         """One update: the draft, or the edited message, shows `text`."""
