@@ -107,13 +107,15 @@ def _done(
 Recording = list[list[EventPayload]]
 
 RECORDINGS: dict[str, Recording] = {
-    # Thinking, text with what JSON and SSE must escape, a built-in tool's round,
+    # Thinking, reasoning, text with what JSON and SSE must escape, a built-in tool's round,
     # more text (with Markdown code), and the end with usage and metrics.
     "answered": [
         [_start()],
         [{"type": "thinking", "elapsed_ms": 250}],
         [],
         [{"type": "thinking", "elapsed_ms": 1250}],
+        [{"type": "reasoning", "text": "The user greets; "}],
+        [{"type": "reasoning", "text": "answer \"warmly\".\n"}],
         [_delta("Héllo, wörld — 世界 🎉!")],
         [_delta('\n\nShe said "hi" \\ and left.\r\n'), _delta("Line two:\n")],
         [
