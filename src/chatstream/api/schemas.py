@@ -18,6 +18,7 @@ from chatstream.runs.events import EventPayload, MessageStatus
 from chatstream.runs.service import ChatInput
 from chatstream.runs.session_events import SessionEventPayload
 from chatstream.runs.session_gate import IfBusy
+from chatstream.storage.branches import BranchMessage
 
 SYSTEM_PROMPT_MAX_CHARS = 32_000
 
@@ -148,6 +149,36 @@ class MessageOut(BaseModel):
     usage: dict[str, int] | None
     metrics: dict[str, bool | float | int | None] | None  # `cached` is a bool
     created_at: datetime
+    parent_id: uuid.UUID | None = Field(
+        default=None,
+        description="The message this one follows (null: a first message). Messages are a "
+        "tree: the edits of a user message and the regenerations of an answer share a parent.",
+    )
+
+
+class BranchMessageOut(MessageOut):
+    """A message of the session's active branch, and where it stands among its siblings."""
+
+    sibling_ids: list[uuid.UUID] = Field(
+        description="The messages with this one's parent, this one among them, oldest first: "
+        "the versions shown as `< 2/3 >`. Make another one shown with "
+        "`PUT /api/sessions/{id}/active-branch`."
+    )
+    sibling_index: int = Field(description="This message's place in `sibling_ids`, from 0.")
+    sibling_count: int = Field(description="How many `sibling_ids` there are (1: no other).")
+
+    @classmethod
+    def of(cls, branched: BranchMessage) -> BranchMessageOut:
+        row = branched.row
+        fields = {name: getattr(row, name) for name in MessageOut.model_fields}
+        return cls.model_validate(
+            {
+                **fields,
+                "sibling_ids": branched.sibling_ids,
+                "sibling_index": branched.sibling_index,
+                "sibling_count": len(branched.sibling_ids),
+            }
+        )
 
 
 class SessionPage(BaseModel):
@@ -156,7 +187,11 @@ class SessionPage(BaseModel):
 
 
 class MessagePage(BaseModel):
-    items: list[MessageOut]
+    items: list[BranchMessageOut] = Field(
+        description="The active branch, oldest first: from a first message to the session's "
+        "active leaf, each message followed by the one after it. Other branches are reached "
+        "through `sibling_ids`."
+    )
     next_cursor: str | None = Field(description="Pass back as `before` for the older page.")
 
 

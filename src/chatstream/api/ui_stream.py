@@ -26,7 +26,7 @@ from fastapi import APIRouter, Path
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from chatstream.api.deps import Owner, PrincipalDep, RegistryDep, SettingsDep, StoreDep
+from chatstream.api.deps import BranchesDep, Owner, PrincipalDep, RegistryDep, SettingsDep, StoreDep
 from chatstream.api.quota import GatedChatDep
 from chatstream.api.schemas import ChatRequest, json_errors
 from chatstream.api.translated_stream import TranslatedStream
@@ -253,6 +253,7 @@ async def ui_chat(
     principal: PrincipalDep,
     chat: GatedChatDep,
     store: StoreDep,
+    branches: BranchesDep,
     settings: SettingsDep,
 ) -> Response:
     owner = principal.owner
@@ -264,12 +265,11 @@ async def ui_chat(
     }
     shape: TurnShape
     if body.trigger == "regenerate-message":
-        question = await store.last_user_message(owner, session_id) if session_id else None
+        question = await branches.question_of(owner, session_id, None) if session_id else None
         if session_id is None or question is None:
             raise NotFound("This chat has no question to answer again.")
-        question_id, text = question
-        request = _chat_request(message=text, session_id=session_id, **options)
-        shape = TurnShape(reanswer=question_id)
+        request = _chat_request(message=question.content, session_id=session_id, **options)
+        shape = TurnShape(reanswer=question.id)
     else:
         request = _chat_request(
             message=_last_user_text(body.messages), session_id=session_id, **options
