@@ -10,65 +10,22 @@ WebSocket, on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
-from alembic import command
 
-from chatstream.cli import alembic_config
+from tests.support.branching import (
+    BOTH_DATABASES,
+    branch,
+    context_of,
+    database_url,  # noqa: F401 (the fixture, on both databases)
+    every_row,
+    stream_chat,
+)
 from tests.support.servers import AppServer, FakeUpstreamThread
-from tests.support.services import fresh_postgres_database, service_url
-from tests.support.sse import read_stream
 from tests.support.ws import dones, open_socket, recv_until, send
 
-BOTH_DATABASES = pytest.mark.parametrize(
-    "database_url",
-    ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-    indirect=True,
-)
 pytestmark = BOTH_DATABASES
-
-
-@pytest.fixture
-def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The suite's SQLite file, or (param `postgres`) a fresh PostgreSQL database at head."""
-    if getattr(request, "param", "sqlite") == "sqlite":
-        yield f"sqlite+aiosqlite:///{request.getfixturevalue('database_path')}"
-        return
-    with fresh_postgres_database(service_url("CHATSTREAM_TEST_POSTGRES_URL")) as url:
-        command.upgrade(alembic_config(url), "head")  # type: ignore[arg-type]
-        yield url
-
-
-def stream_chat(client: httpx.Client, message: str, **body: Any) -> dict[str, Any]:
-    """One native chat, streamed to its end; its `start` event."""
-    with client.stream("POST", "/api/chat/stream", json={"message": message, **body}) as r:
-        assert r.status_code == 200, r.read()
-        stream = read_stream(r)
-    assert stream.done["status"] == "complete", stream.events
-    return stream.events[0].data
-
-
-def branch(client: httpx.Client, session_id: str, **params: Any) -> list[dict[str, Any]]:
-    response = client.get(f"/api/sessions/{session_id}/messages", params=params)
-    assert response.status_code == 200, response.text
-    return list(response.json()["items"])
-
-
-def every_row(server: AppServer, session_id: str) -> list[Any]:
-    """Every stored message of the session, of every branch, in the order written."""
-    store = server.state.store
-    page = server.call(
-        lambda: store.list_messages("anonymous", uuid.UUID(session_id), limit=200, before=None)
-    )
-    return list(page.items)
-
-
-def context_of(fake: FakeUpstreamThread) -> list[str]:
-    """The contents of the messages the model was last given."""
-    return [m["content"] for m in fake.fake.requests[-1]["messages"]]
 
 
 def test_every_transport_writes_on_one_branch_each_row_after_the_one_before(

@@ -18,9 +18,26 @@ from chatstream.runs.events import EventPayload, MessageStatus
 from chatstream.runs.service import ChatInput
 from chatstream.runs.session_events import SessionEventPayload
 from chatstream.runs.session_gate import IfBusy
-from chatstream.storage.branches import BranchMessage
 
 SYSTEM_PROMPT_MAX_CHARS = 32_000
+
+# A user's message (`POST /api/chat`, an edit).
+UserText = Annotated[
+    str,
+    Field(
+        min_length=1,
+        # At least one character that is not whitespace. Spelled out because a
+        # bare `\S` means three things: JSON Schema's (ECMA-262) whitespace lacks
+        # U+0085 and U+001C-U+001F, the validator's (Unicode) lacks U+FEFF and
+        # U+001C-U+001F, and the chat service's (Python's `str.strip`) lacks
+        # U+FEFF; this class excludes what any of the three calls whitespace, so
+        # what the schema accepts, the validator and the service accept too.
+        pattern=r"[^\s\u0085\uFEFF\u001C-\u001F]",
+        description="The user's message: 1 to CHATSTREAM_MAX_MESSAGE_CHARS characters, "
+        "not only whitespace.",
+    ),
+    NO_NUL,
+]
 
 
 class ChatRequest(BaseModel):
@@ -28,22 +45,7 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    message: Annotated[
-        str,
-        Field(
-            min_length=1,
-            # At least one character that is not whitespace. Spelled out because a
-            # bare `\S` means three things: JSON Schema's (ECMA-262) whitespace lacks
-            # U+0085 and U+001C-U+001F, the validator's (Unicode) lacks U+FEFF and
-            # U+001C-U+001F, and the chat service's (Python's `str.strip`) lacks
-            # U+FEFF; this class excludes what any of the three calls whitespace, so
-            # what the schema accepts, the validator and the service accept too.
-            pattern=r"[^\s\u0085\uFEFF\u001C-\u001F]",
-            description="The user's message: 1 to CHATSTREAM_MAX_MESSAGE_CHARS characters, "
-            "not only whitespace.",
-        ),
-        NO_NUL,
-    ]
+    message: UserText
     session_id: uuid.UUID | None = Field(
         default=None, description="Continue this session; absent: a new session is created."
     )
@@ -156,43 +158,9 @@ class MessageOut(BaseModel):
     )
 
 
-class BranchMessageOut(MessageOut):
-    """A message of the session's active branch, and where it stands among its siblings."""
-
-    sibling_ids: list[uuid.UUID] = Field(
-        description="The messages with this one's parent, this one among them, oldest first: "
-        "the versions shown as `< 2/3 >`. Make another one shown with "
-        "`PUT /api/sessions/{id}/active-branch`."
-    )
-    sibling_index: int = Field(description="This message's place in `sibling_ids`, from 0.")
-    sibling_count: int = Field(description="How many `sibling_ids` there are (1: no other).")
-
-    @classmethod
-    def of(cls, branched: BranchMessage) -> BranchMessageOut:
-        row = branched.row
-        fields = {name: getattr(row, name) for name in MessageOut.model_fields}
-        return cls.model_validate(
-            {
-                **fields,
-                "sibling_ids": branched.sibling_ids,
-                "sibling_index": branched.sibling_index,
-                "sibling_count": len(branched.sibling_ids),
-            }
-        )
-
-
 class SessionPage(BaseModel):
     items: list[SessionOut]
     next_cursor: str | None
-
-
-class MessagePage(BaseModel):
-    items: list[BranchMessageOut] = Field(
-        description="The active branch, oldest first: from a first message to the session's "
-        "active leaf, each message followed by the one after it. Other branches are reached "
-        "through `sibling_ids`."
-    )
-    next_cursor: str | None = Field(description="Pass back as `before` for the older page.")
 
 
 class ChatResponse(BaseModel):

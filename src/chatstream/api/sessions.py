@@ -8,12 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
+from chatstream.api.branch_schemas import BranchMessageOut, MessagePage
 from chatstream.api.deps import BranchesDep, ChatDep, Owner, RegistryDep, SettingsDep, StoreDep
 from chatstream.api.schemas import (
     ActiveRun,
-    BranchMessageOut,
     ErrorBody,
-    MessagePage,
     SessionCreate,
     SessionDetail,
     SessionOut,
