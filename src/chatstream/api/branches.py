@@ -36,19 +36,11 @@ from chatstream.api.deps import BranchesDep, Owner, PrincipalDep, SettingsDep, S
 from chatstream.api.quota import GatedChatDep, GatedRun
 from chatstream.api.schemas import ChatResponse, json_errors, sse_responses
 from chatstream.api.sessions import branch_page
-from chatstream.errors import InvalidRequest
+from chatstream.errors import NotAUserMessage, NothingToRegenerate
 from chatstream.runs.service import TurnShape
 from chatstream.storage.records import Parent
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
-
-
-class NotAUserMessage(InvalidRequest):
-    code = "not_a_user_message"
-
-
-class NothingToRegenerate(InvalidRequest):
-    code = "nothing_to_regenerate"
 
 
 _RUN_ERRORS = {

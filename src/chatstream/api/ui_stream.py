@@ -30,6 +30,7 @@ from chatstream.api.deps import BranchesDep, Owner, PrincipalDep, RegistryDep, S
 from chatstream.api.quota import GatedChatDep
 from chatstream.api.schemas import ChatRequest, json_errors
 from chatstream.api.translated_stream import TranslatedStream
+from chatstream.api.ui_branches import edited, regenerated, replaces
 from chatstream.api.ui_schemas import (
     FinishReason,
     UIChatRequest,
@@ -265,16 +266,21 @@ async def ui_chat(
     }
     shape: TurnShape
     if body.trigger == "regenerate-message":
-        question = await branches.question_of(owner, session_id, None) if session_id else None
-        if session_id is None or question is None:
+        if session_id is None:
             raise NotFound("This chat has no question to answer again.")
-        request = _chat_request(message=question.content, session_id=session_id, **options)
-        shape = TurnShape(reanswer=question.id)
+        text, shape = await regenerated(branches, owner, session_id, body)
+        request = _chat_request(message=text, session_id=session_id, **options)
     else:
         request = _chat_request(
             message=_last_user_text(body.messages), session_id=session_id, **options
         )
-        shape = TurnShape(chat_id=body.id) if session_id is None else PLAIN_TURN
+        replaced = replaces(body)
+        if session_id is None:
+            shape = TurnShape(chat_id=body.id)
+        elif replaced is not None:
+            shape = await edited(branches, owner, session_id, body, replaced)
+        else:
+            shape = PLAIN_TURN
     started = await chat.start(principal, request, shape)
     return _ui_stream(
         started.run,
