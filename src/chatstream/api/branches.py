@@ -44,7 +44,8 @@ router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 
 
 _RUN_ERRORS = {
-    404: "`session_id` is not one of your sessions, or `message_id` is not a message of it.",
+    404: "`not_found`: `session_id` is not one of your sessions, or `message_id` is not a "
+    "message of it.",
     409: "`run_in_progress`: a run is live in the session (its `message_id` in `details`) and "
     "`if_busy` is `reject`; or `idempotency_conflict` (an edit's `client_message_id`).",
     413: "The body is over CHATSTREAM_MAX_BODY_BYTES.",
@@ -94,8 +95,7 @@ async def _answer(
     "/{session_id}/messages/{message_id}/edit",
     response_model=ChatResponse,
     responses=_run_responses(
-        "`not_a_user_message`: only a user message is edited (answer again with `regenerate`); "
-        "or `invalid_request`: the body breaks a validation rule."
+        "`not_a_user_message`: only a user message is edited (answer again with `regenerate`)."
     ),
     summary="Edit a user message: its new text beside it as a new branch, and its answer",
 )
@@ -110,6 +110,10 @@ async def edit_message(
     settings: SettingsDep,
     request: Request,
 ) -> Response:
+    """The new text becomes a new user message beside `message_id` (a sibling: the same
+    parent), and is answered with the branch up to it as context; the session's active
+    branch is now that one. The message edited and everything that followed it are
+    kept: switch back with `PUT /api/sessions/{id}/active-branch`."""
     owner = principal.owner
     edited = await branches.message(owner, session_id, message_id)
     if edited.role != "user":
@@ -132,7 +136,7 @@ async def edit_message(
     response_model=ChatResponse,
     responses=_run_responses(
         "`nothing_to_regenerate`: no user message (or tool result) is at or before "
-        "`message_id` on its branch; or `invalid_request`: the body breaks a validation rule."
+        "`message_id` on its branch (a context given as it was, through `/v1`)."
     ),
     summary="Answer again: a new answer beside the earlier ones, which are kept",
 )
@@ -147,11 +151,11 @@ async def regenerate(
     request: Request,
     body: RegenerateRequest | None = None,
 ) -> Response:
-    """`message_id` is an answer (any row of its run) or the user message it answers.
-
-    The model is given the branch up to that user message, and the new
-    answer becomes a sibling of the earlier ones and the session's leaf.
-    """
+    """`message_id` is an answer (any row of its run) or the user message (or client tool
+    results) it answers. The model is given the branch up to that message, as context,
+    with the run options of the body (none: the defaults); the new answer becomes a
+    sibling of the earlier ones (which are kept, and listed in its `sibling_ids`) and
+    ends the session's active branch. The body may be left out."""
     options = body or RegenerateRequest()
     owner = principal.owner
     question = await branches.question_of(owner, session_id, message_id)
@@ -171,13 +175,16 @@ async def regenerate(
 @router.put(
     "/{session_id}/active-branch",
     response_model=MessagePage,
-    responses=json_errors(
-        {
-            404: "`session_id` is not one of your sessions, or `message_id` is not a message "
-            "of it.",
-            422: "The request breaks a validation rule.",
-        }
-    ),
+    responses={
+        200: {"description": "The session's new active branch, its newest page."},
+        **json_errors(
+            {
+                404: "`not_found`: `session_id` is not one of your sessions, or `message_id` "
+                "is not a message of it.",
+                422: "The request breaks a validation rule.",
+            }
+        ),
+    },
     summary="Switch branch: show and continue the branch through a message",
 )
 async def set_active_branch(

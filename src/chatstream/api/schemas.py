@@ -375,7 +375,11 @@ def document_errors(schema: dict[str, Any]) -> None:
             if status == "503" and "Health" in str(response):
                 continue  # /readyz answers its health body either way
             if status == "422":
-                response["description"] = INVALID_DESCRIPTION
+                # A route's own 422 codes (named in backquotes) stay, before the rule.
+                own = response.get("description", "")
+                response["description"] = (
+                    f"{own} Otherwise: {INVALID_DESCRIPTION}" if "`" in own else INVALID_DESCRIPTION
+                )
             response["content"] = {"application/json": {"schema": dict(_ERROR_REF)}}
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):

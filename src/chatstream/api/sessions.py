@@ -158,6 +158,7 @@ async def delete_session(
     response_model=MessagePage,
     responses={**_NOT_FOUND, **_INVALID},
     summary="A session's active branch, oldest first, paged backwards with `before`",
+    response_description="The newest `limit` messages of the active branch (before `before`).",
 )
 async def list_messages(
     session_id: uuid.UUID,
@@ -168,6 +169,12 @@ async def list_messages(
         uuid.UUID | None, Query(description="`next_cursor` of the previous page.")
     ] = None,
 ) -> MessagePage:
+    """Messages form a tree: each follows its `parent_id`, and the edits of a message and
+    the regenerations of an answer are siblings (the same parent). Listed is the session's
+    active branch, from a first message to its active leaf, the path the next message
+    continues and the model is given as context. Each message says which versions it has
+    (`sibling_ids`, `sibling_index`, `sibling_count`); show another with
+    `PUT /api/sessions/{id}/active-branch`."""
     return await branch_page(branches, owner, session_id, limit=limit, before=before)
 
 

@@ -231,10 +231,12 @@ def _chat_request(**fields: Any) -> ChatInput:
 
 _UI_ERRORS = {
     401: "Auth is on and the bearer token is missing or not valid.",
-    404: "`regenerate-message` for a chat that has no question to answer again.",
+    404: "`regenerate-message` for a chat that has no question to answer again, or a "
+    "`messageId` that is neither a message of the chat nor in `messages`.",
     409: "Another request is starting this same new chat at this moment; send again.",
     413: "The body is over CHATSTREAM_MAX_BODY_BYTES.",
-    422: "The request breaks a validation rule (e.g. no user message with text).",
+    422: "`not_a_user_message`: `messageId` of `submit-message` names a stored answer; or "
+    "`invalid_request`: no user message with text, or another rule broken.",
     429: "`rate_limited` (CHATSTREAM_RATE_LIMIT), `too_many_runs` "
     "(CHATSTREAM_MAX_CONCURRENT_RUNS) or `quota_exceeded` (CHATSTREAM_QUOTA_TOKENS); with "
     "Retry-After and X-RateLimit-* (X-Quota-*) headers.",
