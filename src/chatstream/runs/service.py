@@ -293,6 +293,7 @@ class ChatService:
             temperature=chat.temperature,
             chunk_chars=chat.chunk_chars,
             tools=self._tools,
+            answer_again=shape.reanswer is not None,
         )
         if chat.passthrough is not None:
             chat.passthrough.apply(spec)
