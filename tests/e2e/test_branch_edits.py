@@ -8,6 +8,7 @@ was sent), httpx for HTTP and SSE, on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -241,3 +242,24 @@ def test_an_edits_client_message_id_is_its_idempotency_key(client: httpx.Client)
     assert first.status_code == again.status_code == 200
     assert first.json()["message"]["id"] == again.json()["message"]["id"]
     assert len(branch(client, session)[0]["sibling_ids"]) == 2
+
+
+def test_while_an_answer_is_generated_the_branch_ends_at_its_question(
+    client: httpx.Client, fake: FakeUpstreamThread
+) -> None:
+    with ThreadPoolExecutor(1) as releaser:
+        released = releaser.submit(fake.fake.release, 1)  # the first answer's stall
+        session, before = conversation(client, STALLED)
+        released.result()
+    with client.stream(
+        "POST",
+        f"/api/sessions/{session}/messages/{before[0]['id']}/regenerate",
+        json={"stream": True},
+    ) as live:
+        events = iter_sse(live)
+        read_stream(events, stop_after=3)
+        # Not the answer it replaces, not yet the new one: the question, alone.
+        assert [m["id"] for m in branch(client, session)] == [before[0]["id"]]
+        fake.fake.release(wait_for=1)
+        new_id = read_stream(events).done["message_id"]
+    assert [m["id"] for m in branch(client, session)] == [before[0]["id"], new_id]
