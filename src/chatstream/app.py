@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from chatstream import __version__
 from chatstream.api import (
+    branches,
     chat,
     meta,
     openai_compat,
@@ -187,7 +188,8 @@ def create_app(
     v1 = (responses_api.router, openai_compat.router)
     # /v1's catch-all last: what none of them serves answers OpenAI's 404 or 405.
     protocol_adapters = (ui_stream.router, *v1, openai_compat.unknown_paths(*v1))
-    for router in (chat.router, runs.router, sessions.router, meta.api_router, *protocol_adapters):
+    natives = (chat.router, runs.router, sessions.router, branches.router, meta.api_router)
+    for router in (*natives, *protocol_adapters):
         app.include_router(router, dependencies=[Depends(get_principal)])
     app.include_router(usage_api.router, dependencies=[Depends(get_principal)])
     for router in (ws.router, meta.router, playground.router()):

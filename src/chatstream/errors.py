@@ -2,7 +2,9 @@
 
     ChatstreamError                  status, code, message, retryable
     ├── InvalidRequest               422 invalid_request
-    │   └── InvalidChat                422 invalid_request       (names each field at fault)
+    │   ├── InvalidChat                422 invalid_request       (names each field at fault)
+    │   ├── NotAUserMessage            422 not_a_user_message    (an edit of an answer)
+    │   └── NothingToRegenerate        422 nothing_to_regenerate (no question above it)
     ├── Unauthorized                 401 unauthorized          (no bearer token)
     │   ├── InvalidToken             401 unauthorized          (WWW-Authenticate: invalid_token)
     │   └── TokenExpired             401 token_expired         (WWW-Authenticate: …expired)
@@ -93,6 +95,18 @@ class InvalidChat(InvalidRequest):
         said = "; ".join(f"{p.field} {p.message}" for p in problems)
         super().__init__(sentence(f"The chat request is not valid: {said}"))
         self.problems = problems
+
+
+class NotAUserMessage(InvalidRequest):
+    """An edit names a message that is not a user's: only those are edited."""
+
+    code = "not_a_user_message"
+
+
+class NothingToRegenerate(InvalidRequest):
+    """A regeneration names a message that answers nothing (a context given as it was)."""
+
+    code = "nothing_to_regenerate"
 
 
 class Unauthorized(ChatstreamError):

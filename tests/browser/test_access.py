@@ -30,7 +30,7 @@ def test_keyboard_only_flow(
 
     page.keyboard.press("Enter")
     expect(box).to_have_value("")
-    expect(page.locator("article.user")).to_have_text(
+    expect(page.locator("article.user .bubble")).to_have_text(
         ["first line\n[[fake tokens=400 interval_ms=40]] second line"]
     )
     answer = page.locator("article.assistant").last

@@ -39,7 +39,9 @@ def test_switching_sessions_shows_each_conversation(
     expect(log).not_to_contain_text("bravo")
     view.shot("session-alpha")
     page.locator(f'button.session[data-session-id="{bravo}"]').click()
-    expect(log.locator("article.user")).to_have_text(["[[fake tokens=40 interval_ms=40]] bravo"])
+    expect(log.locator("article.user .bubble")).to_have_text(
+        ["[[fake tokens=40 interval_ms=40]] bravo"]
+    )
     answer = log.locator("article.assistant")
     expect(answer).to_have_count(1)
     expect(answer).to_have_attribute("data-status", "complete")

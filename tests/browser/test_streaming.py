@@ -218,7 +218,7 @@ def test_reload_before_the_run_started_sends_it_again_with_the_same_key(
     expect(page.locator("body[data-ready]")).to_be_attached()
     answer = page.locator("article.assistant").last
     expect(answer).to_have_attribute("data-status", "complete")
-    expect(page.locator("article.user")).to_have_text(
+    expect(page.locator("article.user .bubble")).to_have_text(
         ["[[fake tokens=20 interval_ms=20]] sent just before a reload"]
     )
     assert len(sent) == 2

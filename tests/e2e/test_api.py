@@ -106,7 +106,9 @@ def test_non_streaming_chat_returns_the_persisted_answer(client: httpx.Client) -
     assert message["role"] == "assistant" and message["status"] == "complete"
     assert message["content"].count(" ") == 9
     stored = client.get(f"/api/sessions/{body['session_id']}/messages").json()["items"][-1]
-    assert stored == message
+    # The listing adds where the message stands among its siblings; the rest is the same.
+    branch = {"sibling_ids": [message["id"]], "sibling_index": 0, "sibling_count": 1}
+    assert stored == {**message, **branch}
 
 
 def test_non_streaming_chat_reports_upstream_failure_with_the_partial(client: httpx.Client) -> None:

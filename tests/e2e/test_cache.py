@@ -124,3 +124,18 @@ def test_the_cache_is_shared_through_redis(
     second = chat(two, message="[[fake tokens=6]] shared")
     assert cached(second) and second.text == first.text
     assert len(fake.fake.requests) == 1
+
+
+def test_a_regeneration_is_never_answered_from_the_cache(
+    make_server: Callable[..., AppServer], fake: FakeUpstreamThread
+) -> None:
+    server = make_server(cache_ttl_s=60)
+    first = chat(server, message="[[fake tokens=12]] once more")
+    session, question = first.events[0].data["session_id"], first.events[0].data["user_message_id"]
+    with httpx.Client(base_url=server.base_url, timeout=20) as client:
+        path = f"/api/sessions/{session}/messages/{question}/regenerate"
+        again = read_stream(client.post(path, json={"stream": True}))
+    # The same context as the first answer's, and yet the model was asked again.
+    assert len(fake.fake.requests) == 2
+    assert fake.fake.requests[0]["messages"] == fake.fake.requests[1]["messages"]
+    assert again.done["status"] == "complete" and not cached(again)

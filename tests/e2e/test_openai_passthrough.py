@@ -289,6 +289,7 @@ def test_a_client_tool_loop_streams_the_calls_and_never_runs_them_here(
     assert [row["role"] for row in rows] == ["user", "assistant", "tool", "assistant"]
     assert rows[1]["tool_calls"] == messages[1]["tool_calls"]
     assert (rows[2]["tool_call_id"], rows[2]["content"]) == (call.id, "sunny, 21 C")
+    assert [row["parent_id"] for row in rows] == [None, *(row["id"] for row in rows[:-1])]
 
 
 def test_a_non_streamed_answer_carries_message_tool_calls(
@@ -358,9 +359,12 @@ def test_the_session_header_continues_a_client_tool_loop_from_what_was_stored(
     replayed = fake.fake.requests[-1]["messages"]
     assert replayed[:3] == fake.fake.requests[-2]["messages"]
     assert replayed[3] == {"role": "assistant", "content": "The tool said: rain"}
-    assert [r["role"] for r in stored(server, session_id)] == [
+    rows = stored(server, session_id)
+    assert [r["role"] for r in rows] == [
         "user", "assistant", "tool", "assistant", "user", "assistant",
     ]  # fmt: skip
+    # One branch: the client's tool result follows the call, the next question the answer.
+    assert [r["parent_id"] for r in rows] == [None, *(r["id"] for r in rows[:-1])]
 
 
 def test_built_in_tools_are_offered_only_when_the_operator_turns_them_on(

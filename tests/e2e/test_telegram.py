@@ -431,6 +431,11 @@ def test_the_bots_run_is_persisted_like_any_other(make_bot: Callable[..., Bot]) 
     (final,) = bot.telegram.calls_of("sendMessage", CHAT)
     assert final.params["reply_parameters"]["message_id"] == update["message"]["message_id"]
     wait_until(lambda: bot.sessions()[0].title == "Hello bot", what="the session is titled")
+    # A second message follows the answer: one branch, each row after the one before.
+    bot.say("And again")
+    bot.answer(count=2)
+    rows = bot.messages(session.id)
+    assert [row.parent_id for row in rows] == [None, *(row.id for row in rows[:-1])]
 
 
 def test_typing_is_shown_until_text_comes(make_bot: Callable[..., Bot]) -> None:

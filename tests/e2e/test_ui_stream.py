@@ -269,13 +269,14 @@ def test_regenerate_answers_the_same_question_again_keeping_the_first_answer(
     assert fake.fake.requests[-1]["messages"] == [
         {"role": "user", "content": "[[fake tokens=5]] what is chatstream?"}
     ]
+    # The new answer is the one shown; the first is kept as its sibling.
     rows = stored(server, session)
     assert [(r["role"], r["id"]) for r in rows] == [
         ("user", rows[0]["id"]),
-        ("assistant", first["message"]["id"]),
         ("assistant", again["message"]["id"]),
     ]
-    assert rows[2]["content"] == text_of(again["message"]) != ""
+    assert rows[1]["sibling_ids"] == [first["message"]["id"], again["message"]["id"]]
+    assert rows[1]["content"] == text_of(again["message"]) != ""
 
 
 def test_resume_after_a_dropped_connection_streams_the_live_run_from_its_start(

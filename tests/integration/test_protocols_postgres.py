@@ -44,12 +44,13 @@ def test_chat_ids_and_reanswers_on_postgres(
         session = session_of(client, first)
         assert session_of(client, second) == session
         again = ui_chat(client, chat_id, "ignored", trigger="regenerate-message")
+        # The answer again is shown, the earlier one kept as its sibling.
         rows = client.get(f"/api/sessions/{session}/messages").json()["items"]
-        assert [(r["role"], r["id"]) for r in rows][-3:] == [
+        assert [(r["role"], r["id"]) for r in rows][-2:] == [
             ("user", rows[2]["id"]),
-            ("assistant", second),
             ("assistant", again),
         ]
+        assert rows[3]["sibling_ids"] == [second, again]
         assert rows[2]["content"] == "[[fake tokens=3]] two"
         assert client.get(f"/api/ui/chat/{chat_id}/stream").status_code == 204
 

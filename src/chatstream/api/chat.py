@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter
@@ -11,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from chatstream.api.deps import PrincipalDep, SettingsDep, StoreDep
 from chatstream.api.errors import error_response
 from chatstream.api.follow import follow_to_end
-from chatstream.api.quota import GatedChatDep
+from chatstream.api.quota import GatedChatDep, GatedRun
 from chatstream.api.schemas import (
     ChatRequest,
     ChatResponse,
@@ -21,10 +22,12 @@ from chatstream.api.schemas import (
     sse_responses,
 )
 from chatstream.api.sse import RunEventStream
+from chatstream.config import Settings
 from chatstream.errors import DatabaseUnavailable, failed_run_status
 from chatstream.runs.events import DoneEvent, ErrorEvent, Event
 from chatstream.runs.handle import RunHandle
 from chatstream.storage.models import utcnow
+from chatstream.storage.repository import Store
 
 router = APIRouter(prefix="/api", tags=["chat"])
 
@@ -58,7 +61,11 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 async def chat_stream(
     body: ChatRequest, principal: PrincipalDep, chat: GatedChatDep, settings: SettingsDep
 ) -> Response:
-    started = await chat.start(principal, body.to_input())
+    return event_stream(await chat.start(principal, body.to_input()), settings)
+
+
+def event_stream(started: GatedRun, settings: Settings) -> Response:
+    """A started run's events, from its `start`, as SSE."""
     return RunEventStream(
         started.run,
         after=0,
@@ -92,12 +99,17 @@ async def chat(
     request: Request,
 ) -> Response:
     started = await chat.start(principal, body.to_input())
+    return await final_answer(started, principal.owner, store, request)
+
+
+async def final_answer(started: GatedRun, owner: str, store: Store, request: Request) -> Response:
+    """A started run's answer once it has ended, as JSON (an error status if it failed)."""
     run = started.run
     outcome = _Outcome()
     await follow_to_end(run, request, outcome.read)
     if outcome.done is None:
         return Response(status_code=499)  # the client left; nobody reads this
-    response = await _final_answer(run, outcome, principal.owner, store)
+    response = await _final_answer(run, outcome, owner, store)
     response.headers.update(started.headers)
     return response
 
@@ -107,6 +119,7 @@ class _Outcome:
     """What a run's events say of its answer: the final text (after its last tool), how it ended."""
 
     model: str | None = None
+    question: uuid.UUID | None = None  # the message answered
     parts: list[str] = field(default_factory=list)
     error: ErrorEvent | None = None
     done: DoneEvent | None = None
@@ -116,10 +129,12 @@ class _Outcome:
             data = event.data
             if data["type"] == "start":
                 self.model = data["model"]
+                self.question = uuid.UUID(data["user_message_id"])
             elif data["type"] == "delta":
                 self.parts.append(data["text"])
             elif data["type"] == "tool_result":
                 self.parts.clear()  # that text belongs to the tool round's own row
+                self.question = None  # the answer follows the round's rows (their ids unsaid)
             elif data["type"] == "error":
                 self.error = data
             elif data["type"] == "done":
@@ -140,10 +155,11 @@ class _Outcome:
             usage=dict(done["usage"]) if done["usage"] else None,
             metrics=dict(done["metrics"]) if done["metrics"] else None,
             created_at=utcnow(),
+            parent_id=self.question,
         )
 
 
-async def _final_answer(run: RunHandle, outcome: _Outcome, owner: str, store: StoreDep) -> Response:
+async def _final_answer(run: RunHandle, outcome: _Outcome, owner: str, store: Store) -> Response:
     try:
         row = await store.get_message(owner, run.id)
     except DatabaseUnavailable:

@@ -17,6 +17,7 @@ from chatstream.runs.handle import RunRegistry
 from chatstream.runs.journal import RunJournal
 from chatstream.runs.service import ChatService
 from chatstream.runs.unstored import Unstored
+from chatstream.storage.branches import Branches
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
 
@@ -87,6 +88,10 @@ async def get_registry(state: State) -> RunRegistry:
     return state.registry
 
 
+async def get_branches(state: State) -> Branches:
+    return Branches(state.database)
+
+
 async def get_chat(state: State) -> ChatService:
     return state.chat
 
@@ -97,6 +102,7 @@ async def get_owner(principal: Annotated[Principal, Depends(get_principal)]) -> 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
+BranchesDep = Annotated[Branches, Depends(get_branches)]
 RegistryDep = Annotated[RunRegistry, Depends(get_registry)]
 ChatDep = Annotated[ChatService, Depends(get_chat)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

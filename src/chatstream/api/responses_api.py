@@ -55,6 +55,7 @@ from chatstream.api.validators import Text
 from chatstream.errors import Conflict, InvalidRequest, NotFound, failed_run_status
 from chatstream.runs.handle import RunHandle
 from chatstream.runs.spec import Passthrough
+from chatstream.storage.records import Parent
 from chatstream.storage.turns import Turns
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
@@ -118,7 +119,7 @@ async def create_response(
 ) -> Response:
     if body.model not in settings.models:
         raise ModelNotFound(f"The model '{body.model}' does not exist here; see GET /v1/models.")
-    session_id = None
+    session_id = previous = None
     if body.previous_response_id is not None and not body.store:
         # Not storing this answer deletes its conversation: never a stored one.
         raise InvalidRequest(
@@ -127,12 +128,16 @@ async def create_response(
             details=[{"loc": ["body", "store"]}],
         )
     if body.previous_response_id is not None:
-        session_id = await session_of(state, principal.owner, body.previous_response_id)
+        session_id, previous = await session_of(state, principal.owner, body.previous_response_id)
     if isinstance(body.input, list):
         body.input = await resolved(body.input, state, registry, principal.owner)
     messages = validated(chat_messages(body))
     check_vision(messages, body.model, settings.models_without_vision)
     turn = turn_of(messages, continuing=session_id is not None, max_chars=settings.history_chars)
+    # The previous response's branch goes on from it, whichever is the session's leaf.
+    shape = (
+        turn.shape if previous is None else dataclasses.replace(turn.shape, parent=Parent(previous))
+    )
     fields = body.upstream_fields(settings.max_tokens)
     chat_request = chat_input(
         message=turn.message,
@@ -149,7 +154,7 @@ async def create_response(
         server_tools=settings.openai_server_tools,
     )
     chat_request = dataclasses.replace(chat_request, passthrough=passthrough)
-    started = await chat.start(principal, chat_request, turn.shape)
+    started = await chat.start(principal, chat_request, shape)
     run = started.run
     headers = {SESSION_HEADER: str(run.session_id), MESSAGE_HEADER: str(run.id), **started.headers}
     hosted = body.hosted_tools()

@@ -76,7 +76,8 @@ async def resolved(
     return resolved
 
 
-async def session_of(state: Any, owner: str, previous: str) -> uuid.UUID:
+async def session_of(state: Any, owner: str, previous: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The previous response's session and answer: the new turn follows that answer."""
     message_id = message_id_of(previous)
     row = await state.store.get_message(owner, message_id) if message_id else None
     if row is None or row.role != "assistant":
@@ -85,7 +86,8 @@ async def session_of(state: Any, owner: str, previous: str) -> uuid.UUID:
             details=[{"loc": ["body", "previous_response_id"]}],
         )
     session_id: uuid.UUID = row.session_id
-    return session_id
+    answer_id: uuid.UUID = row.id
+    return session_id, answer_id
 
 
 async def handle(

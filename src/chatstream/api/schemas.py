@@ -21,28 +21,31 @@ from chatstream.runs.session_gate import IfBusy
 
 SYSTEM_PROMPT_MAX_CHARS = 32_000
 
+# A user's message (`POST /api/chat`, an edit).
+UserText = Annotated[
+    str,
+    Field(
+        min_length=1,
+        # At least one character that is not whitespace. Spelled out because a
+        # bare `\S` means three things: JSON Schema's (ECMA-262) whitespace lacks
+        # U+0085 and U+001C-U+001F, the validator's (Unicode) lacks U+FEFF and
+        # U+001C-U+001F, and the chat service's (Python's `str.strip`) lacks
+        # U+FEFF; this class excludes what any of the three calls whitespace, so
+        # what the schema accepts, the validator and the service accept too.
+        pattern=r"[^\s\u0085\uFEFF\u001C-\u001F]",
+        description="The user's message: 1 to CHATSTREAM_MAX_MESSAGE_CHARS characters, "
+        "not only whitespace.",
+    ),
+    NO_NUL,
+]
+
 
 class ChatRequest(BaseModel):
     """The body of `POST /api/chat/stream`, `POST /api/chat` and the WebSocket `chat` frame."""
 
     model_config = ConfigDict(extra="forbid")
 
-    message: Annotated[
-        str,
-        Field(
-            min_length=1,
-            # At least one character that is not whitespace. Spelled out because a
-            # bare `\S` means three things: JSON Schema's (ECMA-262) whitespace lacks
-            # U+0085 and U+001C-U+001F, the validator's (Unicode) lacks U+FEFF and
-            # U+001C-U+001F, and the chat service's (Python's `str.strip`) lacks
-            # U+FEFF; this class excludes what any of the three calls whitespace, so
-            # what the schema accepts, the validator and the service accept too.
-            pattern=r"[^\s\u0085\uFEFF\u001C-\u001F]",
-            description="The user's message: 1 to CHATSTREAM_MAX_MESSAGE_CHARS characters, "
-            "not only whitespace.",
-        ),
-        NO_NUL,
-    ]
+    message: UserText
     session_id: uuid.UUID | None = Field(
         default=None, description="Continue this session; absent: a new session is created."
     )
@@ -153,16 +156,16 @@ class MessageOut(BaseModel):
     usage: dict[str, int] | None
     metrics: dict[str, bool | float | int | None] | None  # `cached` is a bool
     created_at: datetime
+    parent_id: uuid.UUID | None = Field(
+        default=None,
+        description="The message this one follows (null: a first message). Messages are a "
+        "tree: the edits of a user message and the regenerations of an answer share a parent.",
+    )
 
 
 class SessionPage(BaseModel):
     items: list[SessionOut]
     next_cursor: str | None
-
-
-class MessagePage(BaseModel):
-    items: list[MessageOut]
-    next_cursor: str | None = Field(description="Pass back as `before` for the older page.")
 
 
 class ChatResponse(BaseModel):
@@ -382,7 +385,11 @@ def document_errors(schema: dict[str, Any]) -> None:
             if status == "503" and "Health" in str(response):
                 continue  # /readyz answers its health body either way
             if status == "422":
-                response["description"] = INVALID_DESCRIPTION
+                # A route's own 422 codes (named in backquotes) stay, before the rule.
+                own = response.get("description", "")
+                response["description"] = (
+                    f"{own} Otherwise: {INVALID_DESCRIPTION}" if "`" in own else INVALID_DESCRIPTION
+                )
             response["content"] = {"application/json": {"schema": dict(_ERROR_REF)}}
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):

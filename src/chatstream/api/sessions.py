@@ -8,12 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from chatstream.api.deps import ChatDep, Owner, RegistryDep, SettingsDep, StoreDep
+from chatstream.api.branch_schemas import BranchMessageOut, MessagePage
+from chatstream.api.deps import BranchesDep, ChatDep, Owner, RegistryDep, SettingsDep, StoreDep
 from chatstream.api.schemas import (
     ActiveRun,
     ErrorBody,
-    MessageOut,
-    MessagePage,
     SessionCreate,
     SessionDetail,
     SessionOut,
@@ -27,6 +26,7 @@ from chatstream.config import Settings
 from chatstream.errors import InvalidRequest, NotFound
 from chatstream.runs.session_events import SessionUpdatedEvent, session_updated_event
 from chatstream.runs.session_gate import LiveSessions
+from chatstream.storage.branches import Branches
 from chatstream.storage.cursors import CURSOR_PATTERN
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
@@ -157,20 +157,38 @@ async def delete_session(
     "/{session_id}/messages",
     response_model=MessagePage,
     responses={**_NOT_FOUND, **_INVALID},
-    summary="A session's messages, oldest first, paged backwards with `before`",
+    summary="A session's active branch, oldest first, paged backwards with `before`",
+    response_description="The newest `limit` messages of the active branch (before `before`).",
 )
 async def list_messages(
     session_id: uuid.UUID,
     owner: Owner,
-    store: StoreDep,
+    branches: BranchesDep,
     limit: Limit = 50,
     before: Annotated[
         uuid.UUID | None, Query(description="`next_cursor` of the previous page.")
     ] = None,
 ) -> MessagePage:
-    page = await store.list_messages(owner, session_id, limit=limit, before=before)
+    """Messages form a tree: each follows its `parent_id`, and the edits of a message and
+    the regenerations of an answer are siblings (the same parent). Listed is the session's
+    active branch, from a first message to its active leaf, the path the next message
+    continues and the model is given as context. Each message says which versions it has
+    (`sibling_ids`, `sibling_index`, `sibling_count`); show another with
+    `PUT /api/sessions/{id}/active-branch`."""
+    return await branch_page(branches, owner, session_id, limit=limit, before=before)
+
+
+async def branch_page(
+    branches: Branches,
+    owner: str,
+    session_id: uuid.UUID,
+    *,
+    limit: int,
+    before: uuid.UUID | None = None,
+) -> MessagePage:
+    page = await branches.page(owner, session_id, limit=limit, before=before)
     return MessagePage(
-        items=[MessageOut.model_validate(row) for row in page.items], next_cursor=page.next_cursor
+        items=[BranchMessageOut.of(item) for item in page.items], next_cursor=page.next_cursor
     )
 
 

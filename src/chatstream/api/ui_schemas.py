@@ -54,8 +54,18 @@ class UIChatRequest(BaseModel):
     )
     trigger: Literal["submit-message", "regenerate-message"] = Field(
         default="submit-message",
-        description="`regenerate-message` answers the session's last user message again, with "
-        "the history up to it as context; the earlier answer stays stored.",
+        description="`regenerate-message` (`regenerate()`) answers a message again: the one "
+        "`messageId` names or answers, else the last; its branch up to it is the context and "
+        "the new answer is a sibling of the earlier ones, which stay stored.",
+    )
+    messageId: ChatId | None = Field(  # the SDK's own name
+        default=None,
+        description="With `submit-message`, when `messages` ends with it: the user message "
+        "`sendMessage({text, messageId})` replaced. Its new text becomes a sibling of the "
+        "stored one (an edit: a new branch; the old one is kept). With `regenerate-message`: "
+        "the answer, or user message, to answer again. Our ids (answers, and a chat loaded "
+        "from `GET /api/sessions/{id}/messages`) name stored messages; a user message the SDK "
+        "made itself is found by its place in `messages`.",
     )
     model: Text | None = Field(default=None, description="One of `GET /api/models`.")
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None

@@ -29,10 +29,11 @@ from fastapi import APIRouter, Path
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from chatstream.api.deps import Owner, PrincipalDep, RegistryDep, SettingsDep, StoreDep
+from chatstream.api.deps import BranchesDep, Owner, PrincipalDep, RegistryDep, SettingsDep, StoreDep
 from chatstream.api.quota import GatedChatDep
 from chatstream.api.schemas import ChatRequest, json_errors
 from chatstream.api.translated_stream import TranslatedStream
+from chatstream.api.ui_branches import edited, regenerated, replaces
 from chatstream.api.ui_schemas import (
     FinishReason,
     UIChatRequest,
@@ -261,10 +262,12 @@ def _chat_request(**fields: Any) -> ChatInput:
 
 _UI_ERRORS = {
     401: "Auth is on and the bearer token is missing or not valid.",
-    404: "`regenerate-message` for a chat that has no question to answer again.",
+    404: "`regenerate-message` for a chat that has no question to answer again, or a "
+    "`messageId` that is neither a message of the chat nor in `messages`.",
     409: "Another request is starting this same new chat at this moment; send again.",
     413: "The body is over CHATSTREAM_MAX_BODY_BYTES.",
-    422: "The request breaks a validation rule (e.g. no user message with text).",
+    422: "`not_a_user_message`: `messageId` of `submit-message` names a stored answer; or "
+    "`invalid_request`: no user message with text, or another rule broken.",
     429: "`rate_limited` (CHATSTREAM_RATE_LIMIT), `too_many_runs` "
     "(CHATSTREAM_MAX_CONCURRENT_RUNS) or `quota_exceeded` (CHATSTREAM_QUOTA_TOKENS); with "
     "Retry-After and X-RateLimit-* (X-Quota-*) headers.",
@@ -284,6 +287,7 @@ async def ui_chat(
     principal: PrincipalDep,
     chat: GatedChatDep,
     store: StoreDep,
+    branches: BranchesDep,
     settings: SettingsDep,
 ) -> Response:
     owner = principal.owner
@@ -295,17 +299,21 @@ async def ui_chat(
     }
     shape: TurnShape
     if body.trigger == "regenerate-message":
-        question = await store.last_user_message(owner, session_id) if session_id else None
-        if session_id is None or question is None:
+        if session_id is None:
             raise NotFound("This chat has no question to answer again.")
-        question_id, text = question
+        text, shape = await regenerated(branches, owner, session_id, body)
         request = _chat_request(message=text, session_id=session_id, **options)
-        shape = TurnShape(reanswer=question_id)
     else:
         request = _chat_request(
             message=_last_user_text(body.messages), session_id=session_id, **options
         )
-        shape = TurnShape(chat_id=body.id) if session_id is None else PLAIN_TURN
+        replaced = replaces(body)
+        if session_id is None:
+            shape = TurnShape(chat_id=body.id)
+        elif replaced is not None:
+            shape = await edited(branches, owner, session_id, body, replaced)
+        else:
+            shape = PLAIN_TURN
     started = await chat.start(principal, request, shape)
     return _ui_stream(
         started.run,

@@ -91,6 +91,7 @@ class Generation:
                 # refers to them) but the model is told not to call them.
                 tool_choice=None if offer_tools or not tools else "none",
                 extra=spec.upstream_fields,
+                fresh=spec.answer_again,
             )
             with self.steps.upstream() as step:
                 await self._stream_round(request)

@@ -301,6 +301,7 @@ class RunJournal:
                             id=orphan.reply_id, role="assistant", content="", status="interrupted"
                         )
                     ],
+                    parent_id=orphan.user_message_id,
                 ),
                 "interrupted run",
             )

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from chatstream.errors import DatabaseUnavailable
 from chatstream.logs import log_fault
-from chatstream.runs.events import DoneEvent, ErrorEvent, EventPayload, MessageStatus
+from chatstream.runs.events import DoneEvent, ErrorEvent, Event, EventPayload, MessageStatus
 from chatstream.runs.redis_keys import CLAIM, FINISH_TAKEN_OVER, LAPSED, Keys
 from chatstream.runs.redis_mirror import RunMirror
 from chatstream.runs.redis_remote import entry_event
@@ -119,7 +119,9 @@ class LeaseSweeper:
             entries: Any = await self._client.xrange(self._keys.events(run_id))
             events = [entry_event(entry_id, data) for entry_id, data in entries]
             rows, status = rows_from_events(run_id, events, asked), asked
-            persisted = await self._journal.save(RunOutput(owner, session, rows))
+            persisted = await self._journal.save(
+                RunOutput(owner, session, rows, parent_id=_answered(events))
+            )
         ending: list[EventPayload] = []
         if status in ("interrupted", "error"):
             error: ErrorEvent = {
@@ -163,6 +165,15 @@ class LeaseSweeper:
             status,
             len(rows[-1].content),
         )
+
+
+def _answered(events: list[Event]) -> uuid.UUID | None:
+    """The message the run answers, as its `start` event says (None: not in the log;
+    the writer then finds it by the run's id)."""
+    for event in events:
+        if event.data["type"] == "start":
+            return uuid.UUID(event.data["user_message_id"])
+    return None
 
 
 def _status(value: str) -> MessageStatus:

@@ -237,7 +237,7 @@ class Run:
         rows = generation.rows(status)
         rows[-1].usage = dict(usage) if usage else None
         rows[-1].metrics = dict(metrics)
-        output = RunOutput(owner=self.owner, session_id=self.session_id, rows=rows)
+        output = self._output(rows)
         persisted, saved = await self._persist(output)
         if not saved and error is None:
             error, status = ChatstreamError(UNSAVED_MESSAGE), "error"
@@ -338,7 +338,7 @@ class Run:
             if generation is not None:
                 generation.flush_text()
                 rows = generation.rows("error")
-                output = RunOutput(self.owner, self.session_id, rows)
+                output = self._output(rows)
                 persisted, _ = await self._persist(output)
         except Exception:
             log_fault(logger, "run %s: its partial answer could not be kept", self.id)
@@ -389,8 +389,11 @@ class Run:
     def snapshot(self) -> RunOutput:
         """The rows as they would be written if the run were interrupted now."""
         assert self.generation is not None, "only live runs are checkpointed"
-        rows = self.generation.rows("interrupted", final=False)
-        return RunOutput(owner=self.owner, session_id=self.session_id, rows=rows)
+        return self._output(self.generation.rows("interrupted", final=False))
+
+    def _output(self, rows: list[OutputRow]) -> RunOutput:
+        # The answer follows the message it answers (the user's, or tool results).
+        return RunOutput(self.owner, self.session_id, rows, parent_id=self.spec.user_message_id)
 
 
 def _error_event(error: ChatstreamError) -> ErrorEvent:

@@ -30,7 +30,7 @@ from chatstream.runs.run import Run, RunLimits, RunSpec, RunStore
 from chatstream.runs.session_events import SessionEvents
 from chatstream.runs.session_gate import IfBusy, LiveSessions, RunInProgress, local_sessions
 from chatstream.runs.spec import Passthrough
-from chatstream.storage.records import HistoryMessage, OutputRow, RunOutput
+from chatstream.storage.records import HistoryMessage, OutputRow, Parent, RunOutput
 from chatstream.storage.repository import DuplicateRequest, EarlierRequest, Store
 from chatstream.tools import ToolSet
 from chatstream.upstream.stream import ChatUpstream
@@ -74,8 +74,11 @@ class TurnShape:
     SDK's). `earlier`: a new session starts with these user and assistant
     messages, oldest first, before the new one (the OpenAI facade's given
     context). `reanswer`: answer this stored user message of
-    `chat.session_id` again, with the history up to it; nothing new is
-    inserted (the AI SDK's regenerate).
+    `chat.session_id` again (or its tool results), with its branch up to it
+    as context; nothing new is inserted, the answer is a sibling of the
+    earlier ones (regenerate). `parent`: the new message goes under this
+    message instead of after the session's active leaf (an edit: a sibling
+    of the message edited; a Responses `previous_response_id`).
     """
 
     chat_id: str | None = None
@@ -84,6 +87,7 @@ class TurnShape:
     # The new message when it is not the user's text: a tool result (after
     # `earlier`, the round's other results, in a session or a new one).
     turn: HistoryMessage | None = None
+    parent: Parent | None = None
 
 
 PLAIN_TURN = TurnShape()
@@ -269,6 +273,7 @@ class ChatService:
             earlier=shape.earlier,
             reanswer=shape.reanswer,
             turn=shape.turn,
+            parent=shape.parent,
             title_from_message=settings.auto_title == "message",
         )
         session_model = turn.session_model if turn.session_model in settings.models else None
@@ -288,6 +293,7 @@ class ChatService:
             temperature=chat.temperature,
             chunk_chars=chat.chunk_chars,
             tools=self._tools,
+            answer_again=shape.reanswer is not None,
         )
         if chat.passthrough is not None:
             chat.passthrough.apply(spec)
@@ -323,7 +329,12 @@ class ChatService:
                 id=earlier.reply_id, role="assistant", content="", status="interrupted"
             )
             if await self._journal.save(
-                RunOutput(principal.owner, earlier.session_id, rows=[unanswered])
+                RunOutput(
+                    principal.owner,
+                    earlier.session_id,
+                    rows=[unanswered],
+                    parent_id=earlier.user_message_id,
+                )
             ):
                 rows = [unanswered]
         if rows:

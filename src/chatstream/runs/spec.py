@@ -40,6 +40,8 @@ class RunSpec:
     # The tools offered are the client's: their calls end the run (finish_reason
     # "tool_calls") and are the answer; they are never run here.
     client_tools: bool = False
+    # A regeneration: a new answer is asked for, never the answer cache's (the same one).
+    answer_again: bool = False
 
 
 @dataclass(frozen=True, slots=True)

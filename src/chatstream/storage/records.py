@@ -20,6 +20,15 @@ class HistoryMessage:
     parts: list[Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Parent:
+    """Where a new message goes instead of after the session's active leaf: under
+    `message_id`, or (None) as a new first message: an edit is a sibling of the
+    message it edits."""
+
+    message_id: uuid.UUID | None
+
+
 @dataclass(slots=True)
 class OutputRow:
     """One message row a run produced, as it will be written."""
@@ -45,6 +54,10 @@ class RunOutput:
     owner: str
     session_id: uuid.UUID
     rows: list[OutputRow] = field(default_factory=list)
+    # The message the run answers (the first row's parent): the user's message, or the
+    # client's tool results. None only for outputs kept before messages had parents:
+    # the writer then finds it by the run's id (`reply_id`).
+    parent_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +67,7 @@ class OrphanedReply:
     owner: str
     session_id: uuid.UUID
     reply_id: uuid.UUID
+    user_message_id: uuid.UUID  # the message never answered (the reply's parent)
 
 
 T = TypeVar("T")

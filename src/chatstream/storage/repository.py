@@ -29,7 +29,14 @@ from chatstream.storage.models import (
     utcnow,
 )
 from chatstream.storage.outages import outage_is_unavailable
-from chatstream.storage.records import HistoryMessage, OrphanedReply, OutputRow, Page, RunOutput
+from chatstream.storage.records import (
+    HistoryMessage,
+    OrphanedReply,
+    OutputRow,
+    Page,
+    Parent,
+    RunOutput,
+)
 from chatstream.storage.writes import TurnStart
 
 logger = logging.getLogger(__name__)
@@ -157,6 +164,7 @@ class Store:
     async def list_messages(
         self, owner: str, session_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
     ) -> Page[MessageRow]:
+        """Every message of the session, of every branch, in the order written."""
         async with self._db.reader() as db:
             session = await db.scalar(_owned_session(owner, session_id))
             if session is None:
@@ -204,6 +212,7 @@ class Store:
         reanswer: uuid.UUID | None = None,
         title_from_message: bool = True,
         turn: HistoryMessage | None = None,
+        parent: Parent | None = None,
     ) -> TurnStart:
         """Commit the user's message (creating the session if needed); read the history.
 
@@ -215,15 +224,22 @@ class Store:
         (the client's chat id) and starts with the `earlier` messages (user
         and assistant text, oldest first) before this one; with `reanswer`
         (a user message of `session_id`) nothing is inserted and the turn is
-        that message's, with the history up to it. With `turn` (a tool result)
+        that message's, with its branch up to it. With `turn` (a tool result)
         the new message is that record, not the user's `message`, and `earlier`
         (the round's other results) go before it in an existing session too.
+        New messages follow the session's active leaf, or `parent` (an edit).
         """
         if reanswer is not None:
             if session_id is None:
                 raise NotFound("No such session.")
             return await self._db.write(
-                writes.reopen_turn, owner, session_id, reanswer, history_limit, utcnow()
+                writes.reopen_turn,
+                owner,
+                session_id,
+                reanswer,
+                reply_id,
+                history_limit,
+                utcnow(),
             )
         try:
             return await self._db.write(
@@ -242,6 +258,7 @@ class Store:
                 earlier=earlier,
                 title_from_message=title_from_message,
                 turn=turn,
+                parent=parent,
             )
         except IntegrityError:
             if session_id is None and new_session_external_id is not None:
@@ -264,26 +281,6 @@ class Store:
                     SessionRow.owner == owner, SessionRow.external_id == external_id
                 )
             )
-
-    @outage_is_unavailable
-    async def last_user_message(
-        self, owner: str, session_id: uuid.UUID
-    ) -> tuple[uuid.UUID, str] | None:
-        """The id and text of the session's most recent user message, if any."""
-        async with self._db.reader() as db:
-            row = (
-                await db.execute(
-                    select(MessageRow.id, MessageRow.content)
-                    .where(
-                        MessageRow.session_id == session_id,
-                        MessageRow.owner == owner,
-                        MessageRow.role == "user",
-                    )
-                    .order_by(MessageRow.pk.desc())
-                    .limit(1)
-                )
-            ).first()
-        return None if row is None else (row.id, row.content)
 
     @outage_is_unavailable
     async def run_rows(self, owner: str, run_id: uuid.UUID) -> list[OutputRow]:
@@ -330,7 +327,9 @@ class Store:
     async def orphaned_replies(self, runner: str, *, before: float) -> list[OrphanedReply]:
         """User messages `runner` started answering before `before` whose answer never landed."""
         answers = aliased(MessageRow)
-        query = select(MessageRow.owner, MessageRow.session_id, MessageRow.reply_id).where(
+        query = select(
+            MessageRow.owner, MessageRow.session_id, MessageRow.reply_id, MessageRow.id
+        ).where(
             MessageRow.role.in_(("user", "tool")),  # a tool result can start a run
             MessageRow.runner == runner,
             MessageRow.reply_id.is_not(None),
@@ -339,7 +338,7 @@ class Store:
         )
         async with self._db.reader() as db:
             rows = (await db.execute(query)).all()
-        return [OrphanedReply(row.owner, row.session_id, row.reply_id) for row in rows]
+        return [OrphanedReply(row.owner, row.session_id, row.reply_id, row.id) for row in rows]
 
     async def write_run_outputs(self, outputs: Sequence[RunOutput]) -> None:
         """Several runs' rows in one transaction and one INSERT (`storage/group_commit.py`).

@@ -282,7 +282,13 @@ def _from_raw(raw: dict[str, Any]) -> RunOutput:
     for row in raw["rows"]:
         row["id"] = uuid.UUID(row["id"])
         rows.append(OutputRow(**row))
-    return RunOutput(owner=raw["owner"], session_id=uuid.UUID(raw["session_id"]), rows=rows)
+    parent = raw.get("parent_id")  # absent from files kept before messages had parents
+    return RunOutput(
+        owner=raw["owner"],
+        session_id=uuid.UUID(raw["session_id"]),
+        rows=rows,
+        parent_id=uuid.UUID(parent) if parent else None,
+    )
 
 
 def write_atomically(path: Path, data: bytes, *, durable: bool) -> None:

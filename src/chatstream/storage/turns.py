@@ -11,17 +11,21 @@ takes rows of another; rows without the link are read in the order written.
 
 Deleting a turn removes its input and its run's rows; what followed it then
 follows what preceded it (children are relinked to the turn's parent, and a
-session whose active leaf was in the turn gets the parent as its leaf).
+session whose active leaf was in the turn gets the parent as its leaf). An
+input that another branch goes on from (a question answered again: its other
+answers are its children too) is kept: only the run's rows go.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, delete, select, update
 
 from chatstream.errors import NotFound
+from chatstream.storage.branches import newest_under
 from chatstream.storage.db import Database
 from chatstream.storage.models import MessageRow, messages_table, sessions_table
 from chatstream.storage.outages import outage_is_unavailable
@@ -32,6 +36,8 @@ class Turn:
     session_id: uuid.UUID
     inputs: list[MessageRow]  # oldest first
     outputs: list[MessageRow]  # the run's rows, the answer last
+    # Some input is followed by messages of another branch (another answer to it).
+    inputs_shared: bool = False
 
 
 class Turns:
@@ -84,12 +90,15 @@ def _turn_of(answer: MessageRow, rows: list[MessageRow]) -> Turn:
                 break  # the previous run's rows
             inputs.append(row)
     inputs.reverse()
-    return Turn(answer.session_id, inputs, outputs)
+    ours = {row.id for row in (*inputs, *outputs)}
+    inputs_ids = {row.id for row in inputs}
+    shared = any(row.parent_id in inputs_ids and row.id not in ours for row in rows)
+    return Turn(answer.session_id, inputs, outputs, shared)
 
 
 def _delete_turn(connection: Connection, turn: Turn) -> None:
     messages, sessions = messages_table, sessions_table
-    rows = [*turn.inputs, *turn.outputs]
+    rows = turn.outputs if turn.inputs_shared else [*turn.inputs, *turn.outputs]
     ids = [row.id for row in rows]
     parent = rows[0].parent_id
     connection.execute(
@@ -97,9 +106,14 @@ def _delete_turn(connection: Connection, turn: Turn) -> None:
         .where(messages.c.parent_id.in_(ids), messages.c.id.not_in(ids))
         .values(parent_id=parent)
     )
+    connection.execute(delete(messages).where(messages.c.id.in_(ids)))
+    # The branch now ends where the turn began; when its question stays (answered
+    # again elsewhere), with the answer that remains, the latest.
+    leaf: Any = parent
+    if turn.inputs_shared and parent is not None:
+        leaf = newest_under(turn.session_id, parent).scalar_subquery()
     connection.execute(
         update(sessions)
         .where(sessions.c.id == turn.session_id, sessions.c.active_leaf_id.in_(ids))
-        .values(active_leaf_id=parent)
+        .values(active_leaf_id=leaf)
     )
-    connection.execute(delete(messages).where(messages.c.id.in_(ids)))

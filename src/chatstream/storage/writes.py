@@ -4,8 +4,10 @@ Each function takes the connection of a transaction that `Database.write`
 opened and commits (`storage/db.py`): on SQLite it runs whole in the writer
 thread, one trip from the event loop; on PostgreSQL through `run_sync`. None
 reads inside a transaction before its first write (see `db.py` for why that
-matters on SQLite): `update_session` reads the row first, but on SQLite that
-read is outside the transaction, which begins at the UPDATE.
+matters on SQLite): `update_session` and `begin_turn` read the session row
+first, but on SQLite that read is outside the transaction, which begins at
+the UPDATE (and no other write of this process can come in between: they all
+go through the one writer thread).
 `storage/repository.py` calls them and turns failures into the caller's terms.
 
 Once per chat, so they speak SQL Core: the ORM's unit of work costs more CPU
@@ -20,13 +22,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from chatstream.errors import NotFound
-from chatstream.storage import attachments
+from chatstream.storage import attachments, branches
 from chatstream.storage.models import SessionRow, messages_table, sessions_table
-from chatstream.storage.records import HistoryMessage, RunOutput
+from chatstream.storage.records import HistoryMessage, Parent, RunOutput
 
 TITLE_CHARS = 80
 
@@ -119,28 +121,44 @@ def begin_turn(
     earlier: Sequence[HistoryMessage],
     title_from_message: bool,
     turn: HistoryMessage | None = None,
+    parent: Parent | None = None,
 ) -> TurnStart:
     """The user's message (and a new session, with `earlier`), and the history it ends.
 
     With `turn` the new message is that record (a tool result), after `earlier`.
+    The new rows follow the session's active leaf, or `parent`; the session's
+    leaf becomes the answer to come (`reply_id`: see `branches.leaf`).
     """
     sessions, messages = sessions_table, messages_table
     created = session_id is None
+    follows: uuid.UUID | None = None
     if session_id is not None:
-        # One statement finds the caller's session, marks its activity and
-        # titles it from its first message if it has no title (without
-        # `title_from_message`, a hook titles it later).
-        title = title_from(message) if title_from_message else None
-        untitled = {"title": func.coalesce(sessions.c.title, title)} if title else {}
+        # Locked (on PostgreSQL; on SQLite the one writer thread is the lock)
+        # from reading the leaf the message follows to moving it on.
         found = connection.execute(
-            update(sessions)
+            select(
+                sessions.c.model,
+                sessions.c.system_prompt,
+                branches.leaf(session_id, sessions.c.active_leaf_id).label("leaf"),
+            )
             .where(sessions.c.id == session_id, sessions.c.owner == owner)
-            .values(updated_at=now, **untitled)
-            .returning(sessions.c.model, sessions.c.system_prompt)
+            .with_for_update(of=sessions)
         ).first()
         if found is None:
             raise NotFound("No such session.")
-        model, system_prompt = found.model, found.system_prompt
+        model, system_prompt, follows = found.model, found.system_prompt, found.leaf
+        if parent is not None:
+            follows = _parent_in(connection, session_id, parent)
+        # One statement marks the session's activity, moves its leaf to the
+        # coming answer and titles it from its first message if it has no title
+        # (without `title_from_message`, a hook titles it later).
+        title = title_from(message) if title_from_message else None
+        untitled = {"title": func.coalesce(sessions.c.title, title)} if title else {}
+        connection.execute(
+            update(sessions)
+            .where(sessions.c.id == session_id)
+            .values(updated_at=now, active_leaf_id=reply_id, **untitled)
+        )
     else:
         session_id = uuid.uuid4()
         model, system_prompt = new_session_model, new_session_system_prompt
@@ -156,14 +174,17 @@ def begin_turn(
                 "created_at": now,
                 "updated_at": now,
                 "external_id": new_session_external_id,
+                "active_leaf_id": reply_id,
             },
         )
     if earlier and (created or turn is not None):
-        connection.execute(
-            insert(messages),
-            [
+        rows: list[dict[str, Any]] = []
+        for row in earlier:
+            row_id = uuid.uuid4()
+            rows.append(
                 {
-                    "id": uuid.uuid4(),
+                    "id": row_id,
+                    "parent_id": follows,
                     "session_id": session_id,
                     "owner": owner,
                     "role": row.role,
@@ -175,14 +196,15 @@ def begin_turn(
                     "status": "complete",
                     "created_at": now,
                 }
-                for row in earlier
-            ],
-        )
+            )
+            follows = row_id
+        connection.execute(insert(messages), rows)
     user_message_id = uuid.uuid4()
     connection.execute(
         insert(messages),
         {
             "id": user_message_id,
+            "parent_id": follows,
             "session_id": session_id,
             "owner": owner,
             "role": turn.role if turn is not None else "user",
@@ -201,57 +223,83 @@ def begin_turn(
         history = [turn or HistoryMessage(role="user", content=message), *reversed(earlier)]
         history = history[:history_limit]
     else:
-        history = _recent(connection, session_id, history_limit)
+        history = _branch(connection, session_id, user_message_id, history_limit)
     return TurnStart(session_id, model, system_prompt, user_message_id, history)
+
+
+def _parent_in(connection: Connection, session_id: uuid.UUID, parent: Parent) -> uuid.UUID | None:
+    """`parent`'s message, checked to be one of the session's."""
+    if parent.message_id is None:
+        return None
+    messages = messages_table
+    found = connection.scalar(
+        select(messages.c.id).where(
+            messages.c.id == parent.message_id, messages.c.session_id == session_id
+        )
+    )
+    if found is None:
+        raise NotFound("The message to branch from is not in this session.")
+    return parent.message_id
 
 
 def reopen_turn(
     connection: Connection,
     owner: str,
     session_id: uuid.UUID,
-    user_message_id: uuid.UUID,
+    question_id: uuid.UUID,
+    reply_id: uuid.UUID,
     history_limit: int,
     now: datetime,
 ) -> TurnStart:
-    """The turn of a stored user message, to answer it again: its history up to it."""
+    """The turn of a stored user message (or tool results), to answer it again: its
+    history is its branch up to it; the new answer is a sibling of the earlier ones
+    and the session's leaf."""
     sessions, messages = sessions_table, messages_table
     found = connection.execute(
         update(sessions)
         .where(sessions.c.id == session_id, sessions.c.owner == owner)
-        .values(updated_at=now)
+        .values(updated_at=now, active_leaf_id=reply_id)
         .returning(sessions.c.model, sessions.c.system_prompt)
     ).first()
     if found is None:
         raise NotFound("No such session.")
-    anchor = connection.scalar(
-        select(messages.c.pk).where(
-            messages.c.id == user_message_id,
+    # The question now awaits this answer: until it is written, the branch ends at the
+    # question (`branches.leaf`). No runner: an answer again that never lands leaves
+    # the earlier ones, not a question to finish as interrupted at recovery.
+    reopened = connection.execute(
+        update(messages)
+        .where(
+            messages.c.id == question_id,
             messages.c.session_id == session_id,
-            messages.c.role == "user",
+            messages.c.role.in_(("user", "tool")),
         )
+        .values(reply_id=reply_id, runner=None)
     )
-    if anchor is None:
+    if not reopened.rowcount:
         raise NotFound("No such user message in this session.")
-    history = _recent(connection, session_id, history_limit, up_to=anchor)
-    return TurnStart(session_id, found.model, found.system_prompt, user_message_id, history)
+    history = _branch(connection, session_id, question_id, history_limit)
+    return TurnStart(session_id, found.model, found.system_prompt, question_id, history)
 
 
-def _recent(
-    connection: Connection, session_id: uuid.UUID, limit: int, *, up_to: int | None = None
+def _branch(
+    connection: Connection, session_id: uuid.UUID, last: uuid.UUID, limit: int
 ) -> list[HistoryMessage]:
-    """The session's last `limit` messages (up to the one with pk `up_to`), newest first."""
+    """`last` and the messages before it on its branch, at most `limit`, newest first."""
     messages = messages_table
-    query = select(
-        messages.c.role,
-        messages.c.content,
-        messages.c.tool_calls,
-        messages.c.tool_call_id,
-        messages.c.name,
-        messages.c.parts,
-    ).where(messages.c.session_id == session_id)
-    if up_to is not None:
-        query = query.where(messages.c.pk <= up_to)
-    recent = connection.execute(query.order_by(messages.c.pk.desc()).limit(limit))
+    path = branches.path_up(session_id, last, limit)
+    query = (
+        select(
+            messages.c.role,
+            messages.c.content,
+            messages.c.tool_calls,
+            messages.c.tool_call_id,
+            messages.c.name,
+            messages.c.parts,
+        )
+        .join(path, messages.c.id == path.c.id)
+        .order_by(path.c.depth)
+    )
+    recent = connection.execute(query)
     return attachments.resolve(connection, [HistoryMessage(*row) for row in recent])
 
 
@@ -268,18 +316,25 @@ def _parts_stored(connection: Connection, row: HistoryMessage, now: datetime) ->
 
 
 def insert_outputs(connection: Connection, outputs: Sequence[RunOutput], now: datetime) -> None:
-    """The rows of runs' outputs, in one INSERT: never an UPDATE."""
+    """The rows of runs' outputs, in one INSERT: never an UPDATE (but for outputs kept
+    from before messages had parents, linked to their question afterwards)."""
     connection.execute(
         insert(messages_table), [row for output in outputs for row in _insert_rows(output, now)]
     )
+    unlinked = [output for output in outputs if output.parent_id is None]
+    if unlinked:
+        _link_to_question(connection, unlinked)
 
 
 def _insert_rows(output: RunOutput, now: datetime) -> list[dict[str, Any]]:
-    """A run's rows as INSERT parameters."""
+    """A run's rows as INSERT parameters: each follows the one before, the first the
+    message the run answers."""
     run_id = output.rows[-1].id
+    parents = [output.parent_id, *(row.id for row in output.rows[:-1])]
     return [
         {
             "id": row.id,
+            "parent_id": parent,
             "run_id": run_id,
             "session_id": output.session_id,
             "owner": output.owner,
@@ -296,5 +351,28 @@ def _insert_rows(output: RunOutput, now: datetime) -> list[dict[str, Any]]:
             "reasoning": row.reasoning,
             "created_at": now,
         }
-        for row in output.rows
+        for row, parent in zip(output.rows, parents, strict=True)
     ]
+
+
+def _link_to_question(connection: Connection, outputs: Sequence[RunOutput]) -> None:
+    """The first row of each output under the message awaiting its run (`reply_id`)."""
+    messages = messages_table
+    question = messages.alias("question")
+    connection.execute(
+        update(messages)
+        .where(messages.c.id == bindparam("first"))
+        .values(
+            parent_id=select(question.c.id)
+            .where(
+                question.c.reply_id == bindparam("run"),
+                question.c.session_id == bindparam("session"),
+            )
+            .limit(1)
+            .scalar_subquery()
+        ),
+        [
+            {"first": output.rows[0].id, "run": output.rows[-1].id, "session": output.session_id}
+            for output in outputs
+        ],
+    )

@@ -1,7 +1,8 @@
 """The answer cache: an exact repeat is answered with what the model said last time.
 
     CachingUpstream.stream(request)
-      ├─ not cacheable (a temperature above 0, or a tool round's continuation)
+      ├─ not cacheable (a temperature above 0, a tool round's continuation, or a
+      │  regeneration: another answer is asked for)
       │     → the model, untouched
       ├─ hit  → the stored chunk batches, replayed; `request.from_cache = True`
       └─ miss → the model, with a copy of every batch kept aside; stored once the
@@ -65,7 +66,7 @@ class AnswerStore(Protocol):
 
 def cache_key(request: UpstreamRequest) -> str | None:
     """The request's key, or None when its answer must not come from a cache."""
-    if request.temperature not in (None, 0):
+    if request.temperature not in (None, 0) or request.fresh:
         return None
     if not request.messages or request.messages[-1].get("role") != "user":
         return None  # a tool round's continuation: the answer depends on tool results

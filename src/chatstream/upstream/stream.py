@@ -64,6 +64,8 @@ class UpstreamRequest:
     extra: dict[str, Any] = field(default_factory=dict)
     # Set by the answer cache (upstream/cache.py) when it answered instead of the model.
     from_cache: bool = False
+    # Not to be answered from the cache (a regeneration asks for another answer).
+    fresh: bool = False
 
     def body(self) -> dict[str, Any]:
         """The request body, as plain JSON values."""

@@ -85,6 +85,13 @@ export class Api {
     return this.json("GET", `/api/sessions/${encodeURIComponent(sessionId)}/messages?${query}`);
   }
 
+  /** Show the branch through `messageId`; the new branch's newest page. */
+  activeBranch(sessionId, messageId, limit) {
+    const query = new URLSearchParams({ limit: String(limit) });
+    const path = `/api/sessions/${encodeURIComponent(sessionId)}/active-branch?${query}`;
+    return this.json("PUT", path, { body: { message_id: messageId } });
+  }
+
   cancel(messageId) {
     return this.json("POST", `/api/runs/${encodeURIComponent(messageId)}/cancel`);
   }

@@ -6,13 +6,14 @@
 // there, and so does coming back to its session.
 
 import { Api } from "./api.js";
-import { PendingRuns, Run } from "./runs.js";
+import { addControlsWhenKnown, drawBranch, editInPlace } from "./branches.js";
+import { PendingRuns, Run, uuid4 } from "./runs.js";
+import { TokenForm } from "./token.js";
 import { SseTransport, WsTransport } from "./transports.js";
 import { AssistantTurn, sessionItem, userTurn } from "./view.js";
 
 const SESSION_PAGE = 20;
 const MESSAGE_PAGE = 50;
-const TOKEN_KEY = "chatstream.token"; // sessionStorage: gone when the tab closes
 const TRANSPORT_KEY = "chatstream.transport";
 const MODEL_KEY = "chatstream.model";
 const HASH = /^#\/sessions\/([0-9a-fA-F-]{36})$/;
@@ -20,7 +21,6 @@ const HASH = /^#\/sessions\/([0-9a-fA-F-]{36})$/;
 const $ = (id) => document.getElementById(id);
 const ui = {
   model: $("model"), transport: $("transport"), demo: $("demo-banner"),
-  tokenForm: $("token-form"), token: $("token"), tokenReason: $("token-reason"),
   sidebar: $("sidebar"), sessionsToggle: $("sessions-toggle"), newChat: $("new-chat"),
   sessionList: $("session-list"), moreSessions: $("more-sessions"),
   olderMessages: $("older-messages"), log: $("log"), notice: $("notice"),
@@ -37,10 +37,14 @@ const state = {
   stuck: true, // the log is scrolled to the bottom: keep it there as text comes
 };
 
-const api = new Api({
-  token: () => sessionStorage.getItem(TOKEN_KEY) ?? "",
-  onUnauthorized: askForToken,
-});
+const tokenForm = new TokenForm(
+  { form: $("token-form"), input: $("token"), reason: $("token-reason") },
+  () => {
+    transports.ws.close(); // the next socket authenticates with the new token
+    start();
+  },
+);
+const api = new Api({ token: () => tokenForm.token(), onUnauthorized: (e) => tokenForm.ask(e) });
 const pending = new PendingRuns();
 const transports = { sse: new SseTransport(api), ws: new WsTransport(api) };
 const transport = () => transports[ui.transport.value] ?? transports.sse;
@@ -55,7 +59,7 @@ async function start() {
     if (error.status !== 401) showNotice(error); // 401: the token form is up
     return;
   }
-  ui.tokenForm.hidden = true;
+  tokenForm.hide();
   const chosen = localStorage.getItem(MODEL_KEY);
   const selected = models.items.some(({ id }) => id === chosen) ? chosen : models.default;
   ui.model.replaceChildren(...models.items.map(({ id }) => new Option(id, id, false, id === selected)));
@@ -65,16 +69,6 @@ async function start() {
   resumePending();
   await openSession(sessionFromHash());
   document.body.dataset.ready = "true";
-}
-
-function askForToken(error) {
-  const had = api.token() !== "";
-  ui.tokenReason.textContent = error.code === "token_expired"
-    ? "Your token has expired: paste a new one."
-    : had ? `The server refused this token (${error.code}): paste another.`
-      : "This server requires a token (CHATSTREAM_AUTH=jwt): paste a JWT.";
-  ui.tokenForm.hidden = false;
-  ui.token.focus();
 }
 
 function resumePending() {
@@ -142,17 +136,34 @@ async function openSession(id) {
     return;
   }
   if (opening !== state.opening) return;
-  ui.log.append(...drawMessages(page.items));
+  showBranch(page, id);
+}
+
+/** Draw a page of session `id`'s active branch (its newest messages) as the log. */
+function showBranch(page, id) {
+  for (const turn of state.turns) turn.detach();
+  state.turns = [];
+  ui.log.replaceChildren(...drawMessages(page.items));
   state.olderCursor = page.next_cursor;
   ui.olderMessages.hidden = !page.next_cursor;
-  // Runs of this session that the saved messages do not hold yet: live, or just ended.
+  // Live runs of this session that the saved messages do not hold yet.
   const saved = new Set(page.items.map((m) => m.id));
   for (const run of state.runs.values()) {
-    if (run.sessionId === id && !saved.has(run.messageId)) ui.log.append(addTurn(run).node);
+    if (run.sessionId === id && !run.finished && !saved.has(run.messageId)) {
+      ui.log.append(addTurn(run).node);
+    }
   }
   state.stuck = true;
   scrollToEnd();
   updateControls();
+}
+
+/** Show the branch through `messageId` (one of a message's versions). */
+async function switchBranch(messageId) {
+  const id = state.sessionId;
+  if (liveRun() || !id) return;
+  const page = await api.activeBranch(id, messageId, MESSAGE_PAGE);
+  if (id === state.sessionId) showBranch(page, id);
 }
 
 async function loadOlderMessages() {
@@ -164,26 +175,17 @@ async function loadOlderMessages() {
   ui.olderMessages.hidden = !page.next_cursor;
 }
 
-/** Nodes for saved messages: a user turn each; an assistant turn per run (tool rounds included). */
-function drawMessages(messages) {
-  const nodes = [];
-  let answer = [];
-  const flush = () => {
-    if (answer.length) nodes.push(addTurn(Run.fromMessages(answer)).node);
-    answer = [];
-  };
-  for (const message of messages) {
-    if (message.role === "user") {
-      flush();
-      nodes.push(userTurn(message.content));
-    } else if (message.role === "assistant" || message.role === "tool") {
-      answer.push(message);
-      if (message.role === "assistant" && !message.tool_calls?.length) flush();
-    }
-  }
-  flush();
-  return nodes;
-}
+// What a message's controls do: versions, Edit and Regenerate (branches.js).
+const branchActions = {
+  addTurn,
+  onSwitch: (id) => guard(switchBranch(id)),
+  onEdit: (message, node) => {
+    if (liveRun()) return;
+    editInPlace(node, message.content, (text) => branchRun(node, "edit", message.id, text));
+  },
+  onRegenerate: (id, node) => branchRun(node, "regenerate", id, null),
+};
+const drawMessages = (messages) => drawBranch(messages, branchActions);
 
 function markCurrentSession() {
   for (const button of ui.sessionList.querySelectorAll("button.session")) {
@@ -202,16 +204,8 @@ function send() {
   if (ui.model.value) body.model = ui.model.value;
   if (state.sessionId) body.session_id = state.sessionId;
   ui.message.value = "";
-  hideNotice();
-  const question = userTurn(text);
-  ui.log.append(question);
-  const turn = addTurn(run);
-  ui.log.append(turn.node);
-  state.stuck = true;
-  scrollToEnd();
-  track(run);
   pending.save(run, body);
-  follow(run, transport().start(run, body), (error) => {
+  launch(run, text, () => transport().start(run, body), (error, question, turn) => {
     // Refused before it began (a limit, a bad token): nothing was saved, nothing to show.
     pending.remove(run);
     question.remove();
@@ -221,6 +215,46 @@ function send() {
     if (!ui.message.value) ui.message.value = text;
     showNotice(error);
   });
+}
+
+/**
+ * Edit (`text`: a new user message beside `messageId`) or regenerate (a new answer
+ * beside `messageId`), streamed over SSE whatever the transport: the log drops
+ * `from` and what follows it, shows the new run, then the session's new branch.
+ */
+function branchRun(from, action, messageId, text) {
+  const sessionId = state.sessionId;
+  if (liveRun() || !sessionId) return;
+  const body = { stream: true, ...(text === null ? {} : { content: text, client_message_id: uuid4() }) };
+  if (ui.model.value) body.model = ui.model.value;
+  const run = new Run({ sessionId, clientMessageId: body.client_message_id ?? uuid4() });
+  const path = `/api/sessions/${sessionId}/messages/${encodeURIComponent(messageId)}/${action}`;
+  for (let node = from, next; node; node = next) {
+    next = node.nextElementSibling;
+    state.turns = state.turns.filter((turn) => turn.node !== node || (turn.detach(), false));
+    node.remove();
+  }
+  run.listeners.add((_, what) => {
+    if (what === "done" && state.sessionId === sessionId) guard(openSession(sessionId));
+  });
+  launch(run, text, () => transports.sse.start(run, body, path), async (error) => {
+    await openSession(sessionId); // refused: nothing changed, show the branch as it is
+    showNotice(error);
+  });
+}
+
+/** Show `run` (after the user's `question`, if any) and follow it as `settle()` says. */
+function launch(run, question, settle, onRefused) {
+  hideNotice();
+  const asked = question === null ? null : userTurn(question);
+  if (asked) ui.log.append(asked);
+  const turn = addTurn(run);
+  ui.log.append(turn.node);
+  addControlsWhenKnown(run, asked, question, turn.node, branchActions);
+  state.stuck = true;
+  scrollToEnd();
+  track(run);
+  follow(run, settle(), (error) => onRefused(error, asked, turn));
 }
 
 /** Keep `run` in the page's books: storage for reloads, controls, the session list. */
@@ -298,6 +332,7 @@ function updateControls() {
   const live = liveRun() !== null;
   ui.stop.hidden = !live;
   ui.send.disabled = live;
+  ui.log.classList.toggle("live", live); // no edits, versions or regenerations meanwhile
 }
 
 // --- small things ----------------------------------------------------------------
@@ -328,15 +363,6 @@ async function guard(promise) {
 function toggleSidebar(open) {
   ui.sidebar.classList.toggle("open", open);
   ui.sessionsToggle.setAttribute("aria-expanded", String(open));
-}
-
-/** A random UUID; crypto.randomUUID needs a secure context, a LAN address is not one. */
-function uuid4() {
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  bytes[6] = (bytes[6] & 0x0f) | 0x40;
-  bytes[8] = (bytes[8] & 0x3f) | 0x80;
-  const hex = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
 // --- wiring ----------------------------------------------------------------------
@@ -371,12 +397,5 @@ ui.log.addEventListener("scroll", () => {
   state.stuck = ui.log.scrollTop + ui.log.clientHeight >= ui.log.scrollHeight - 40;
 });
 window.addEventListener("popstate", () => openSession(sessionFromHash()));
-ui.tokenForm.addEventListener("submit", (event) => {
-  event.preventDefault();
-  sessionStorage.setItem(TOKEN_KEY, ui.token.value.trim());
-  ui.token.value = "";
-  transports.ws.close(); // the next socket authenticates with the new token
-  start();
-});
 
 start();

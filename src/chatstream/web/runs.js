@@ -43,6 +43,7 @@ export class Run {
     switch (event.type) {
       case "start":
         this.messageId = event.message_id;
+        this.userMessageId = event.user_message_id; // the message it answers
         this.sessionId = event.session_id;
         this.model = event.model;
         break;
@@ -186,4 +187,13 @@ export class PendingRuns {
       return {};
     }
   }
+}
+
+/** A random UUID; crypto.randomUUID needs a secure context, a LAN address is not one. */
+export function uuid4() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }

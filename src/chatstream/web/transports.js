@@ -25,11 +25,12 @@ export class SseTransport {
     this.name = "sse";
   }
 
-  async start(run, body) {
+  /** `path`: POST /api/chat/stream, or an edit's or a regeneration's (stream: true). */
+  async start(run, body, path = "/api/chat/stream") {
     for (let attempt = 0; ; attempt += 1) {
       let response;
       try {
-        response = await this.api.request("POST", "/api/chat/stream", { body, headers: SSE_HEADERS });
+        response = await this.api.request("POST", path, { body, headers: SSE_HEADERS });
       } catch (error) {
         if (error.code !== "network_error" || attempt >= RETRIES) throw error;
         await delay(backoff(attempt));
