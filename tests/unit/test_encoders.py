@@ -115,7 +115,7 @@ RECORDINGS: dict[str, Recording] = {
         [],
         [{"type": "thinking", "elapsed_ms": 1250}],
         [{"type": "reasoning", "text": "The user greets; "}],
-        [{"type": "reasoning", "text": "answer \"warmly\".\n"}],
+        [{"type": "reasoning", "text": 'answer "warmly".\n'}],
         [_delta("Héllo, wörld — 世界 🎉!")],
         [_delta('\n\nShe said "hi" \\ and left.\r\n'), _delta("Line two:\n")],
         [

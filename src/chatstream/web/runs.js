@@ -1,5 +1,5 @@
 // One answer as the page knows it: the events of a run folded into parts
-// (text and tool calls, in order), its last seen seq, and how it ended.
+// (reasoning, text and tool calls, in order), its last seen seq, and how it ended.
 // Persisted answers from GET /api/sessions/{id}/messages become the same
 // shape, so one renderer draws both.
 
@@ -10,7 +10,8 @@ export class Run {
     this.clientMessageId = null;
     this.model = null;
     this.seq = 0; // the last event applied: resume after it
-    this.parts = []; // {kind: "text", text} | {kind: "tool", callId, name, arguments, result}
+    // {kind: "text", text} | {kind: "reasoning", text} | {kind: "tool", callId, name, arguments, result}
+    this.parts = [];
     this.status = "running"; // or done.status: complete, cancelled, error, interrupted
     this.error = null; // {code, message}
     this.metrics = null;
@@ -50,10 +51,12 @@ export class Run {
       case "thinking":
         this.thinkingMs = event.elapsed_ms;
         break;
+      case "reasoning": // the model's thinking: a part of its own, never part of the text
       case "delta": {
+        const kind = event.type === "delta" ? "text" : "reasoning";
         const last = this.parts.at(-1);
-        if (last && last.kind === "text") last.text += event.text;
-        else this.parts.push({ kind: "text", text: event.text });
+        if (last && last.kind === kind) last.text += event.text;
+        else this.parts.push({ kind, text: event.text });
         break;
       }
       case "tool_call":
@@ -102,6 +105,7 @@ export class Run {
     const run = new Run({ status: "complete" });
     for (const row of rows) {
       if (row.role === "assistant") {
+        if (row.reasoning) run.apply({ type: "reasoning", text: row.reasoning });
         if (row.content) run.apply({ type: "delta", text: row.content });
         for (const call of row.tool_calls ?? []) {
           const fn = call.function ?? {};

@@ -61,6 +61,13 @@ export class AssistantTurn {
       if (part.kind === "text" && drawn.length !== part.text.length) {
         drawn.node.replaceChildren(renderMarkdown(part.text));
         drawn.length = part.text.length;
+      } else if (part.kind === "reasoning") {
+        const live = index === run.parts.length - 1 && !run.finished; // still thinking
+        if (drawn.length !== part.text.length || drawn.live !== live) {
+          drawReasoning(drawn.node, part, live, drawn.live);
+          drawn.length = part.text.length;
+          drawn.live = live;
+        }
       } else if (part.kind === "tool" && drawn.result !== part.result) {
         drawToolCard(drawn.node, part);
         drawn.result = part.result;
@@ -79,12 +86,27 @@ export class AssistantTurn {
   }
 
   #add(part) {
-    const node = part.kind === "text" ? element("div", "markdown") : element("details", "tool-card");
-    const drawn = { node, length: -1, result: undefined };
+    const node = part.kind === "text" ? element("div", "markdown")
+      : element("details", part.kind === "reasoning" ? "reasoning" : "tool-card");
+    const drawn = { node, length: -1, result: undefined, live: undefined };
     this.drawn.push(drawn);
     this.parts.append(node);
     return drawn;
   }
+}
+
+/**
+ * The model's reasoning: a collapsible "Thinking" block, open while the model is
+ * still thinking (so it can be read as it streams), left as the reader set it after.
+ */
+function drawReasoning(block, part, live, wasLive) {
+  if (!block.firstChild) {
+    block.append(element("summary", null, "Thinking"), element("div", "reasoning-text"));
+    block.open = live;
+  } else if (wasLive && !live) {
+    block.open = false; // the answer has begun: fold the thinking away
+  }
+  block.lastChild.textContent = part.text; // plain text: the model's notes, not Markdown
 }
 
 function drawToolCard(card, part) {
