@@ -228,8 +228,8 @@ async def _upgrade(settings: Settings) -> str | None:
 
 
 def _fake_upstream(args: argparse.Namespace) -> int:
-    from chatstream.emulation.emulator import Script
     from chatstream.emulation.fake_server import serve_forever
+    from chatstream.emulation.script import Script
 
     configure_logging("info")
     defaults = Script(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from chatstream.emulation.emulator import Drop, Emulator, Script, Send, Stall
+from chatstream.emulation.emulator import Drop, Emulator, Send, Stall
+from chatstream.emulation.script import Script
 
 
 def reply_events(emulator: Emulator, text: str) -> tuple[int, list[object]]:

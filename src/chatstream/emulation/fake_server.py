@@ -38,7 +38,8 @@ from typing import Any, cast
 import httptools
 import orjson
 
-from chatstream.emulation.emulator import Drop, Emulator, Script, Send, Sleep, Stall
+from chatstream.emulation.emulator import Drop, Emulator, Send, Sleep, Stall
+from chatstream.emulation.script import Script
 
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 429: b"Too Many Requests"}
 

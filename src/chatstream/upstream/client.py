@@ -18,7 +18,8 @@ import openai
 
 from chatstream.config import Settings
 from chatstream.emulation.demo import DEMO_BASE_URL, DemoTransport
-from chatstream.emulation.emulator import Emulator, Script
+from chatstream.emulation.emulator import Emulator
+from chatstream.emulation.script import Script
 
 logger = logging.getLogger(__name__)
 
