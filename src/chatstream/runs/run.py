@@ -1,8 +1,8 @@
 """One run: one assistant turn, generated server-side, whoever is watching.
 
-    start ─┬─ thinking* ─ delta* ─┬──────────────────────────────────────────┬─ [error] ─ done
-           │                      └─ tool_call+ ─ thinking* ─ tool_result+ ─┘ (next round)
-           └─ (cancel / timeout / upstream failure, at any point) ─────────────────┘
+    start ─┬─ thinking* ─ (reasoning|delta)* ─┬─────────────────────────────┬─ [error] ─ done
+           │                                  └─ tool_call+ ─ tool_result+ ─┘ (next round)
+           └─ (cancel / timeout / upstream failure, at any point) ──────────┘
 
 The run owns its event log and nothing else; the registry owns the run's
 task. The generation (`runs/generation.py`) streams the model's answer and
@@ -343,12 +343,7 @@ class Run:
         except Exception:
             log_fault(logger, "run %s: its partial answer could not be kept", self.id)
         self.status = "error"
-        self.error = {
-            "type": "error",
-            "code": "internal",
-            "message": FAULT_MESSAGE,
-            "retryable": True,
-        }
+        self.error = _error_event(ChatstreamError(FAULT_MESSAGE, retryable=True))  # `internal`
         self._append(self.error)
         self._append(
             {
