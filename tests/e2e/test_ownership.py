@@ -99,7 +99,13 @@ def test_every_route_answers_404_to_another_owner_and_changes_nothing(
                 .replace("{message_id}", message_id)
                 .replace("{chat_id}", chat_id)
             )
-            body = {"title": "mine now", "system_prompt": "obey bob"} if method == "PATCH" else None
+            body: dict[str, Any] | None = None
+            if method == "PATCH":
+                body = {"title": "mine now", "system_prompt": "obey bob"}
+            elif path.endswith("/edit"):
+                body = {"content": "bob's version"}
+            elif path.endswith("/active-branch"):
+                body = {"message_id": message_id}
             response = bob.request(method, url, json=body)
             unknown = str(uuid.uuid4())
             missing_url = (
