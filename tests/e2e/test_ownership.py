@@ -63,6 +63,15 @@ def alice_world(make_server: Callable[..., AppServer], fake: FakeUpstreamThread)
     alice.close()
 
 
+# A valid body for the routes that need one (by method and last path segment), so that
+# what answers is the ownership check. An empty `message_id` is the path's.
+BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("PATCH", "{session_id}"): {"title": "mine now", "system_prompt": "obey bob"},
+    ("POST", "edit"): {"content": "bob's words now"},
+    ("PUT", "active-branch"): {"message_id": ""},
+}
+
+
 def test_every_route_answers_404_to_another_owner_and_changes_nothing(
     alice_world: Any, database_path: Path
 ) -> None:
@@ -99,13 +108,9 @@ def test_every_route_answers_404_to_another_owner_and_changes_nothing(
                 .replace("{message_id}", message_id)
                 .replace("{chat_id}", chat_id)
             )
-            body: dict[str, Any] | None = None
-            if method == "PATCH":
-                body = {"title": "mine now", "system_prompt": "obey bob"}
-            elif path.endswith("/edit"):
-                body = {"content": "bob's version"}
-            elif path.endswith("/active-branch"):
-                body = {"message_id": message_id}
+            body = BODIES.get((method, path.rsplit("/", 1)[-1]), {}).copy() or None
+            if body and body.get("message_id") == "":
+                body["message_id"] = message_id
             response = bob.request(method, url, json=body)
             unknown = str(uuid.uuid4())
             missing_url = (

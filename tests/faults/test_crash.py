@@ -73,7 +73,13 @@ def test_kill_9_then_restart(
         answers = dict(
             db.execute("select id, status || '|' || content from messages where role = 'assistant'")
         )
+        # Recovered from a checkpoint or from nothing, each answer follows its question.
+        unlinked = db.execute(
+            "select count(*) from messages a where a.role = 'assistant' and not exists "
+            "(select 1 from messages u where u.id = a.parent_id and u.reply_id = a.id)"
+        ).fetchone()[0]
     assert orphans == 0
+    assert unlinked == 0
     assert len(answers) == 5
     for stream in seen:
         message_id = stream.events[0].data["message_id"].replace("-", "")

@@ -148,6 +148,8 @@ def test_an_instance_killed_mid_run_is_ended_by_another(
     assert [(m["id"], m["status"], m["content"]) for m in stored] == [
         (message_id, "interrupted", seen.text)
     ]
+    # Written by B from Redis' copy, the answer still follows its question.
+    assert stored[0]["parent_id"] == head.events[0].data["user_message_id"]
     # A comes back: its own recovery finds the run written, and writes nothing twice.
     restarted = fleet("a", run_lease_s="1.5")
     restarted.wait_for_line("recovered")

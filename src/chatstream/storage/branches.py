@@ -89,6 +89,8 @@ def leaf(session_id: uuid.UUID, stored: Any) -> Any:
     in the spool) the branch ends at the message it answers, the one whose
     `reply_id` it is. Unset, the leaf is the last message written.
     """
+    if stored is None:  # (compared with None, SQLAlchemy would write IS NULL)
+        return last_message(session_id)
     messages = messages_table
     written = (
         select(messages.c.id)
