@@ -49,9 +49,9 @@ from chatstream.auth import Authenticator, ClientAddress
 from chatstream.bots.telegram import webhook_router
 from chatstream.config import Settings
 from chatstream.hooks import Hook, HookRunner, installed_hooks
+from chatstream.limiting.quotas.quotas import Quotas
 from chatstream.logs import Redactor, RequestIdMiddleware, secrets_of
 from chatstream.metrics import HttpMetrics, Metrics
-from chatstream.quotas.quotas import Quotas
 from chatstream.runs.lifecycle import RunListener, RunListeners
 from chatstream.runs.session_events import SessionEvents
 from chatstream.startup import StartupReport, database_location

@@ -39,14 +39,15 @@ from chatstream.api.deps import AppState
 from chatstream.auth import Authenticator, ClientAddress
 from chatstream.bots.telegram import TelegramBot
 from chatstream.config import Settings
+from chatstream.durability.journal import RunJournal
+from chatstream.durability.spool import Spool
 from chatstream.errors import StartupError
 from chatstream.hooks import AutoTitle, HookRunner
+from chatstream.limiting.quotas.quotas import Quotas
+from chatstream.limiting.ratelimit import ChatLimits
 from chatstream.logs import Redactor
 from chatstream.metrics import Metrics
-from chatstream.quotas.quotas import Quotas
-from chatstream.ratelimit import ChatLimits
 from chatstream.runs.handle import RunHost
-from chatstream.runs.journal import RunJournal
 from chatstream.runs.lifecycle import RunListeners
 from chatstream.runs.registry import LocalRunRegistry
 from chatstream.runs.service import ChatService
@@ -56,7 +57,6 @@ from chatstream.runs.unstored import Unstored
 from chatstream.startup import open_spool, prepare_database
 from chatstream.storage.db import Database
 from chatstream.storage.repository import Store
-from chatstream.storage.spool import Spool
 from chatstream.title_events import TitleAnnouncer
 from chatstream.tools import ToolSet
 from chatstream.upstream.cache import AnswerCache
@@ -64,7 +64,7 @@ from chatstream.upstream.client import open_client
 from chatstream.upstream.stream import ChatUpstream
 
 if TYPE_CHECKING:
-    from chatstream.runs.shared import SharedRunsLink
+    from chatstream.fleet.shared import SharedRunsLink
     from chatstream.tracing import Tracing
 
 logger = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ async def _open_live_sessions(
     wait_s = settings.max_run_duration_s
     if settings.redis_url is None:
         return lambda registry: local_sessions(events, registry, wait_s=wait_s)
-    from chatstream.runs.redis_sessions import RedisSessions
+    from chatstream.fleet.redis_sessions import RedisSessions
 
     shared = await stack.enter_async_context(RedisSessions(settings, instance, events))
     return lambda registry: shared.sessions(registry, wait_s=wait_s)
@@ -226,8 +226,8 @@ async def _open_registry(
     if settings.redis_url is None:
         return None, await stack.enter_async_context(here)
     # Imported here: redis-py stays out of a process that does not use it.
-    from chatstream.runs.redis_registry import SharedRunRegistry
-    from chatstream.runs.shared import SharedRunsLink
+    from chatstream.fleet.redis_registry import SharedRunRegistry
+    from chatstream.fleet.shared import SharedRunsLink
 
     try:
         link = await stack.enter_async_context(SharedRunsLink(settings, instance))

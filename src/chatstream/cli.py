@@ -148,9 +148,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return _serve_workers(settings, args.workers)
     from chatstream.app import create_app
+    from chatstream.durability.spool_layout import gather
     from chatstream.server import serve
     from chatstream.startup import spool_checked
-    from chatstream.storage.spool_layout import gather
 
     try:
         app = create_app(settings)

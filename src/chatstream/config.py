@@ -23,7 +23,7 @@ from chatstream.config_urls import (
     check_redis_url,
     check_store_url,
 )
-from chatstream.quotas.window import window_seconds
+from chatstream.limiting.quotas.window import window_seconds
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     rate_limit_fail_open: bool = False
     max_concurrent_runs: int = Field(default=4, ge=1)
     redis_key_prefix: str = Field(default="chatstream", min_length=1)
-    # Token quotas per owner (chatstream.quotas): this many tokens per window, shared by
+    # Token quotas per owner (chatstream.limiting.quotas): this many tokens per window, shared by
     # every model without a limit of its own in quota_models ("model=N,…"); unset: off.
     quota_tokens: int | None = Field(default=None, ge=0)
     quota_window: str = "day"  # minute, hour, day (UTC) or N seconds, aligned to the epoch

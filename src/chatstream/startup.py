@@ -29,11 +29,11 @@ from sqlalchemy.engine import make_url
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatstream.config import ConfigurationError
+from chatstream.durability.spool import Spool, SpoolInUse
 from chatstream.errors import StartupError
 from chatstream.logs import Redactor
 from chatstream.storage.db import Database
 from chatstream.storage.migrations import SchemaOutdated, bring_to_head
-from chatstream.storage.spool import Spool, SpoolInUse
 
 logger = logging.getLogger(__name__)
 

@@ -43,13 +43,13 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 
 from chatstream.config import Settings
+from chatstream.durability.spool_layout import gather, worker_spool
 from chatstream.errors import StartupError
 from chatstream.logs import Redactor, configure_logging, secrets_of
 from chatstream.metrics import multiprocess
 from chatstream.server import CONNECTION_DRAIN_S
 from chatstream.startup import open_spool, prepare_database, spool_checked
 from chatstream.storage.db import Database
-from chatstream.storage.spool_layout import gather, worker_spool
 from chatstream.worker import STARTUP_FAILED, Failed, Heartbeat, Ready, run_worker
 
 logger = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ def outage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "chatstream.ratelimit" and r.levelno == logging.WARNING
+        if r.name == "chatstream.limiting.ratelimit" and r.levelno == logging.WARNING
     ]
 
 

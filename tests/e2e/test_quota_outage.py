@@ -30,7 +30,7 @@ def quota_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name.startswith("chatstream.quotas") and r.levelno == logging.WARNING
+        if r.name.startswith("chatstream.limiting.quotas") and r.levelno == logging.WARNING
     ]
 
 

@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from chatstream.durability.journal import RunJournal
 from chatstream.logs import FAULT
 from chatstream.runs.accumulator import ChunkAccumulator
-from chatstream.runs.journal import RunJournal
 from chatstream.storage.records import RunOutput
 from chatstream.storage.repository import Store
 from chatstream.tools.registry import ToolSet

@@ -388,7 +388,7 @@ def test_workers_stop_by_themselves_when_the_parent_is_gone(workers: WorkersFact
 
 
 def checkpointed(live: Path, message_id: str) -> bool:
-    """The run's text so far is in this spool's checkpoint file (chatstream.storage.spool)."""
+    """The run's text so far is in this spool's checkpoint file (chatstream.durability.spool)."""
     try:
         return any(
             output["rows"][-1]["id"] == message_id for output in json.loads(live.read_text())

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from chatstream.config import Settings
 from chatstream.errors import TooManyRuns
-from chatstream.ratelimit import ChatLimits
+from chatstream.limiting.ratelimit import ChatLimits
 from tests.support.services import redis_prefix, service_url
 from tests.support.wait import wait_until_async
 

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import pytest
 
+from chatstream.durability.group_commit import GroupCommit
 from chatstream.storage.db import Database
-from chatstream.storage.group_commit import GroupCommit
 from chatstream.storage.records import OutputRow, RunOutput
 from chatstream.storage.repository import DuplicateRequest, Store
 

@@ -50,8 +50,8 @@ from chatstream.api.ws_frames import event_frame, frame_heads, unnumbered_frame
 from chatstream.bots.telegram import delivery as telegram_delivery
 from chatstream.bots.telegram.delivery import Delivery, Mode
 from chatstream.bots.telegram.outbox import Outbox
+from chatstream.fleet.redis_remote import RunStreamLost
 from chatstream.runs.events import Event, EventPayload
-from chatstream.runs.redis_remote import RunStreamLost
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("CHATSTREAM_UPDATE_GOLDEN") == "1"

@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.types import Message
 
 from chatstream.api.follow import follow_to_end
+from chatstream.fleet.redis_remote import RunStreamLost
 from chatstream.runs.events import Event
-from chatstream.runs.redis_remote import RunStreamLost
 
 
 class LosingRun:

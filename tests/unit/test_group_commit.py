@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from chatstream.storage.group_commit import MAX_BATCH, GroupCommit
+from chatstream.durability.group_commit import MAX_BATCH, GroupCommit
 
 
 class Database:

@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from chatstream.config import Settings
-from chatstream.quotas.quotas import Quotas
-from chatstream.quotas.window import window_at, window_seconds
+from chatstream.limiting.quotas.quotas import Quotas
+from chatstream.limiting.quotas.window import window_at, window_seconds
 from chatstream.runs.accumulator import ChunkAccumulator
 from chatstream.runs.lifecycle import RunRecord
 from chatstream.runs.usage import round_usage, total_usage

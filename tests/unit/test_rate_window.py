@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from chatstream.ratelimit import InlineExpiryMemoryStorage
+from chatstream.limiting.ratelimit import InlineExpiryMemoryStorage
 
 
 def test_expiry_runs_inline_and_forgets_what_expired(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from chatstream.durability.spool import Spool, encode, write_atomically
 from chatstream.storage.records import OutputRow, RunOutput
-from chatstream.storage.spool import Spool, encode, write_atomically
 
 
 def answer(text: str) -> RunOutput:
@@ -59,7 +59,7 @@ def test_a_full_disk_holds_answers_in_memory_says_so_once_and_leaves_no_file(
     before = files_in(spool.directory)
     disk = FullDisk(spool.directory, monkeypatch)
     first, second = answer("the first answer"), answer("the second answer")
-    with caplog.at_level(logging.INFO, logger="chatstream.storage.spool"):
+    with caplog.at_level(logging.INFO, logger="chatstream.durability.spool"):
         spool.keep(first)
         spool.keep(second)
         assert spool.pending_count() == 2
@@ -89,7 +89,7 @@ def test_the_size_cap_holds_what_would_pass_it_until_there_is_room(
 ) -> None:
     first, second = answer("a" * 100), answer("b" * 100)
     spool.max_bytes = len(encode(first)) + 10
-    with caplog.at_level(logging.INFO, logger="chatstream.storage.spool"):
+    with caplog.at_level(logging.INFO, logger="chatstream.durability.spool"):
         spool.keep(first)
         spool.keep(second)  # would pass the cap
         assert [p.name for p in (spool.directory / "pending").iterdir()] == [

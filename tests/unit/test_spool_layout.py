@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from chatstream.durability.spool import Spool, SpoolInUse, encode
+from chatstream.durability.spool_layout import gather, worker_spool
 from chatstream.storage.records import OutputRow, RunOutput
-from chatstream.storage.spool import Spool, SpoolInUse, encode
-from chatstream.storage.spool_layout import gather, worker_spool
 
 
 def output(text: str) -> RunOutput:

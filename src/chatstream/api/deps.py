@@ -12,9 +12,9 @@ from starlette.requests import HTTPConnection
 
 from chatstream.auth import Authenticator, ClientAddress, Principal
 from chatstream.config import Settings
-from chatstream.ratelimit import ChatLimits
+from chatstream.durability.journal import RunJournal
+from chatstream.limiting.ratelimit import ChatLimits
 from chatstream.runs.handle import RunRegistry
-from chatstream.runs.journal import RunJournal
 from chatstream.runs.service import ChatService
 from chatstream.runs.unstored import Unstored
 from chatstream.storage.branches import Branches

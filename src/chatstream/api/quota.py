@@ -19,8 +19,8 @@ from starlette.requests import HTTPConnection
 from chatstream.api.deps import AppState, State
 from chatstream.auth import Principal
 from chatstream.errors import ChatstreamError, NotFound
-from chatstream.quotas.quotas import Quotas
-from chatstream.ratelimit import RateWindow
+from chatstream.limiting.quotas.quotas import Quotas
+from chatstream.limiting.ratelimit import RateWindow
 from chatstream.runs.handle import RunHandle
 from chatstream.runs.service import PLAIN_TURN, ChatInput, TurnShape
 

@@ -1,4 +1,4 @@
-"""`GET /api/usage`: the caller's tokens in the current quota window (`chatstream.quotas`)."""
+"""`GET /api/usage`: the caller's tokens in the current quota window (`limiting/quotas`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from starlette.requests import Request
 
 from chatstream.api.deps import Owner
 from chatstream.api.schemas import ErrorBody
-from chatstream.quotas.quotas import Quotas
+from chatstream.limiting.quotas.quotas import Quotas
 
 router = APIRouter(prefix="/api", tags=["usage"])
 

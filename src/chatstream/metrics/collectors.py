@@ -111,7 +111,7 @@ class ChatstreamCollectors:
             ["code"],
             registry=registry,
         )
-        # Token quotas (chatstream.quotas), by model: never by owner.
+        # Token quotas (chatstream.limiting.quotas), by model: never by owner.
         self.quota_tokens = Counter(
             "chatstream_quota_tokens",
             "Tokens counted against owners' quotas when their runs ended, by model.",

@@ -20,7 +20,7 @@ import anyio
 from chatstream.auth import Principal
 from chatstream.config import Settings
 from chatstream.errors import ChatstreamError, Conflict, IdempotencyConflict, InvalidChat, Problem
-from chatstream.ratelimit import ChatLimits, RateWindow
+from chatstream.limiting.ratelimit import ChatLimits, RateWindow
 from chatstream.runs.context import build_context
 from chatstream.runs.handle import RunHandle, RunHost
 from chatstream.runs.lifecycle import RunListeners

@@ -144,7 +144,7 @@ class SessionEvents:
         self._subscribers: dict[uuid.UUID, set[Subscription]] = {}
         self._queue_limit = queue_limit
         self._closed = False
-        # Set while another instance must hear too (`runs/redis_sessions.py`).
+        # Set while another instance must hear too (`fleet/redis_sessions.py`).
         self.relay: Relay | None = None
         # Told when a run ended here (the local gate frees its session).
         self.on_run_end: Callable[[uuid.UUID, uuid.UUID], None] | None = None

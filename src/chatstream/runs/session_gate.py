@@ -12,7 +12,7 @@
 The claim is what makes "live" exact: it is taken before the user message is
 committed, atomically, so two messages sent at once never both start a run.
 In one process it is a dict (`LocalSessionGate`); with Redis it is a key
-every instance checks in one script (`runs/redis_sessions.py`), so a
+every instance checks in one script (`fleet/redis_sessions.py`), so a
 message sent to one instance while the run lives on another is handled the
 same way.
 """

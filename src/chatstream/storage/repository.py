@@ -341,7 +341,7 @@ class Store:
         return [OrphanedReply(row.owner, row.session_id, row.reply_id, row.id) for row in rows]
 
     async def write_run_outputs(self, outputs: Sequence[RunOutput]) -> None:
-        """Several runs' rows in one transaction and one INSERT (`storage/group_commit.py`).
+        """Several runs' rows in one transaction and one INSERT (`durability/group_commit.py`).
 
         Any failure fails them all; the caller then writes each on its own.
         """

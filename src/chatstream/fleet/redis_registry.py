@@ -17,8 +17,8 @@ import anyio
 from redis.exceptions import RedisError
 
 from chatstream.errors import ServiceUnavailable
+from chatstream.fleet.redis_remote import SharedRuns
 from chatstream.runs.handle import RunHandle
-from chatstream.runs.redis_remote import SharedRuns
 from chatstream.runs.registry import Admission, LocalRunRegistry
 from chatstream.runs.run import Run
 

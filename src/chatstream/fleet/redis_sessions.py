@@ -33,8 +33,8 @@ from anyio.abc import TaskGroup
 from redis.exceptions import RedisError
 
 from chatstream.config import Settings
+from chatstream.fleet.redis_keys import Keys
 from chatstream.runs.handle import RunHost
-from chatstream.runs.redis_keys import Keys
 from chatstream.runs.session_events import SessionEvents
 from chatstream.runs.session_gate import POLL_S, LiveSessions, LocalSessionGate
 

@@ -40,15 +40,15 @@ import anyio
 
 from chatstream.config import Settings
 from chatstream.errors import QuotaExceeded, RateLimiterUnavailable
-from chatstream.quotas.stores import MemoryQuotaStore, QuotaStore
-from chatstream.quotas.window import Window, window_at
+from chatstream.limiting.quotas.stores import MemoryQuotaStore, QuotaStore
+from chatstream.limiting.quotas.window import Window, window_at
 from chatstream.runs.lifecycle import RunListeners, RunRecord, RunStarted
 from chatstream.startup import redis_failure
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-    from chatstream.quotas.redis_store import RedisQuotaStore
+    from chatstream.limiting.quotas.redis_store import RedisQuotaStore
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class Quotas:
         import redis.asyncio as aioredis
         from redis.exceptions import RedisError
 
-        from chatstream.quotas.redis_store import RedisQuotaStore
+        from chatstream.limiting.quotas.redis_store import RedisQuotaStore
 
         self._outages = (RedisError, *_OUTAGES)
         self._redis = aioredis.Redis.from_url(self._redis_url)

@@ -25,13 +25,13 @@ import os
 import uuid
 from pathlib import Path
 
+from chatstream.durability.spool import Spool, encode, write_atomically
 from chatstream.storage.records import RunOutput
-from chatstream.storage.spool import Spool, encode, write_atomically
 
 logger = logging.getLogger(__name__)
 
 WORKER_PREFIX = "worker-"
-LIVE_FILE = "live.json"  # every live run's checkpoint, in one file (chatstream.storage.spool)
+LIVE_FILE = "live.json"  # every live run's checkpoint, in one file (chatstream.durability.spool)
 
 
 def worker_spool(base: Path, index: int) -> Path:

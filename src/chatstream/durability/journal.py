@@ -9,7 +9,7 @@
                       `interrupted`, with the text their checkpoint holds;
                       shared runs (CHATSTREAM_REDIS_URL) are left to the
                       instance that takes them over, from Redis' copy, which
-                      is their record (runs/redis_takeover.py)
+                      is their record (fleet/redis_takeover.py)
 
 Every write is idempotent on message ids, so a row lands exactly once however
 often it is retried (the database may have taken a write whose answer was
@@ -30,11 +30,11 @@ import anyio.abc
 import anyio.to_thread
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
+from chatstream.durability.group_commit import GroupCommit
+from chatstream.durability.spool import Spool, encode
 from chatstream.logs import log_fault
-from chatstream.storage.group_commit import GroupCommit
 from chatstream.storage.records import OutputRow, RunOutput
 from chatstream.storage.repository import SessionGone, Store
-from chatstream.storage.spool import Spool, encode
 
 logger = logging.getLogger(__name__)
 

@@ -119,7 +119,7 @@ class ChatLimits:
             import redis.asyncio as aioredis
             from redis.exceptions import RedisError
 
-            from chatstream.redis_slots import RedisRunSlots
+            from chatstream.fleet.redis_slots import RedisRunSlots
 
             self._outages = (RedisError, *_OUTAGES)
             self._redis = aioredis.Redis.from_url(self._redis_url)

@@ -28,11 +28,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from chatstream.errors import DatabaseUnavailable
+from chatstream.fleet.redis_keys import CLAIM, FINISH_TAKEN_OVER, LAPSED, Keys
+from chatstream.fleet.redis_mirror import RunMirror
+from chatstream.fleet.redis_remote import entry_event
 from chatstream.logs import log_fault
 from chatstream.runs.events import DoneEvent, ErrorEvent, Event, EventPayload, MessageStatus
-from chatstream.runs.redis_keys import CLAIM, FINISH_TAKEN_OVER, LAPSED, Keys
-from chatstream.runs.redis_mirror import RunMirror
-from chatstream.runs.redis_remote import entry_event
 from chatstream.runs.replay import rows_from_events
 from chatstream.runs.run import RunStore
 from chatstream.storage.records import RunOutput

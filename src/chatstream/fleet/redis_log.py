@@ -2,7 +2,7 @@
 
 Its readers on this instance are sent an event only once Redis has it
 (`RunMirror` publishes each pipeline's events): Redis' copy is the run's
-record (see the class below, and runs/redis_takeover.py).
+record (see the class below, and fleet/redis_takeover.py).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from chatstream.runs.events import Event, EventPayload
 from chatstream.runs.log import MemoryEventLog
 
 if TYPE_CHECKING:
-    from chatstream.runs.redis_mirror import RunMirror
+    from chatstream.fleet.redis_mirror import RunMirror
 
 
 class MirroredEventLog(MemoryEventLog):
     """A run's log in memory, whose readers see an event once Redis has it.
 
     Redis' copy is the run's record: if this process dies, another instance
-    ends the run from it (runs/redis_takeover.py), so no follower may have
+    ends the run from it (fleet/redis_takeover.py), so no follower may have
     seen more than it holds, and every id the taker adds is above every id
     sent. The run appends without waiting (its events are `staged`); the
     mirror writes them in its next pipeline and then `publish`es them to

@@ -18,7 +18,7 @@ import anyio.abc
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from chatstream.quotas.window import Window
+from chatstream.limiting.quotas.window import Window
 
 logger = logging.getLogger(__name__)
 

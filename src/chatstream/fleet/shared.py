@@ -4,9 +4,9 @@ With `CHATSTREAM_REDIS_URL`, `SharedRunsLink` is entered in the lifespan
 before the run registry (and left after it, so that the last events of the
 runs ended at shutdown are written). It hands out:
 
-    log_for(spec)     each run's event log, mirrored to Redis (runs/redis_mirror.py)
-    shared            lookups of every instance's runs (runs/redis_remote.py)
-    sweeping(store)   the task that ends runs whose instance died (runs/redis_takeover.py)
+    log_for(spec)     each run's event log, mirrored to Redis (fleet/redis_mirror.py)
+    shared            lookups of every instance's runs (fleet/redis_remote.py)
+    sweeping(store)   the task that ends runs whose instance died (fleet/redis_takeover.py)
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from chatstream.config import Settings
+from chatstream.fleet.redis_keys import Keys
+from chatstream.fleet.redis_mirror import RunMirror
+from chatstream.fleet.redis_remote import READ_BLOCK_S, SharedRuns
+from chatstream.fleet.redis_takeover import LeaseSweeper
 from chatstream.runs.events import MessageStatus
 from chatstream.runs.log import EventLog
-from chatstream.runs.redis_keys import Keys
-from chatstream.runs.redis_mirror import RunMirror
-from chatstream.runs.redis_remote import READ_BLOCK_S, SharedRuns
-from chatstream.runs.redis_takeover import LeaseSweeper
 from chatstream.runs.run import RunStore
 from chatstream.runs.spec import RunSpec
 from chatstream.startup import CHECK_TIMEOUT_S, redis_failure

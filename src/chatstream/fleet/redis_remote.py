@@ -27,10 +27,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from chatstream.errors import ServiceUnavailable
+from chatstream.fleet.redis_keys import CANCEL, Keys
 from chatstream.runs.events import EVENT_TYPES, Event, EventType, MessageStatus
 from chatstream.runs.handle import RunState
 from chatstream.runs.log import Pusher
-from chatstream.runs.redis_keys import CANCEL, Keys
 
 READ_COUNT = 1000
 READ_BLOCK_S = 5.0  # below the readers' socket timeout (shared.py)

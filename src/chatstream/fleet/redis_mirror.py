@@ -30,9 +30,7 @@ import anyio.abc
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
-from chatstream.logs import log_fault
-from chatstream.runs.events import Event, MessageStatus
-from chatstream.runs.redis_keys import (
+from chatstream.fleet.redis_keys import (
     APPEND,
     OWNER_FENCE,
     RENEW,
@@ -41,8 +39,10 @@ from chatstream.runs.redis_keys import (
     TAKEN_OVER,
     Keys,
 )
-from chatstream.runs.redis_log import MirroredEventLog
-from chatstream.runs.redis_remote import entry_event
+from chatstream.fleet.redis_log import MirroredEventLog
+from chatstream.fleet.redis_remote import entry_event
+from chatstream.logs import log_fault
+from chatstream.runs.events import Event, MessageStatus
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import uuid
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from chatstream.ratelimit import SLOT_TTL_S
+from chatstream.limiting.ratelimit import SLOT_TTL_S
 
 logger = logging.getLogger(__name__)
 

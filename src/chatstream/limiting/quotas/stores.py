@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from chatstream.quotas.window import Window
+from chatstream.limiting.quotas.window import Window
 
 
 class QuotaStore(Protocol):
