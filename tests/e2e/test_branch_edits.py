@@ -8,6 +8,7 @@ was sent), httpx for HTTP and SSE, on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,6 +24,7 @@ from tests.support.branching import (
     streamed,
 )
 from tests.support.servers import AppServer, FakeUpstreamThread
+from tests.support.session_watch import Watcher
 from tests.support.sse import iter_sse, read_stream
 
 pytestmark = BOTH_DATABASES
@@ -263,3 +265,24 @@ def test_while_an_answer_is_generated_the_branch_ends_at_its_question(
         fake.fake.release(wait_for=1)
         new_id = read_stream(events).done["message_id"]
     assert [m["id"] for m in branch(client, session)] == [before[0]["id"], new_id]
+
+
+def test_a_second_tab_is_told_when_the_branch_is_switched(
+    make_server: Callable[..., AppServer],
+) -> None:
+    # Idle streams say so often: the watcher notices at once that its tab was closed.
+    server = make_server(keepalive_interval_s=0.2)
+    with httpx.Client(base_url=server.base_url, timeout=20) as client:
+        session, before = conversation(client, "[[fake tokens=2]] q1", "[[fake tokens=2]] q2")
+        q2 = before[2]
+        edited = edit(client, session, q2["id"], content="[[fake tokens=2]] q2 again")
+        assert edited.status_code == 200
+        with Watcher(server.base_url, session) as tab:
+            switch(client, session, q2["id"])
+            updated = tab.seen(
+                lambda events: any(e.type == "session.updated" for e in events), "the switch"
+            )
+        told = next(e for e in updated if e.type == "session.updated").data
+        assert told["session_id"] == session
+        # What the tab then reads is the branch switched to.
+        assert contents(branch(client, session)) == contents(before)

@@ -32,7 +32,14 @@ from chatstream.api.branch_schemas import (
     RunOptions,
 )
 from chatstream.api.chat import event_stream, final_answer
-from chatstream.api.deps import BranchesDep, Owner, PrincipalDep, SettingsDep, StoreDep
+from chatstream.api.deps import (
+    BranchesDep,
+    ChatDep,
+    Owner,
+    PrincipalDep,
+    SettingsDep,
+    StoreDep,
+)
 from chatstream.api.quota import GatedChatDep, GatedRun
 from chatstream.api.schemas import ChatResponse, json_errors, sse_responses
 from chatstream.api.sessions import branch_page
@@ -192,10 +199,15 @@ async def set_active_branch(
     body: ActiveBranchRequest,
     owner: Owner,
     branches: BranchesDep,
+    store: StoreDep,
+    chat: ChatDep,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size of the answer.")] = 50,
 ) -> MessagePage:
     """The session's active leaf becomes the most recent message at or under
     `message_id`; the answer is the new active branch, as `GET .../messages` lists it.
-    The next message, and the model's context, follow that branch."""
+    The next message, and the model's context, follow that branch. Watchers of the
+    session (`GET /api/sessions/{id}/events`, on any instance) are told `session.updated`."""
     await branches.activate(owner, session_id, body.message_id)
+    session, _ = await store.get_session(owner, session_id)
+    chat.live.events.session_updated(session_id, session)  # another tab reloads the branch
     return await branch_page(branches, owner, session_id, limit=limit)
