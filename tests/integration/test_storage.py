@@ -18,12 +18,14 @@ from chatstream.storage.repository import DuplicateRequest, Store
 async def race(url: str) -> list[object]:
     database = Database(url)
     store = Store(database)
+    # An owner of its own: the PostgreSQL database is shared by the session's tests.
+    owner = f"alice-{uuid.uuid4().hex[:8]}"
     try:
 
         async def attempt() -> object:
             try:
                 return await store.begin_turn(
-                    "alice",
+                    owner,
                     session_id=None,
                     new_session_model=None,
                     new_session_system_prompt=None,
@@ -36,12 +38,12 @@ async def race(url: str) -> list[object]:
                 return exc
 
         results = await asyncio.gather(*(attempt() for _ in range(5)))
-        earlier = await store.find_request("alice", "race-key")
+        earlier = await store.find_request(owner, "race-key")
         assert earlier is not None
         winners = [r for r in results if not isinstance(r, DuplicateRequest)]
         assert len(winners) == 1
         assert winners[0].user_message_id == earlier.user_message_id  # type: ignore[attr-defined]
-        sessions = await store.list_sessions("alice", limit=50, cursor=None)
+        sessions = await store.list_sessions(owner, limit=50, cursor=None)
         assert len(sessions.items) == 1  # the losers' new sessions were rolled back
         return results
     finally:
