@@ -441,3 +441,35 @@ def test_logprobs_asked_with_include_stream_with_the_text_and_match_openapi(
     for event in wire:
         problems = [e.message for e in validator.iter_errors(event)]
         assert problems == [], (event["type"], problems)
+
+
+def test_a_response_reads_back_with_what_its_request_asked(
+    sdk: openai.OpenAI, make_server: Callable[..., AppServer]
+) -> None:
+    asked: dict[str, Any] = {
+        "instructions": "Be brief.",
+        "metadata": {"ticket": "T-7", "team": "support"},
+        "tools": [WEATHER],
+        "tool_choice": "auto",
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "max_output_tokens": 50,
+        "text": {"format": {"type": "text"}},
+    }
+    created = sdk.responses.create(model="test-model", input="[[fake tokens=3]] hi", **asked)
+    live = sdk.responses.create(
+        model="test-model", input="[[fake tokens=40 interval_ms=50]] slow", background=True, **asked
+    )
+    for response_id in (created.id, live.id):
+        again = sdk.responses.retrieve(response_id)
+        assert again.instructions == "Be brief."
+        assert again.metadata == {"ticket": "T-7", "team": "support"}
+        assert [tool.name for tool in again.tools] == ["get_weather"]  # type: ignore[union-attr]
+        assert (again.temperature, again.top_p, again.max_output_tokens) == (0.3, 0.9, 50)
+    assert sdk.responses.retrieve(live.id).background is True
+    assert sdk.responses.retrieve(created.id).background is False
+    # Streamed again, the response objects in its events say the same.
+    events = list(sdk.responses.retrieve(created.id, stream=True))
+    assert events[0].response.metadata == asked["metadata"]  # type: ignore[union-attr]
+    assert events[-1].response.instructions == "Be brief."  # type: ignore[union-attr]
+    sdk.responses.cancel(live.id)

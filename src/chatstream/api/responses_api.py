@@ -134,10 +134,12 @@ async def create_response(
     messages = validated(chat_messages(body))
     check_vision(messages, body.model, settings.models_without_vision)
     turn = turn_of(messages, continuing=session_id is not None, max_chars=settings.history_chars)
-    # The previous response's branch goes on from it, whichever is the session's leaf.
-    shape = (
-        turn.shape if previous is None else dataclasses.replace(turn.shape, parent=Parent(previous))
-    )
+    echo = _echo(body)
+    # The previous response's branch goes on from it, whichever is the session's leaf;
+    # what the request asked is kept with its message, to be read back with the response.
+    shape = dataclasses.replace(turn.shape, request_options=dataclasses.asdict(echo))
+    if previous is not None:
+        shape = dataclasses.replace(shape, parent=Parent(previous))
     fields = body.upstream_fields(settings.max_tokens)
     chat_request = chat_input(
         message=turn.message,
@@ -163,7 +165,7 @@ async def create_response(
     if not body.store:
         await state.unstored.forget_after(run, principal.owner)
     encoder = ResponseEncoder(
-        message_id=str(run.id), model=body.model, echo=_echo(body), namespaces=body.namespaces()
+        message_id=str(run.id), model=body.model, echo=echo, namespaces=body.namespaces()
     )
     if body.stream:
         return _stream(run, encoder, settings, headers)
@@ -215,11 +217,12 @@ async def retrieve_response(
         int | None, Query(ge=0, description="With stream: only events numbered above this.")
     ] = None,
 ) -> Response:
-    run, created_at = await handle(state, registry, principal.owner, response_id)
+    run, created_at, echo = await handle(state, registry, principal.owner, response_id)
     encoder = ResponseEncoder(
         message_id=str(run.id),
         model="",
         created_at=created_at,
+        echo=echo,
         starting_after=-1 if starting_after is None else starting_after,
     )
     headers = {SESSION_HEADER: str(run.session_id), MESSAGE_HEADER: str(run.id)}
@@ -238,9 +241,9 @@ async def retrieve_response(
 async def cancel_response(
     response_id: Text, principal: PrincipalDep, registry: RegistryDep, state: State
 ) -> Response:
-    run, created_at = await handle(state, registry, principal.owner, response_id)
+    run, created_at, echo = await handle(state, registry, principal.owner, response_id)
     await run.cancel()
-    encoder = ResponseEncoder(message_id=str(run.id), model="", created_at=created_at)
+    encoder = ResponseEncoder(message_id=str(run.id), model="", created_at=created_at, echo=echo)
     with anyio.move_on_after(5):
         await run.wait()
     await snapshot(run, encoder)
@@ -258,7 +261,7 @@ async def cancel_response(
 async def delete_response(
     response_id: Text, principal: PrincipalDep, registry: RegistryDep, state: State
 ) -> Response:
-    run, _ = await handle(state, registry, principal.owner, response_id)
+    run, _, _ = await handle(state, registry, principal.owner, response_id)
     if (await run.state()).live:
         raise ResponseInProgress(
             f"The response '{response_id}' is still running; cancel it first "

@@ -9,10 +9,11 @@ way the same encoder (`api/responses_encoder.py`) says what it is.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
-from chatstream.api.responses_encoder import ResponseEncoder
+from chatstream.api.responses_encoder import ResponseEcho, ResponseEncoder
 from chatstream.errors import InvalidRequest, NotFound, ServiceUnavailable
 from chatstream.runs.handle import RunHandle
 from chatstream.runs.replay import StoredRun
@@ -54,7 +55,7 @@ async def resolved(
         run_hex, _, place = rest.partition("_")
         if run_hex not in outputs:
             try:
-                run, created_at = await handle(state, registry, owner, f"resp_{run_hex}")
+                run, created_at, _ = await handle(state, registry, owner, f"resp_{run_hex}")
             except NotFound:
                 outputs[run_hex] = []
             else:
@@ -92,8 +93,9 @@ async def session_of(state: Any, owner: str, previous: str) -> tuple[uuid.UUID, 
 
 async def handle(
     state: Any, registry: Any, owner: str, response_id: str
-) -> tuple[RunHandle, float | None]:
-    """The response's run: live (any instance), or rebuilt from its stored rows."""
+) -> tuple[RunHandle, float | None, ResponseEcho | None]:
+    """The response's run: live (any instance), or rebuilt from its stored rows; when it
+    was made, and what its request asked (kept with the message it sent)."""
     message_id = message_id_of(response_id)
     if message_id is None:
         raise NotFound(f"No response with id '{response_id}'.")
@@ -102,15 +104,31 @@ async def handle(
         run = await registry.get(message_id, owner)
     except ServiceUnavailable:
         run = None  # other instances unreachable: the database still knows how it ended
-    turn = await Turns(state.database).get(owner, message_id)
+    turns = Turns(state.database)
+    turn = await turns.get(owner, message_id)
     created_at = turn.outputs[-1].created_at.timestamp() if turn is not None else None
+    if turn is not None:
+        asked = turn.inputs[-1] if turn.inputs else None
+    else:
+        asked = await turns.question_of(owner, message_id) if run is not None else None
+    echo = _echo_of(asked)
     if run is not None and (turn is not None or (await run.state()).live):
-        return run, created_at  # (an ended run whose rows are gone was deleted)
+        return run, created_at, echo  # (an ended run whose rows are gone was deleted)
     if turn is None:
         raise NotFound(f"No response with id '{response_id}'.")
     user = next((row.id for row in reversed(turn.inputs) if row.role == "user"), message_id)
     rows = await state.store.run_rows(owner, message_id)
-    return StoredRun(turn.session_id, user, rows), created_at
+    return StoredRun(turn.session_id, user, rows), created_at, echo
+
+
+def _echo_of(asked: Any) -> ResponseEcho | None:
+    """The request's options kept on the message it sent (none: made before 0009, or
+    not by `/v1/responses`); a key this release does not know is left out."""
+    stored = asked.request_options if asked is not None else None
+    if not isinstance(stored, dict):
+        return None
+    known = {f.name for f in dataclasses.fields(ResponseEcho)}
+    return ResponseEcho(**{key: value for key, value in stored.items() if key in known})
 
 
 async def snapshot(run: RunHandle, encoder: ResponseEncoder) -> None:

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -88,6 +88,8 @@ class TurnShape:
     # `earlier`, the round's other results, in a session or a new one).
     turn: HistoryMessage | None = None
     parent: Parent | None = None
+    # Kept on the new message as given (a Responses request's options, read back with it).
+    request_options: dict[str, Any] | None = None
 
 
 PLAIN_TURN = TurnShape()
@@ -274,6 +276,7 @@ class ChatService:
             reanswer=shape.reanswer,
             turn=shape.turn,
             parent=shape.parent,
+            request_options=shape.request_options,
             title_from_message=settings.auto_title == "message",
         )
         session_model = turn.session_model if turn.session_model in settings.models else None

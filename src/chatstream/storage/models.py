@@ -91,6 +91,10 @@ class MessageRow(Base):
     content: Mapped[str] = mapped_column(Text)
     # An answer's reasoning (the model's thinking), never mixed into `content`.
     reasoning: Mapped[str | None] = mapped_column(Text)
+    # What a Responses request asked beyond its input (instructions, tools,
+    # metadata, ...), kept on the message it sent, so the response is read back
+    # as it was created.
+    request_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16))
     model: Mapped[str | None] = mapped_column(String(200))
     finish_reason: Mapped[str | None] = mapped_column(String(64))

@@ -23,11 +23,7 @@ from chatstream.errors import Conflict, NotFound
 from chatstream.storage import writes
 from chatstream.storage.cursors import decode_cursor, encode_cursor
 from chatstream.storage.db import Database
-from chatstream.storage.models import (
-    MessageRow,
-    SessionRow,
-    utcnow,
-)
+from chatstream.storage.models import MessageRow, SessionRow, utcnow
 from chatstream.storage.outages import outage_is_unavailable
 from chatstream.storage.records import (
     HistoryMessage,
@@ -213,6 +209,7 @@ class Store:
         title_from_message: bool = True,
         turn: HistoryMessage | None = None,
         parent: Parent | None = None,
+        request_options: dict[str, Any] | None = None,
     ) -> TurnStart:
         """Commit the user's message (creating the session if needed); read the history.
 
@@ -259,6 +256,7 @@ class Store:
                 title_from_message=title_from_message,
                 turn=turn,
                 parent=parent,
+                request_options=request_options,
             )
         except IntegrityError:
             if session_id is None and new_session_external_id is not None:

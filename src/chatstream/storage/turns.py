@@ -66,6 +66,17 @@ class Turns:
         return _turn_of(answer, rows)
 
     @outage_is_unavailable
+    async def question_of(self, owner: str, answer_id: uuid.UUID) -> MessageRow | None:
+        """The message a live run answers (its answer is not written yet)."""
+        async with self._db.reader() as db:
+            found: MessageRow | None = await db.scalar(
+                select(MessageRow).where(
+                    MessageRow.reply_id == answer_id, MessageRow.owner == owner
+                )
+            )
+        return found
+
+    @outage_is_unavailable
     async def delete(self, owner: str, answer_id: uuid.UUID) -> None:
         turn = await self.get(owner, answer_id)
         if turn is None:

@@ -122,6 +122,7 @@ def begin_turn(
     title_from_message: bool,
     turn: HistoryMessage | None = None,
     parent: Parent | None = None,
+    request_options: dict[str, Any] | None = None,
 ) -> TurnStart:
     """The user's message (and a new session, with `earlier`), and the history it ends.
 
@@ -217,6 +218,7 @@ def begin_turn(
             "client_message_id": client_message_id,
             "reply_id": reply_id,
             "runner": runner,
+            "request_options": request_options,
         },
     )
     if created:  # a new session has no history but this message (and `earlier`)
